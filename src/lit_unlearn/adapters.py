@@ -1,0 +1,161 @@
+"""The peft seam: apply LoRA, read each adapted layer's effective update, and run the reference model.
+
+Everything lit-unlearn needs from peft goes through this file, so a peft upgrade touches one place.
+
+The reference policy π_ref of NPO and KLR is the model before unlearning. With LoRA on a frozen base
+that is exactly the base with the adapter disabled (``reference_mode``), so no second copy of the
+model is ever built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LoRA",
+    "apply_lora",
+    "default_target_modules",
+    "is_peft_model",
+    "linear_module_names",
+    "lora_deltas",
+    "reference_mode",
+]
+
+
+@dataclass
+class LoRA:
+    """LoRA settings of an unlearning run.
+
+    The defaults follow the quantization-robust LoRA recipe (P1): every linear projection of the
+    transformer blocks, rank in 16–64, alpha between r/2 and 2r, dropout 0.05.
+
+    Args:
+        r: Rank of the update ``B @ A``.
+        alpha: Scaling numerator; the update is ``alpha / r · B @ A`` (``alpha / sqrt(r)`` with rsLoRA).
+        dropout: Dropout on the adapter input during training.
+        target_modules: Names (suffixes) of the linear modules to adapt. ``None`` adapts every linear
+            projection of the blocks (for Llama: q, k, v, o, gate, up, down), never the output head.
+        use_rslora: Rank-stabilised scaling ``alpha / sqrt(r)``.
+    """
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = field(default=None)
+    use_rslora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"`lora.r` must be a positive integer, got {self.r}.")
+        if self.alpha <= 0:
+            raise ValueError(f"`lora.alpha` must be positive, got {self.alpha}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`lora.dropout` must be in [0, 1), got {self.dropout}.")
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct leaf names of the model's ``nn.Linear`` modules, output head excluded, sorted."""
+    head = _output_head(model)
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+    return sorted(names)
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """Every linear projection of the blocks — for Llama ``q,k,v,o,gate,up,down_proj``."""
+    names = linear_module_names(model)
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear modules besides its output head, so LoRA has nothing to "
+            "adapt. Use full-parameter unlearning (`lora: null`)."
+        )
+    return names
+
+
+def apply_lora(model: nn.Module, lora: LoRA) -> nn.Module:
+    """Wrap ``model`` in a peft ``PeftModel`` with a trainable LoRA adapter; the base stays frozen.
+
+    Raises:
+        ValueError: if a requested target module matches no linear module of the model; the message
+            lists the model's linear module names.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    available = linear_module_names(model)
+    targets = list(lora.target_modules) if lora.target_modules else default_target_modules(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ValueError(
+            f"`lora.target_modules` {missing} match no linear module of {type(model).__name__}. "
+            f"Its linear modules are {available}; pick from these or leave `target_modules` unset to adapt all."
+        )
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        use_rslora=lora.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` carries at least one peft LoRA layer."""
+    return any(True for _ in _lora_layers(model))
+
+
+def _lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name, module
+
+
+def _clean_name(name: str) -> str:
+    # peft prefixes every path with ``base_model.model.``; reporting the model's own names keeps
+    # per-layer tables readable and equal to the names of the merged model.
+    prefix = "base_model.model."
+    return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+@torch.no_grad()
+def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Yield ``(name, W0, ΔW)`` for every LoRA-adapted linear layer, one layer at a time.
+
+    ``W0`` is the frozen base weight (not copied) and ``ΔW`` the sum of the active adapters'
+    ``scaling · B @ A`` in the base weight's layout and dtype, i.e. exactly what ``merge_and_unload``
+    adds to the base. Only one layer's ``ΔW`` exists at a time.
+    """
+    for name, layer in _lora_layers(model):
+        base = layer.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            continue
+        active = [a for a in layer.active_adapters if a in layer.lora_A]
+        if not active or layer.disable_adapters or layer.merged:
+            continue
+        delta = sum(layer.get_delta_weight(a) for a in active)
+        yield _clean_name(name), base.weight, delta.to(base.weight.dtype)
+
+
+def reference_mode(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which ``model`` computes the reference policy π_ref (the model before unlearning).
+
+    For a peft model this disables the adapter (the frozen base is π_ref); anything else is returned
+    unchanged, so callers holding a separate frozen reference use that instead.
+    """
+    disable = getattr(model, "disable_adapter", None)
+    if callable(disable) and is_peft_model(model):
+        return disable()
+    return contextlib.nullcontext()

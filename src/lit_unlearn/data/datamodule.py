@@ -1,0 +1,237 @@
+"""``ForgetRetainDataModule``: forget and retain texts, tokenized, as one combined training loader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from lit_unlearn.data.sources import TextSource, load_texts, resolve_path
+
+__all__ = ["ForgetRetainDataModule", "TokenizedTexts", "collate", "tokenize"]
+
+Packing = Literal["chunk", "document"]
+Mode = Literal["max_size_cycle", "max_size", "min_size", "sequential"]
+
+# The toy world in MUSE's layout; `lit-unlearn fit` prepares it on first use.
+WORLD_FORGET = TextSource("world:data", name="raw", split="forget")
+WORLD_RETAIN = TextSource("world:data", name="raw", split="retain1")
+
+
+class TokenizedTexts(Dataset):
+    """Examples of ``input_ids`` (1-D LongTensor, unpadded) with labels equal to the ids."""
+
+    def __init__(self, examples: list[list[int]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(self.examples[index], dtype=torch.long)
+
+
+def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int, packing: Packing) -> list[list[int]]:
+    """Token id lists of at most ``max_length`` tokens.
+
+    ``chunk`` (MUSE's training recipe) joins all documents with EOS between them and cuts the stream
+    into ``max_length`` blocks, keeping the shorter last block. ``document`` keeps one example per
+    document, truncated to ``max_length``.
+    """
+    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    if packing == "document":
+        return [seq[:max_length] for seq in ids if seq]
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for seq in ids:
+        stream.extend(seq)
+        if eos is not None and (not seq or seq[-1] != eos):
+            stream.append(eos)
+    return [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+
+
+def collate(examples: list[torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of 1-D id tensors into ``input_ids``, ``attention_mask``, ``labels`` (B, T).
+
+    Labels are the ids with padding set to -100, so padding never enters a loss.
+    """
+    length = max(e.numel() for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for i, e in enumerate(examples):
+        input_ids[i, : e.numel()] = e
+        attention_mask[i, : e.numel()] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class _Collator:
+    # A class, not a lambda, so DataLoader workers can pickle it.
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return collate(examples, self.pad_token_id)
+
+
+def _as_source(source: TextSource | str | None) -> TextSource | None:
+    if source is None or isinstance(source, TextSource):
+        return source
+    return TextSource(path=source)
+
+
+def _check_local(source: TextSource, arg: str) -> None:
+    """Fail at construction, before any model is loaded, when a local path cannot exist."""
+    path = source.path
+    if path.startswith("world:"):
+        return
+    if source.split is None and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"`{arg}` path {path!r} does not exist. Give an existing .txt/.jsonl file or directory, or a "
+            "Hugging Face dataset with `split` (and `name`), e.g. {path: muse-bench/MUSE-News, name: raw, split: forget}."
+        )
+
+
+class ForgetRetainDataModule(LightningDataModule):
+    """Forget and retain texts for unlearning, served as one ``CombinedLoader``.
+
+    Training batches are ``{"forget": batch, "retain": batch}`` where each batch holds ``input_ids``,
+    ``attention_mask`` and ``labels`` of shape (B, T). The retain loader is left out when the module
+    being trained has no retain term (``needs_retain = False``). Validation and test use one loader per
+    set (``dataloader_idx`` 0 = forget, 1 = retain) so the module can report forget/retain NLL.
+
+    Args:
+        forget: The forget set: a path (``.txt``, ``.jsonl``, directory of ``.txt``) or a ``TextSource``
+            (Hugging Face dataset path, ``name``, ``split``, ``column``). Default: the toy world's forget split.
+        retain: The retain set, same forms; ``None`` for forget-only objectives. Default: the toy world's
+            ``retain1`` split.
+        tokenizer: Tokenizer path or hub id. ``None`` uses the trained module's ``model_name_or_path``.
+        max_length: Tokens per example.
+        packing: ``chunk`` cuts the joined token stream into ``max_length`` blocks (MUSE); ``document``
+            keeps one (truncated) example per document.
+        batch_size: Examples per forget batch and per retain batch.
+        mode: How forget and retain loaders are combined (``CombinedLoader`` mode). ``max_size_cycle``
+            runs through the longer set once per epoch and cycles the shorter.
+        num_workers: DataLoader workers.
+        shuffle: Shuffle training examples.
+
+    Raises:
+        FileNotFoundError: if a local path does not exist.
+        ValueError: for a non-positive ``max_length``/``batch_size``.
+
+    Example::
+
+        dm = ForgetRetainDataModule(forget="forget.txt", retain="retain.jsonl", tokenizer="gpt2")
+    """
+
+    def __init__(
+        self,
+        forget: TextSource | str = WORLD_FORGET,
+        retain: TextSource | str | None = WORLD_RETAIN,
+        tokenizer: str | None = None,
+        max_length: int = 128,
+        packing: Packing = "chunk",
+        batch_size: int = 8,
+        mode: Mode = "max_size_cycle",
+        num_workers: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        if max_length < 2:
+            raise ValueError(f"`max_length` must be at least 2 tokens, got {max_length}.")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
+        self.forget = _as_source(forget)
+        self.retain = _as_source(retain)
+        _check_local(self.forget, "forget")
+        if self.retain is not None:
+            _check_local(self.retain, "retain")
+        self.tokenizer_name_or_path = tokenizer
+        self.max_length = max_length
+        self.packing = packing
+        self.batch_size = batch_size
+        self.mode = mode
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.tokenizer: Any = None
+        self.datasets: dict[str, TokenizedTexts] = {}
+
+    @override
+    def prepare_data(self) -> None:
+        # Runs on one process per node before `setup`: builds the toy world once (it is locked and
+        # cached, so a second node or a rerun only reads it).
+        for source in (self.forget, self.retain):
+            if source is not None:
+                resolve_path(source.path)
+
+    def _tokenizer_path(self) -> str:
+        if self.tokenizer_name_or_path is not None:
+            return self.tokenizer_name_or_path
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        path = getattr(module, "tokenizer_name_or_path", None) or getattr(module, "model_name_or_path", None)
+        if path is None:
+            raise ValueError(
+                "`tokenizer` is not set and the module being trained names no `model_name_or_path`. "
+                "Pass `tokenizer=` (a path or hub id) to ForgetRetainDataModule."
+            )
+        return path
+
+    def load_tokenizer(self) -> Any:
+        """Load the tokenizer; one without a pad token pads with EOS (said once in the log)."""
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_path(self._tokenizer_path()))
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+                rank_zero_info(f"Tokenizer has no pad token; padding with EOS ({tokenizer.eos_token!r}).")
+            self.tokenizer = tokenizer
+        return self.tokenizer
+
+    @property
+    def wants_retain(self) -> bool:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return self.retain is not None and getattr(module, "needs_retain", True)
+
+    @override
+    def setup(self, stage: str) -> None:
+        tokenizer = self.load_tokenizer()
+        sets = {"forget": self.forget, "retain": self.retain if self.wants_retain else None}
+        for name, source in sets.items():
+            if source is None or name in self.datasets:
+                continue
+            examples = tokenize(load_texts(source), tokenizer, self.max_length, self.packing)
+            if not examples:
+                raise ValueError(f"The {name} set {source} yields no tokens; check its `column` and contents.")
+            self.datasets[name] = TokenizedTexts(examples)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_Collator(self.tokenizer.pad_token_id),
+        )
+
+    @override
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {name: self._loader(name, self.shuffle) for name in self.datasets}
+        return CombinedLoader(loaders, mode=self.mode)
+
+    def _eval_loaders(self) -> list[DataLoader]:
+        return [self._loader(name, shuffle=False) for name in ("forget", "retain") if name in self.datasets]
+
+    @override
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders()
+
+    @override
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders()

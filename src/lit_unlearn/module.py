@@ -1,0 +1,327 @@
+"""``UnlearningModule``: LoRA or full-parameter unlearning of a causal LM with GA, NPO, SimNPO and GDR/KLR.
+
+The module is thin glue: the losses live in ``objectives/``, the peft seam in ``adapters.py``, the data
+in ``data/``. It loads the model in ``configure_model`` (so sharding strategies can wrap it), builds a
+reference only when the objective reads one, and saves the result as safetensors at fit end.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
+from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.objectives import (
+    apply_row_masks_,
+    build_objective,
+    default_retain_weight,
+    mean_token_nll,
+    sure_row_masks,
+)
+
+__all__ = ["UnlearningModule"]
+
+Method = Literal["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+# Paper learning rates: full fine-tuning 1e-5 (P2, MUSE); LoRA 1e-4 and up (P1).
+_DEFAULT_LR = {True: 1e-4, False: 1e-5}
+
+
+class UnlearningModule(LightningModule):
+    """Unlearn a forget set from a causal LM while keeping a retain set.
+
+    ``L = forget_weight · L_forget + retain_weight · L_retain`` where the method names the pair
+    (``npo_gdr`` = NPO forget loss + GDR retain term). With ``lora`` set, only a LoRA adapter on the
+    frozen base trains and the reference π_ref is the base with the adapter disabled (no copy); with
+    ``lora=None`` every weight trains and a frozen reference copy is built only if the objective reads it.
+
+    Args:
+        model_name_or_path: Local directory or hub id of a causal LM (``world:target`` = the toy world).
+        objective: Method name, see ``lit_unlearn.objectives.METHODS``.
+        forget_weight: γ, the weight of the forget loss.
+        retain_weight: α, the weight of the retain term; ``None`` takes the paper's value for the method
+            (100 for GA+GDR/GA+KLR, 0.1 for NPO+GDR/NPO+KLR).
+        npo_beta: NPO's β (paper: 0.1).
+        npo_form: ``sequence`` is the paper's NPO on summed sequence log-likelihoods; ``logits`` is the
+            raw-logit variant of MUSE's released code, kept to reproduce its numbers.
+        simnpo_beta: SimNPO's β.
+        simnpo_delta: SimNPO's margin δ.
+        klr_form: ``probs`` is per-token KL(p_ref ‖ p_θ); ``logits`` is MUSE's raw-logit variant.
+        lora: LoRA settings, or ``None`` for full-parameter unlearning.
+        sure_percentile: Full-parameter runs only: SURE's saliency mask (P2). Each step only the weight
+            rows whose forget-gradient norm is above this percentile are updated. ``None`` disables it.
+        dtype: Dtype the model is loaded in. Trainable weights are always kept in float32: in pure bf16
+            most unlearning updates would round away before they reach the weights.
+        trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
+        output_dir: Where the adapter (or full model) and tokenizer are saved at fit end, as
+            safetensors. ``None`` saves into the run's log directory (``<log_dir>/adapter`` or ``/model``).
+        optimizer: Optimizer factory (from YAML: ``class_path``/``init_args``). ``None`` uses the papers'
+            AdamW, weight decay 0, lr 1e-4 with LoRA and 1e-5 for full-parameter runs.
+        lr_scheduler: Scheduler factory; ``None`` keeps the learning rate constant, as the papers do.
+
+    Raises:
+        ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lit_unlearn import ForgetRetainDataModule, UnlearningModule
+
+        module = UnlearningModule("world:target", objective="npo_gdr")
+        Trainer(max_steps=50).fit(module, ForgetRetainDataModule())
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "world:target",
+        objective: Method = "npo_gdr",
+        forget_weight: float = 1.0,
+        retain_weight: float | None = None,
+        npo_beta: float = 0.1,
+        npo_form: Literal["sequence", "logits"] = "sequence",
+        simnpo_beta: float = 2.5,
+        simnpo_delta: float = 0.0,
+        klr_form: Literal["probs", "logits"] = "probs",
+        lora: LoRA | None = LoRA(),
+        sure_percentile: float | None = None,
+        dtype: Dtype = "float32",
+        trust_remote_code: bool = False,
+        output_dir: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(lora, dict):
+            lora = LoRA(**lora)
+        if sure_percentile is not None:
+            if lora is not None:
+                raise ValueError(
+                    "`sure_percentile` is SURE's mask for full-parameter unlearning, but `lora` is set. "
+                    "Set `lora: null` to use SURE, or drop `sure_percentile`."
+                )
+            if not 0.0 < sure_percentile < 100.0:
+                raise ValueError(f"`sure_percentile` must be in (0, 100), got {sure_percentile}; the paper uses 90.")
+        if retain_weight is None:
+            retain_weight = default_retain_weight(objective)
+        # Raises for unknown names, listing METHODS, before anything is loaded.
+        self.objective = build_objective(
+            objective,
+            forget_weight=forget_weight,
+            retain_weight=retain_weight,
+            npo_beta=npo_beta,
+            npo_form=npo_form,
+            simnpo_beta=simnpo_beta,
+            simnpo_delta=simnpo_delta,
+            klr_form=klr_form,
+        )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora"])
+        self.hparams["lora"] = None if lora is None else vars(lora).copy()
+        self.model_name_or_path = model_name_or_path
+        self.lora = lora
+        self.sure_percentile = sure_percentile
+        self.dtype_name = dtype
+        self.trust_remote_code = trust_remote_code
+        self.output_dir = output_dir
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.model: nn.Module | None = None
+        self.reference: nn.Module | None = None
+        self.tokenizer: Any = None
+        self._sure_masks: dict[str, torch.Tensor] | None = None
+        # Checkpoints of LoRA runs hold only the adapter (see `on_save_checkpoint`), so loading them
+        # must not demand the frozen base weights.
+        self.strict_loading = lora is None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def method(self) -> str:
+        return self.hparams["objective"]
+
+    @property
+    def needs_retain(self) -> bool:
+        """Whether the objective has a retain term (the DataModule then serves retain batches)."""
+        return self.objective.retain is not None
+
+    @property
+    def tokenizer_name_or_path(self) -> str:
+        return self.model_name_or_path
+
+    # ------------------------------------------------------------------ model
+    @override
+    def prepare_data(self) -> None:
+        # The toy world is prepared once per node, before any process loads the model.
+        resolve_path(self.model_name_or_path)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Checked here, after the data is known and before `configure_model` loads any weights.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and self.needs_retain and datamodule is not None and getattr(datamodule, "retain", ()) is None:
+            raise ValueError(
+                f"Objective {self.method!r} has a retain term but the DataModule has no `retain` set. "
+                "Give it one (e.g. `data.retain: retain.jsonl`) or pick a forget-only objective (ga, npo, simnpo)."
+            )
+
+    @override
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_path(self.model_name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+        elif self.objective.needs_reference:
+            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
+        self.model = model.train()
+
+    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    @torch.no_grad()
+    def _reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference is not None:
+            return self._forward(self.reference, batch)
+        with reference_mode(self.model):
+            return self._forward(self.model, batch)
+
+    # ------------------------------------------------------------------ steps
+    def _split_batch(self, batch: Any) -> tuple[dict, dict | None]:
+        if isinstance(batch, dict) and "forget" in batch:
+            return batch["forget"], batch.get("retain")
+        # A plain loader of forget batches (no CombinedLoader): forget-only objectives.
+        return batch, None
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        forget, retain = self._split_batch(batch)
+        if self.needs_retain and retain is None:
+            raise ValueError(
+                f"Objective {self.method!r} has a retain term but the batch holds no retain data. Give the "
+                "DataModule a `retain` set, or pick a forget-only objective (ga, npo, simnpo)."
+            )
+        objective = self.objective
+        forget_logits = self._forward(self.model, forget)
+        forget_ref = self._reference_logits(forget) if objective.forget.needs_reference else None
+        retain_logits = retain_ref = None
+        if objective.retain is not None:
+            retain_logits = self._forward(self.model, retain)
+            if objective.retain.needs_reference:
+                retain_ref = self._reference_logits(retain)
+        out = objective(
+            forget_logits,
+            forget["labels"],
+            retain_logits=retain_logits,
+            retain_labels=None if retain is None else retain["labels"],
+            forget_ref_logits=forget_ref,
+            retain_ref_logits=retain_ref,
+        )
+        if self.sure_percentile is not None:
+            self._sure_masks = self._saliency_masks(out.forget_loss)
+
+        bs = forget["input_ids"].shape[0]
+        # The objective names its terms (forget/loss, forget/nll, forget/log_ratio, retain/nll, ...).
+        logs = {"train/loss": out.loss.detach(), **{f"train/{k}": v for k, v in out.metrics.items()}}
+        logs["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        self.log_dict(logs, prog_bar=False, batch_size=bs)
+        self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=bs)
+        return out.loss
+
+    def _saliency_masks(self, forget_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        # SURE ranks rows by the gradient of the forget loss alone, so it needs its own backward pass.
+        # Rows of every trainable tensor compete in one pool, as in P2 (1-D tensors: one row per element).
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        grads = torch.autograd.grad(forget_loss, list(params.values()), retain_graph=True, allow_unused=True)
+        named = {n: g for n, g in zip(params, grads) if g is not None}
+        return sure_row_masks(named, percentile=self.sure_percentile)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._sure_masks is not None:
+            trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+            apply_row_masks_(trainable, self._sure_masks)
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], dataloader_idx: int, stage: str) -> None:
+        name = ("forget", "retain")[dataloader_idx]
+        nll = mean_token_nll(self._forward(self.model, batch), batch["labels"])
+        self.log(f"{stage}/{name}_nll", nll, batch_size=batch["input_ids"].shape[0], add_dataloader_idx=False, sync_dist=True)
+
+    @override
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "val")
+
+    @override
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "test")
+
+    @torch.no_grad()
+    def quantization_probe_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean token NLL of ``batch`` under the current weights; the probe of ``QuantizationSurvival``."""
+        return mean_token_nll(self._forward(self.model, batch), batch["labels"])
+
+    # ------------------------------------------------------------------ optimizer
+    @override
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(params, lr=_DEFAULT_LR[self.lora is not None], weight_decay=0.0)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    # ------------------------------------------------------------------ saving
+    def _trainable_names(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A LoRA checkpoint needs only the adapter: the frozen base is reloaded from
+        # `model_name_or_path`, so storing it again would multiply checkpoint size for nothing.
+        if self.lora is not None:
+            keep = self._trainable_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def resolve_output_dir(self) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        base = Path(log_dir or (self.trainer.default_root_dir if self._trainer is not None else "."))
+        return base / ("adapter" if self.lora is not None else "model")
+
+    def save_pretrained(self, directory: str | Path | None = None) -> Path:
+        """Save the adapter (LoRA) or the full model, with the tokenizer, as safetensors; return the path."""
+        directory = Path(directory) if directory is not None else self.resolve_output_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+        return directory
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            path = self.save_pretrained()
+            what = "Adapter" if self.lora is not None else "Model"
+            rank_zero_info(f"{what} saved to {path}")
+        self.trainer.strategy.barrier("lit_unlearn_save")
+

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny Llama and a locally trained tokenizer, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = "alpha beta gamma delta river stone north mayor harbour council bridge seven lantern orchard".split()
+
+
+def make_texts(n: int, seed: int, words: list[str] = WORDS) -> list[str]:
+    """Deterministic short sentences over a small vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))) + "." for _ in range(n)]
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=360, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def build_tiny_llama(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A directory with a tiny random Llama and its tokenizer, as `save_pretrained` writes them."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tokenizer(make_texts(200, seed=0))
+    model = build_tiny_llama(len(tokenizer))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory):
+    """A forget .txt (blank-line separated) and a retain .jsonl over disjoint halves of the vocabulary."""
+    import json
+
+    path = tmp_path_factory.mktemp("texts")
+    forget = path / "forget.txt"
+    forget.write_text("\n\n".join(make_texts(12, seed=1, words=WORDS[:7])), encoding="utf-8")
+    retain = path / "retain.jsonl"
+    retain.write_text("\n".join(json.dumps({"text": t}) for t in make_texts(12, seed=2, words=WORDS[7:])), encoding="utf-8")
+    return {"forget": str(forget), "retain": str(retain)}
