@@ -53,7 +53,6 @@ def render(method: str, full: bool) -> str:
         "  devices: 1",
         f"  max_steps: {FULL['max_steps'] if full else LORA['max_steps']}",
         "  log_every_n_steps: 5",
-        "  limit_val_batches: 0  # training logs forget/retain NLL each step; MUSE evaluation runs at fit end",
         f"  default_root_dir: outputs/{out}/{method}",
         "  logger:",
         "    class_path: lightning.pytorch.loggers.CSVLogger",

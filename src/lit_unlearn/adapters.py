@@ -135,8 +135,9 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
     """Yield ``(name, W0, ΔW)`` for every LoRA-adapted linear layer, one layer at a time.
 
     ``W0`` is the frozen base weight (not copied) and ``ΔW`` the sum of the active adapters'
-    ``scaling · B @ A`` in the base weight's layout and dtype, i.e. exactly what ``merge_and_unload``
-    adds to the base. Only one layer's ``ΔW`` exists at a time.
+    ``scaling · B @ A`` in the base weight's layout and the adapter's dtype (float32 by default), i.e.
+    exactly what ``merge_and_unload`` adds to the base: the merged weight is ``(W0 + ΔW)`` rounded once
+    to ``W0``'s dtype. Only one layer's ``ΔW`` exists at a time.
     """
     for name, layer in _lora_layers(model):
         base = layer.get_base_layer()
@@ -146,7 +147,7 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
         if not active or layer.disable_adapters or layer.merged:
             continue
         delta = sum(layer.get_delta_weight(a) for a in active)
-        yield _clean_name(name), base.weight, delta.to(base.weight.dtype)
+        yield _clean_name(name), base.weight, delta
 
 
 def reference_mode(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -20,8 +20,13 @@ Packing = Literal["chunk", "document"]
 Mode = Literal["max_size_cycle", "max_size", "min_size", "sequential"]
 
 # The toy world in MUSE's layout; `lit-unlearn fit` prepares it on first use.
-WORLD_FORGET = TextSource("world:data", name="raw", split="forget")
-WORLD_RETAIN = TextSource("world:data", name="raw", split="retain1")
+WORLD_FORGET = {"path": "world:data", "name": "raw", "split": "forget"}
+WORLD_RETAIN = {"path": "world:data", "name": "raw", "split": "retain1"}
+
+# Sources are typed `str | dict` rather than `TextSource` for the CLI's sake: jsonargparse reads a
+# string given for a dataclass-typed argument as a config *file*, which would turn `forget: my.txt`
+# into the file's contents. Python callers may still pass a `TextSource`.
+Source = str | dict[str, Any]
 
 
 class TokenizedTexts(Dataset):
@@ -80,9 +85,16 @@ class _Collator:
         return collate(examples, self.pad_token_id)
 
 
-def _as_source(source: TextSource | str | None) -> TextSource | None:
+def _as_source(source: Source | TextSource | None) -> TextSource | None:
     if source is None or isinstance(source, TextSource):
         return source
+    if isinstance(source, dict):
+        unknown = set(source) - {"path", "name", "split", "column"}
+        if unknown:
+            raise ValueError(
+                f"Unknown text source keys {sorted(unknown)} in {source}; use path, name, split and column."
+            )
+        return TextSource(**source)
     return TextSource(path=source)
 
 
@@ -107,8 +119,9 @@ class ForgetRetainDataModule(LightningDataModule):
     set (``dataloader_idx`` 0 = forget, 1 = retain) so the module can report forget/retain NLL.
 
     Args:
-        forget: The forget set: a path (``.txt``, ``.jsonl``, directory of ``.txt``) or a ``TextSource``
-            (Hugging Face dataset path, ``name``, ``split``, ``column``). Default: the toy world's forget split.
+        forget: The forget set: a path (``.txt``, ``.jsonl``, directory of ``.txt``) or a mapping with the
+            fields of ``TextSource`` (Hugging Face dataset ``path``, ``name``, ``split``, ``column``), or a
+            ``TextSource``. Default: the toy world's forget split.
         retain: The retain set, same forms; ``None`` for forget-only objectives. Default: the toy world's
             ``retain1`` split.
         tokenizer: Tokenizer path or hub id. ``None`` uses the trained module's ``model_name_or_path``.
@@ -132,8 +145,8 @@ class ForgetRetainDataModule(LightningDataModule):
 
     def __init__(
         self,
-        forget: TextSource | str = WORLD_FORGET,
-        retain: TextSource | str | None = WORLD_RETAIN,
+        forget: Source = WORLD_FORGET,
+        retain: Source | None = WORLD_RETAIN,
         tokenizer: str | None = None,
         max_length: int = 128,
         packing: Packing = "chunk",

@@ -1,0 +1,565 @@
+"""``lit-unlearn export``: merge an unlearning adapter into its base for deployment, and say what 4-bit keeps.
+
+P1's protocol merges the LoRA adapter into the base weights (``merge_and_unload``) before post-training
+quantization, so a deployment serves ``Q(W0 + ΔW)``. This command writes that merged model as safetensors
+and, next to it, the survival statistics of every updated layer under each scheme (``survival.json``,
+``survival.md``): the share of quantization codes the update flips, the share of it below half a step,
+and how much of it ``Q(W0 + ΔW) - Q(W0)`` still carries (``retained``, ``cosine``, ``rel_error``; see
+:mod:`lit_unlearn.quantization.survival`). The statistics explain, they are no verdict: whether the
+forgetting survives is measured functionally (``QuantizedEvaluation``).
+
+Statistics stream one layer at a time: for an adapter, ``ΔW`` comes from
+:func:`lit_unlearn.adapters.lora_deltas` before the merge; for a full-parameter model, each base weight is
+read on its own from the base's safetensors files. No second copy of the model is built. For a float32
+base the adapter statistics are exactly those of the merged weights. For a bf16/fp16 base they describe
+``W0 + ΔW`` with ``ΔW`` rounded to the base dtype first, while peft adds the float32 update and rounds
+once, so about 1% of merged weights differ by one ulp from what was measured (cosines move by ~1e-3).
+
+Example::
+
+    lit-unlearn export logs/adapter merged/ --quantize nf4
+    lit-unlearn export logs/model merged/ --base world:target   # full-parameter unlearning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lit_unlearn.adapters import lora_deltas
+from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.quantization import (
+    SCHEMES,
+    SurvivalStats,
+    default_filter,
+    get_scheme,
+    survival_stats,
+    survival_stats_delta,
+)
+
+__all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
+
+Quantize = Literal["none", "nf4", "fp4", "int8"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+# The two 4-bit formats of P1's deployments (fp4 in its first runs, nf4 later).
+DEFAULT_SCHEMES: tuple[str, ...] = ("nf4", "fp4")
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote, and the survival statistics of the exported weights per scheme.
+
+    Attributes:
+        source: The adapter or model directory that was exported.
+        base: The base model the statistics compare against (``W0``).
+        kind: ``lora`` (an adapter merged into ``base``) or ``full`` (a full-parameter model).
+        output_dir: Where the merged model, its tokenizer and the reports were written.
+        quantized_dir: Where the bitsandbytes-quantized copy was written, or ``None``.
+        quantize: The bitsandbytes format of ``quantized_dir`` (``none`` if there is none).
+        layers: ``scheme → layer name → SurvivalStats`` for each updated linear layer, in model order.
+            Names are those of the merged model (``model.layers.0.self_attn.q_proj``).
+        worst: How many layers :meth:`worst_layers` lists by default.
+    """
+
+    source: str
+    base: str
+    kind: Literal["lora", "full"]
+    output_dir: str
+    quantized_dir: str | None
+    quantize: str
+    layers: dict[str, dict[str, SurvivalStats]] = field(default_factory=dict)
+    worst: int = 5
+
+    @property
+    def schemes(self) -> list[str]:
+        return list(self.layers)
+
+    def total(self, scheme: str) -> SurvivalStats:
+        """All layers pooled, as if their weights formed one vector."""
+        return SurvivalStats.aggregate(self.layers[scheme].values())
+
+    def worst_layers(self, scheme: str, k: int | None = None) -> list[tuple[str, SurvivalStats]]:
+        """The ``k`` layers whose quantized update keeps the least of ``ΔW``'s direction (lowest cosine).
+
+        The cosine is the ranking key because ``retained`` stays near 1 when a few flipped codes carry the
+        update on average, while the cosine falls as rounding noise swamps it. Layers with ``ΔW = 0`` have
+        nothing to keep and are left out.
+        """
+        updated = [(name, s) for name, s in self.layers[scheme].items() if s.delta_sq > 0]
+        ranked = sorted(updated, key=lambda item: (item[1].cosine, item[1].retained))
+        return ranked[: self.worst if k is None else k]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON: the export's paths and, per scheme, the pooled ``total``, the worst and all layers."""
+        return {
+            "source": self.source,
+            "base": self.base,
+            "kind": self.kind,
+            "output_dir": self.output_dir,
+            "quantized_dir": self.quantized_dir,
+            "quantize": self.quantize,
+            "schemes": {
+                scheme: {
+                    "total": {"layers": len(layers), **self.total(scheme).as_dict()},
+                    "worst_layers": [{"layer": name, **s.as_dict()} for name, s in self.worst_layers(scheme)],
+                    "layers": {name: s.as_dict() for name, s in layers.items()},
+                }
+                for scheme, layers in self.layers.items()
+            },
+        }
+
+    def to_markdown(self) -> str:
+        if self.kind == "lora":
+            what = f"adapter `{self.source}` merged into"
+        else:
+            what = f"full-parameter model `{self.source}` against"
+        n_layers = len(next(iter(self.layers.values()), {}))
+        lines = [
+            f"# What quantization keeps of the unlearning update in `{self.output_dir}`",
+            "",
+            f"{what} base `{self.base}`; {n_layers} updated linear layers.",
+        ]
+        if self.quantized_dir is not None:
+            lines.append(f"bitsandbytes {self.quantize} copy: `{self.quantized_dir}`.")
+        lines += ["", _table_header("scheme")]
+        lines += [_table_row(scheme, self.total(scheme)) for scheme in self.layers]
+        for scheme in self.layers:
+            worst = self.worst_layers(scheme)
+            if worst:
+                lines += ["", f"## {scheme}: the {len(worst)} layers keeping the least (lowest cosine)", ""]
+                lines += [_table_header("layer"), *(_table_row(f"`{name}`", s) for name, s in worst)]
+        lines += [
+            "",
+            "changed: share of quantization codes the update flips. below ½ step: share of the update "
+            "smaller than half a quantization step. retained: ⟨Q(W0+ΔW)−Q(W0), ΔW⟩/‖ΔW‖². cosine and "
+            "rel. error compare Q(W0+ΔW)−Q(W0) with ΔW (signal against rounding noise). retained ≈ 1 with "
+            "few codes changed means the flipped codes carry the update on average; a low cosine means "
+            "4-bit adds noise to it. Whether the forgetting survives is a functional question: evaluate the "
+            "quantized model (QuantizedEvaluation).",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``survival.json`` and ``survival.md`` into ``directory``; return both paths."""
+        directory = Path(directory)
+        json_path, md_path = directory / "survival.json", directory / "survival.md"
+        json_path.write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
+        md_path.write_text(self.to_markdown(), encoding="utf-8")
+        return json_path, md_path
+
+
+def _table_header(first: str) -> str:
+    columns = ("changed", "below ½ step", "retained", "cosine", "rel. error", "‖ΔW‖")
+    return f"| {first} | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 1) + "|"
+
+
+def _table_row(label: str, s: SurvivalStats) -> str:
+    return (
+        f"| {label} | {s.changed:.1%} | {s.below_half_step:.1%} | {s.retained:.3f} | {s.cosine:.3f} "
+        f"| {s.rel_error:.3f} | {s.delta_norm:.3g} |"
+    )
+
+
+# ---------------------------------------------------------------------- checks before loading
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        allowed = ", ".join(map(repr, choices))
+        raise ValueError(f"`{name}`={value!r} is not supported; choose one of {allowed}.")
+
+
+def _check_schemes(schemes: Sequence[str], quantize: str) -> list[str]:
+    if isinstance(schemes, str):
+        schemes = [schemes]
+    schemes = list(dict.fromkeys(schemes))
+    # The format the copy is saved in is always reported: it is the one that will be deployed.
+    if quantize != "none" and quantize not in schemes:
+        schemes.append(quantize)
+    if not schemes:
+        allowed = ", ".join(map(repr, SCHEMES))
+        raise ValueError(f"`schemes` is empty; give at least one of {allowed}, e.g. nf4 fp4.")
+    for scheme in schemes:
+        get_scheme(scheme)  # raises, listing SCHEMES
+    return schemes
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+
+
+def _read_adapter_config(directory: Path) -> dict[str, Any]:
+    config = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise ValueError(
+            f"{str(directory)!r} holds a {peft_type} adapter; export merges LoRA adapters only (what "
+            "UnlearningModule trains). Merge it with peft's own `merge_and_unload` instead."
+        )
+    return config
+
+
+def _resolve_inputs(adapter_or_model: str, base: str | None) -> tuple[Path, Literal["lora", "full"], str]:
+    source = Path(resolve_path(adapter_or_model)).expanduser()
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"Adapter or model directory {adapter_or_model!r} does not exist. Pass the directory "
+            "UnlearningModule saved at fit end (`<log_dir>/adapter` for LoRA, `<log_dir>/model` for "
+            "full-parameter runs, or its `output_dir`)."
+        )
+    if (source / "adapter_config.json").is_file():
+        config = _read_adapter_config(source)
+        base = base or config.get("base_model_name_or_path")
+        if not base:
+            raise ValueError(
+                f"{str(source / 'adapter_config.json')!r} names no `base_model_name_or_path`; pass the base "
+                "model the adapter was trained on with `base` (`--base PATH_OR_HUB_ID`)."
+            )
+        kind: Literal["lora", "full"] = "lora"
+    elif (source / "config.json").is_file():
+        if base is None:
+            raise ValueError(
+                f"{str(source)!r} is a full model (no adapter_config.json), which records no base model. "
+                "Pass the model it was unlearned from with `base` (`--base PATH_OR_HUB_ID`) to compare its "
+                "weights."
+            )
+        kind = "full"
+    else:
+        raise FileNotFoundError(
+            f"{str(source)!r} holds neither adapter_config.json (a LoRA adapter) nor config.json (a model). "
+            "Pass the directory UnlearningModule.save_pretrained wrote."
+        )
+    resolved_base = resolve_path(base)
+    if _looks_local(resolved_base) and not Path(resolved_base).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"Base model directory {resolved_base!r} does not exist. Pass the base with `base` (`--base`): a "
+            "local model directory, a hub id, or world:target."
+        )
+    return source, kind, resolved_base
+
+
+def _prepare_output(output_dir: str | Path, source: Path, overwrite: bool) -> Path:
+    out = Path(output_dir).expanduser()
+    if out.resolve() == source.resolve():
+        raise ValueError(
+            f"`output_dir` {str(out)!r} is the input directory; write the merged model somewhere else."
+        )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"`output_dir` {str(out)!r} is a file; give a directory.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"`output_dir` {str(out)!r} exists and is not empty; pass `overwrite=True` (`--overwrite`) to "
+            "write into it, or choose a new directory."
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- statistics
+def _deployed_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+    """The linear layers a bitsandbytes deployment quantizes: each plain ``nn.Linear`` but the output head."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    for name, module in model.named_modules():
+        if module is not head and default_filter(name, module):
+            yield name, module
+
+
+def _layer_stats(fn: Any, name: str, w0: torch.Tensor, other: torch.Tensor, scheme: str) -> SurvivalStats:
+    try:
+        return fn(w0, other, scheme)
+    except ValueError as err:
+        raise ValueError(
+            f"Scheme {scheme!r} cannot be applied to layer {name!r}: {err} Drop it from `schemes`."
+        ) from err
+
+
+@torch.no_grad()
+def _lora_statistics(
+    peft_model: nn.Module, schemes: list[str], progress: bool
+) -> dict[str, dict[str, SurvivalStats]]:
+    from peft.tuners.lora import LoraLayer
+
+    layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
+    total = sum(isinstance(m, LoraLayer) for m in peft_model.modules())
+    with tqdm(total=total, desc="Survival statistics", unit="layer", disable=not progress) as bar:
+        for name, w0, delta in lora_deltas(peft_model):
+            for scheme in schemes:
+                layers[scheme][name] = _layer_stats(survival_stats_delta, name, w0, delta, scheme)
+            bar.update()
+    return layers
+
+
+class _SafetensorsWeights:
+    """Read single tensors of a (possibly sharded) safetensors model on demand."""
+
+    def __init__(self, model: str) -> None:
+        from safetensors import safe_open
+
+        directory = Path(model).expanduser()
+        if not directory.is_dir():
+            from huggingface_hub import snapshot_download
+
+            patterns = ["*.safetensors", "*.safetensors.index.json"]
+            directory = Path(snapshot_download(model, allow_patterns=patterns))
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = {key: directory / name for key, name in weight_map.items()}
+        elif (directory / "model.safetensors").is_file():
+            with safe_open(directory / "model.safetensors", framework="pt") as f:
+                files = dict.fromkeys(f.keys(), directory / "model.safetensors")
+        else:
+            raise FileNotFoundError(
+                f"Base model {model!r} has no safetensors weights (model.safetensors or its index), which "
+                "the layer-by-layer comparison reads. Re-save the base with `save_pretrained` (safetensors "
+                "is its default)."
+            )
+        self.model = model
+        self.files = files
+        self._safe_open = safe_open
+        self._handles: dict[Path, Any] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.files:
+            raise ValueError(
+                f"Base model {self.model!r} has no weight {key!r}. Is it the model the unlearned one started "
+                "from, with the same architecture? Pass that model with `base` (`--base`)."
+            )
+        path = self.files[key]
+        if path not in self._handles:
+            self._handles[path] = self._safe_open(path, framework="pt")
+        return self._handles[path].get_tensor(key)
+
+
+@torch.no_grad()
+def _full_statistics(
+    model: nn.Module, base: str, schemes: list[str], progress: bool
+) -> dict[str, dict[str, SurvivalStats]]:
+    base_weights = _SafetensorsWeights(base)
+    layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
+    linears = list(_deployed_linears(model))
+    for name, module in tqdm(linears, desc="Survival statistics", unit="layer", disable=not progress):
+        w0, w1 = base_weights[f"{name}.weight"], module.weight.detach()
+        if w0.shape != w1.shape:
+            raise ValueError(
+                f"Layer {name!r} has shape {tuple(w1.shape)} but the base's has {tuple(w0.shape)}; `base` "
+                "must be the model the unlearned one started from."
+            )
+        for scheme in schemes:
+            layers[scheme][name] = _layer_stats(survival_stats, name, w0, w1, scheme)
+    return layers
+
+
+# ---------------------------------------------------------------------- loading and saving
+def _load_tokenizer(source: Path, base: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    # UnlearningModule saves the tokenizer next to the adapter; an adapter saved without one uses the base's.
+    has_own = (source / "tokenizer_config.json").is_file()
+    path = str(source) if has_own else base
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _bitsandbytes_config(quantize: str, dtype: torch.dtype) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # Block 64 (transformers' fixed choice) is the block of the nf4/fp4 statistics.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=dtype)
+
+
+def _save_quantized(
+    merged_dir: Path, quantize: str, dtype: torch.dtype, tokenizer: Any, trust_remote_code: bool
+) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    target = merged_dir / quantize
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            merged_dir,
+            quantization_config=_bitsandbytes_config(quantize, dtype),
+            dtype=dtype,
+            device_map={"": device},
+            trust_remote_code=trust_remote_code,
+        )
+        model.save_pretrained(target)
+    except (ImportError, NotImplementedError, RuntimeError, ValueError) as err:
+        raise RuntimeError(
+            f"bitsandbytes could not quantize and save the model as {quantize} on {device} ({err}). "
+            "Serialising bitsandbytes weights may need a CUDA device. The merged model in "
+            f"{str(merged_dir)!r} is complete: quantize it at load time with "
+            "`from_pretrained(..., quantization_config=BitsAndBytesConfig(...))`, or rerun the export with "
+            "`--quantize` on a CUDA machine."
+        ) from err
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def export(
+    adapter_or_model: str,
+    output_dir: str,
+    base: str | None = None,
+    quantize: Quantize = "none",
+    schemes: Sequence[str] = DEFAULT_SCHEMES,
+    dtype: Dtype = "auto",
+    worst: int = 5,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Merge an adapter into its base (or take a full model), save it for deployment, report what 4-bit keeps.
+
+    Writes into ``output_dir``: the merged model (``save_pretrained``, safetensors) and tokenizer, and
+    ``survival.json`` / ``survival.md`` with the survival statistics of every updated linear layer under
+    each scheme (``W0`` = base, ``ΔW`` = merged − base), pooled and for the ``worst`` layers. With
+    ``quantize``, also a bitsandbytes-quantized copy in ``output_dir/<quantize>`` (with the tokenizer), as
+    ``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))`` stores it.
+
+    Args:
+        adapter_or_model: A LoRA adapter directory (``adapter_config.json``, as ``UnlearningModule`` or
+            peft's ``save_pretrained`` writes it) or a full model directory; ``world:...`` paths resolve to
+            the toy world.
+        output_dir: Directory for the merged model and the reports.
+        base: The base model (path, hub id or ``world:target``). For an adapter it overrides
+            ``base_model_name_or_path`` of ``adapter_config.json``; for a full model it is required. Its
+            weights are ``W0``; for a full model they are read from its safetensors files.
+        quantize: Also save a bitsandbytes copy: ``nf4``/``fp4`` (``load_in_4bit``, block 64) or ``int8``
+            (LLM.int8, ``load_in_8bit``); ``none`` saves only the merged model. Its scheme is added to
+            ``schemes`` so the report covers the deployed format.
+        schemes: Schemes of :data:`lit_unlearn.quantization.SCHEMES` to report, each at its default block
+            size.
+        dtype: Dtype to load and save the model in; ``auto`` keeps the base's stored dtype.
+        worst: How many of the worst layers the report lists per scheme.
+        overwrite: Write into a non-empty ``output_dir``.
+        trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
+        progress: Show tqdm progress bars.
+
+    Returns:
+        The :class:`ExportReport` that ``survival.json`` holds.
+
+    Raises:
+        FileNotFoundError: if the adapter/model or a local base directory does not exist.
+        FileExistsError: if ``output_dir`` is not empty and ``overwrite`` is off.
+        ValueError: for an unknown ``quantize``, ``dtype`` or scheme, a full model without ``base``, or a
+            base whose weights do not match. All argument checks run before any model is loaded.
+        RuntimeError: if bitsandbytes cannot serialise the quantized copy on this machine; the merged
+            model is complete by then.
+
+    Example::
+
+        from lit_unlearn.export import export
+
+        report = export("logs/adapter", "merged", quantize="nf4")
+        print(report.total("nf4").cosine)
+    """
+    _check_choice("quantize", quantize, QUANTIZE_CHOICES)
+    _check_choice("dtype", dtype, DTYPE_CHOICES)
+    if worst < 1:
+        raise ValueError(f"`worst` must be a positive number of layers, got {worst}.")
+    schemes = _check_schemes(schemes, quantize)
+    source, kind, base_path = _resolve_inputs(adapter_or_model, base)
+    out = _prepare_output(output_dir, source, overwrite)
+
+    load_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    load = _load_lora if kind == "lora" else _load_full
+    model, layers = load(source, base_path, load_dtype, schemes, trust_remote_code, progress)
+    tokenizer = _load_tokenizer(source, base_path, trust_remote_code)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    del model  # the quantized copy is loaded from disk; two models never share memory
+
+    report = ExportReport(
+        source=str(adapter_or_model), base=str(base or base_path), kind=kind, output_dir=str(out),
+        quantized_dir=None, quantize="none", layers=layers, worst=worst,
+    )
+    # Written before quantizing, so a failed bitsandbytes save still leaves a complete, documented export.
+    report.write(out)
+    if quantize != "none":
+        report.quantized_dir = str(_save_quantized(out, quantize, model_dtype, tokenizer, trust_remote_code))
+        report.quantize = quantize
+        report.write(out)
+    return report
+
+
+def _load_lora(
+    source: Path, base: str, dtype: Any, schemes: list[str], trust_remote_code: bool, progress: bool
+) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
+    """The base with the adapter merged, and the statistics of each adapted layer taken before the merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    peft_model = PeftModel.from_pretrained(model, str(source)).eval()
+    layers = _lora_statistics(peft_model, schemes, progress)
+    return peft_model.merge_and_unload(progressbar=progress), layers
+
+
+def _load_full(
+    source: Path, base: str, dtype: Any, schemes: list[str], trust_remote_code: bool, progress: bool
+) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
+    """The full-parameter model, and the statistics of each of its linear layers against ``base``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model, _full_statistics(model, base, schemes, progress)
+
+
+# ---------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-unlearn export",
+        description=(
+            "Merge a LoRA adapter into its base (or take a full-parameter model), save it as safetensors for "
+            "deployment, and report per quantization scheme how much of the unlearning update survives."
+        ),
+    )
+    parser.add_argument(
+        "adapter_or_model", help="adapter directory (adapter_config.json), or a model directory with --base"
+    )
+    parser.add_argument("output_dir", help="directory for the merged model, tokenizer and survival reports")
+    parser.add_argument("--base", default=None, help="base model (default: the adapter's)")
+    parser.add_argument(
+        "--quantize", default="none", choices=QUANTIZE_CHOICES,
+        help="also save a bitsandbytes copy in OUTPUT_DIR/<format> (default: none)",
+    )
+    parser.add_argument(
+        "--schemes", nargs="+", default=list(DEFAULT_SCHEMES), metavar="SCHEME",
+        help=f"schemes to report (default: {' '.join(DEFAULT_SCHEMES)}); any of {', '.join(SCHEMES)}",
+    )
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="saved dtype (default: auto)")
+    parser.add_argument("--worst", type=int, default=5, help="worst layers listed per scheme (default: 5)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUTPUT_DIR")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> ExportReport:
+    """``lit-unlearn export``: parse ``argv``, export, print the survival report (Markdown)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        report = export(
+            args.adapter_or_model, args.output_dir, base=args.base, quantize=args.quantize,
+            schemes=args.schemes, dtype=args.dtype, worst=args.worst, overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        parser.error(str(err))
+    print(report.to_markdown())
+    copy = f"; {report.quantize} copy: {report.quantized_dir}" if report.quantized_dir else ""
+    print(f"Merged model: {report.output_dir}{copy}")
+    return report
