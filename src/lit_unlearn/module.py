@@ -60,6 +60,8 @@ class UnlearningModule(LightningModule):
         lora: LoRA settings, or ``None`` for full-parameter unlearning.
         sure_percentile: Full-parameter runs only: SURE's saliency mask (P2). Each step only the weight
             rows whose forget-gradient norm is above this percentile are updated. ``None`` disables it.
+        tokenizer: Tokenizer path or hub id, for model repositories that ship none (e.g. MUSE's targets
+            use Llama-2's). ``None`` loads it from ``model_name_or_path``.
         dtype: Dtype the model is loaded in. Trainable weights are always kept in float32: in pure bf16
             most unlearning updates would round away before they reach the weights.
         trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
@@ -94,6 +96,7 @@ class UnlearningModule(LightningModule):
         klr_form: Literal["probs", "logits"] = "probs",
         lora: LoRA | None = LoRA(),
         sure_percentile: float | None = None,
+        tokenizer: str | None = None,
         dtype: Dtype = "float32",
         trust_remote_code: bool = False,
         output_dir: str | None = None,
@@ -127,6 +130,7 @@ class UnlearningModule(LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora"])
         self.hparams["lora"] = None if lora is None else vars(lora).copy()
         self.model_name_or_path = model_name_or_path
+        self.tokenizer_path = tokenizer
         self.lora = lora
         self.sure_percentile = sure_percentile
         self.dtype_name = dtype
@@ -154,7 +158,7 @@ class UnlearningModule(LightningModule):
 
     @property
     def tokenizer_name_or_path(self) -> str:
-        return self.model_name_or_path
+        return self.tokenizer_path or self.model_name_or_path
 
     # ------------------------------------------------------------------ model
     @override
@@ -182,7 +186,9 @@ class UnlearningModule(LightningModule):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
+        )
         if self.lora is not None:
             model = apply_lora(model, self.lora)
         elif self.objective.needs_reference:

@@ -6,6 +6,7 @@ embedded toy world, which is written to disk in MUSE's layout (``world:data``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,20 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def _content_cache_dir(directory: Path) -> Path:
+    # datasets 5 caches a local dataset directory under its folder name and relative file names only,
+    # so two directories called `data` in MUSE layout (every toy world, most local MUSE copies) share
+    # one cache entry and the second one loads the first one's rows. A cache keyed by the absolute
+    # path and each file's size and modification time cannot be stale.
+    import datasets
+
+    digest = hashlib.sha256(str(directory.resolve()).encode())
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(directory)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return Path(datasets.config.HF_DATASETS_CACHE) / "lit_unlearn" / digest.hexdigest()[:20]
+
+
 def load_split(path: str, name: str | None, split: str) -> Any:
     """Load one split of a Hugging Face dataset (hub id, local dataset directory or ``world:data``).
 
@@ -63,8 +78,10 @@ def load_split(path: str, name: str | None, split: str) -> Any:
     import datasets
 
     path = resolve_path(path)
+    local = Path(path).expanduser()
+    cache_dir = str(_content_cache_dir(local)) if local.is_dir() else None
     try:
-        return datasets.load_dataset(path, name, split=split)
+        return datasets.load_dataset(str(local) if local.is_dir() else path, name, split=split, cache_dir=cache_dir)
     except ValueError as err:
         # datasets phrases unknown configs/splits in several ways; name what we asked for and what exists.
         try:

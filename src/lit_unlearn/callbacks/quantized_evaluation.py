@@ -1,0 +1,407 @@
+"""Quantized Evaluation: the MUSE table of the model being unlearned at full precision, 8-bit and 4-bit.
+
+The shape of Lightning's ``WeightAveraging``: swap weights in (the adapter merged, then quantized),
+measure, swap the originals back, so training continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lit_unlearn.adapters import is_peft_model
+from lit_unlearn.evaluation import (
+    EvalData,
+    Precision,
+    Quantizer,
+    ResultsTable,
+    Task,
+    check_precision,
+    check_tasks,
+    evaluate,
+)
+from lit_unlearn.evaluation.deployment import base_dtype
+from lit_unlearn.evaluation.results import scalar_name
+from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
+
+__all__ = ["QuantizedEvaluation"]
+
+_RETRAIN = "retrain"
+
+
+class QuantizedEvaluation(Callback):
+    """Evaluate MUSE metrics (VerbMem, KnowMem, PrivLeak, utility) of the model as it would be deployed at
+    each precision, and write the results table.
+
+    A LoRA adapter is merged before quantization (P1's protocol); see
+    :func:`lit_unlearn.evaluation.evaluate`. Runs at the end of training (``on_train_end``: the last point
+    where the model is still on its accelerator; ``on_fit_end`` runs after the strategy moved it to
+    CPU), after the test loop (``on_test_epoch_end``, so ``lit-unlearn test -c config.yaml`` writes the
+    table) and, with ``every_n_steps``, every N optimizer steps, logging ``eval/<precision>/<metric>`` so
+    full-precision and 4-bit curves can be plotted side by side.
+
+    The model is ``pl_module.evaluation_model()`` when the module defines that hook (returning the model,
+    or ``(model, tokenizer)``), else ``pl_module.model`` (a Hugging Face causal LM or a peft model). The
+    tokenizer is the hook's, else ``pl_module.tokenizer``, else loaded from ``tokenizer``.
+
+    Args:
+        data: MUSE-layout evaluation data: a hub id (``muse-bench/MUSE-News``), a local dataset directory,
+            or ``world:data`` (the embedded toy world).
+        precisions: Precisions to evaluate, from ``full``, ``int8``, ``nf4``, ``fp4``, ``int4``.
+        convention: ``muse`` (MUSE's code: 128-token VerbMem ground truth, no stemming) or
+            ``open-unlearning`` (whole ground truth, stemming, AUC_retrain 0.5 by default).
+        auc_retrain: AUC of the retrain model for PrivLeak: a number, ``news``/``books`` for the published
+            values (0.4772 / 0.5393), or ``None``: taken from the ``retrain`` reference when there is one,
+            else the convention's fallback (``muse``: PrivLeak is reported as missing).
+        references: Models evaluated once as reference rows, name → path or hub id, e.g.
+            ``{"target": "world:target", "retrain": "world:retrain"}``. They share the module's tokenizer.
+            The full-precision AUC of a reference named ``retrain`` is AUC_retrain unless ``auc_retrain``
+            is set.
+        every_n_steps: Also evaluate every N optimizer steps (scalars only); ``None`` evaluates only at
+            the end.
+        max_items: Items per evaluated set (MUSE has 100); ``None`` keeps all. Small values make periodic
+            evaluation cheap.
+        batch_size: Prompts or texts per forward pass.
+        output_dir: Where ``results.md``/``.csv``/``.json`` go; ``None`` uses ``trainer.log_dir`` (else
+            ``trainer.default_root_dir``).
+        method: Row name of the trained model; ``None`` uses ``pl_module.hparams["objective"]`` (or the
+            class name), with `` (LoRA)`` appended for a peft model.
+        tokenizer: Tokenizer path or hub id, used only when the module carries no tokenizer.
+        quantizer: ``fake`` (exact simulation on any device) or ``bitsandbytes`` (CUDA: the merged model
+            is reloaded with ``BitsAndBytesConfig``; no ``int4``).
+        tasks: Subset of ``verbmem_forget``, ``knowmem_forget``, ``knowmem_retain``, ``privleak``;
+            ``None`` runs all.
+        verbmem_max_new_tokens: Greedy tokens per VerbMem prompt; MUSE uses 128. Lower values only make
+            quick curves, not numbers comparable with the papers.
+        knowmem_max_new_tokens: Greedy tokens per KnowMem question; MUSE uses 32.
+        progress: Show progress bars over evaluation items.
+
+    Raises:
+        ValueError: If an argument is out of range or unknown (the message names it and the valid values);
+            in ``setup``, for ``quantizer="bitsandbytes"`` without CUDA, or a test run under a strategy that
+            shards weights (FSDP, DeepSpeed, model parallel). A sharded *fit* only warns and turns the
+            callback off for that fit: full-parameter 7B runs train sharded and are evaluated afterwards
+            with ``lit-unlearn test`` on one device.
+        TypeError: At evaluation, if the module holds no causal LM where the model is looked up.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lit_unlearn import ForgetRetainDataModule, UnlearningModule
+        from lit_unlearn.callbacks.quantized_evaluation import QuantizedEvaluation
+
+        evaluation = QuantizedEvaluation(
+            precisions=["full", "int8", "nf4"], references={"retrain": "world:retrain"}, every_n_steps=50
+        )
+        trainer = Trainer(max_steps=200, callbacks=[evaluation])
+        trainer.fit(UnlearningModule("world:target", objective="npo_gdr"), ForgetRetainDataModule())
+        # <log_dir>/results.md now holds the table; eval/nf4/verbmem etc. are logged every 50 steps.
+    """
+
+    def __init__(
+        self,
+        data: str = "world:data",
+        precisions: Sequence[Precision] = ("full", "int8", "nf4", "fp4"),
+        convention: ConventionName = "muse",
+        auc_retrain: float | str | None = None,
+        references: Mapping[str, str] | None = None,
+        every_n_steps: int | None = None,
+        max_items: int | None = None,
+        batch_size: int = 8,
+        output_dir: str | None = None,
+        method: str | None = None,
+        tokenizer: str | None = None,
+        quantizer: Quantizer = "fake",
+        tasks: Sequence[Task] | None = None,
+        verbmem_max_new_tokens: int = 128,
+        knowmem_max_new_tokens: int = 32,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(data, str) or not data:
+            raise ValueError(
+                f"`data`={data!r} must name a MUSE-layout dataset, e.g. 'world:data' or "
+                "'muse-bench/MUSE-News'."
+            )
+        if isinstance(precisions, str):
+            precisions = [precisions]
+        if not precisions:
+            raise ValueError(
+                "`precisions` is empty; give at least one of 'full', 'int8', 'nf4', 'fp4', 'int4'."
+            )
+        for precision in precisions:
+            check_precision(precision, quantizer)
+        for name, value in (("every_n_steps", every_n_steps), ("max_items", max_items)):
+            if value is not None and not _positive_int(value):
+                raise ValueError(f"`{name}`={value!r} must be a positive integer, or None to turn it off.")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("verbmem_max_new_tokens", verbmem_max_new_tokens),
+            ("knowmem_max_new_tokens", knowmem_max_new_tokens),
+        ):
+            if not _positive_int(value):
+                raise ValueError(f"`{name}`={value!r} must be a positive integer.")
+        references = dict(references or {})
+        for name, path in references.items():
+            if not name or not isinstance(path, str) or not path:
+                raise ValueError(
+                    f"`references` entry {name!r}: {path!r} must map a row name to a model path or hub id, "
+                    "e.g. {'retrain': 'world:retrain'}."
+                )
+        self.data = data
+        self.precisions = list(dict.fromkeys(precisions))
+        self.convention = get_convention(convention).name
+        self.auc_retrain = resolve_auc_retrain(auc_retrain)
+        self.references = references
+        self.every_n_steps = every_n_steps
+        self.max_items = max_items
+        self.batch_size = batch_size
+        self.output_dir = output_dir
+        self.method = method
+        self.tokenizer = tokenizer
+        self.quantizer = quantizer
+        self.tasks = check_tasks(tasks)
+        self.verbmem_max_new_tokens = verbmem_max_new_tokens
+        self.knowmem_max_new_tokens = knowmem_max_new_tokens
+        self.progress = progress
+
+        self.table = ResultsTable()
+        self._reference_rows: dict[str, dict[str, dict[str, float]]] = {}
+        self._computed_auc_retrain: float | None = None
+        self._eval_data: EvalData | None = None
+        self._last_step = -1
+        self._active = True
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._active = True
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+            message = (
+                "QuantizedEvaluation swaps whole weight matrices and generates with the unwrapped model, "
+                f"which {type(trainer.strategy).__name__} shards across processes."
+            )
+            if stage != "fit":
+                raise ValueError(
+                    f"{message} Run `lit-unlearn test` on one device (`--trainer.devices 1 "
+                    "--trainer.strategy auto`) or with strategy='ddp', where each rank evaluates a shard of "
+                    "the items."
+                )
+            # A sharded fit is how full-parameter 7B runs train; the table is made afterwards on one device.
+            rank_zero_warn(
+                f"{message} It is off for this fit; evaluate the saved model with `lit-unlearn test` on one "
+                "device."
+            )
+            self._active = False
+        if self.quantizer == "bitsandbytes" and not torch.cuda.is_available():
+            raise ValueError(
+                "`quantizer`='bitsandbytes' needs a CUDA device and none is available; use "
+                "quantizer='fake', the exact simulation of the same formats."
+            )
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not self._active:
+            return
+        # With gradient accumulation this hook runs once per micro-batch; evaluate once per optimizer step.
+        if self.every_n_steps is None or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        model, tokenizer = self._model_and_tokenizer(pl_module)
+        auc_retrain = self._auc_retrain(model, tokenizer)
+        scalars = {}
+        for precision in self.precisions:
+            results = self._evaluate(model, tokenizer, precision, auc_retrain)
+            # NaN (PrivLeak without AUC_retrain) is left out rather than drawn as a gap in every curve.
+            scalars.update(
+                {f"eval/{precision}/{scalar_name(k)}": v for k, v in results.items() if not math.isnan(v)}
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active:
+            self.run(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The test loop runs under inference mode, in which weights cannot be swapped; step out of it.
+        with torch.inference_mode(False):
+            self.run(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # Reference models do not change, so a resumed run need not evaluate them again.
+        return {"reference_rows": self._reference_rows, "computed_auc_retrain": self._computed_auc_retrain}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._reference_rows = dict(state_dict.get("reference_rows", {}))
+        self._computed_auc_retrain = state_dict.get("computed_auc_retrain")
+
+    # ------------------------------------------------------------------ evaluation
+    def run(self, trainer: Trainer, pl_module: LightningModule) -> ResultsTable:
+        """Evaluate references (once) and the trained model at every precision; write and log the table."""
+        model, tokenizer = self._model_and_tokenizer(pl_module)
+        auc_retrain = self._auc_retrain(model, tokenizer)
+        method = self._method_name(pl_module, model)
+        table = ResultsTable()
+        for name, path in self.references.items():
+            rows = self._reference(name, path, model, tokenizer, auc_retrain)
+            for precision in self.precisions:
+                table.add(name, precision, rows[precision])
+        for precision in self.precisions:
+            table.add(method, precision, self._evaluate(model, tokenizer, precision, auc_retrain))
+        self.table = table
+        self._write(trainer, table)
+        rank_zero_info(
+            f"MUSE evaluation ({self.convention} convention, step "
+            f"{trainer.global_step}):\n{table.to_markdown()}"
+        )
+        for logger in trainer.loggers:
+            table.log_to(logger, step=trainer.global_step, primary=method)
+        return table
+
+    def _evaluate(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        precision: str,
+        auc_retrain: float | None,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        return evaluate(
+            model,
+            tokenizer,
+            self._data(),
+            precision=precision,
+            convention=self.convention,
+            auc_retrain=auc_retrain,
+            tasks=tasks or self.tasks,
+            batch_size=self.batch_size,
+            quantizer=self.quantizer,
+            verbmem_max_new_tokens=self.verbmem_max_new_tokens,
+            knowmem_max_new_tokens=self.knowmem_max_new_tokens,
+            progress=self.progress,
+        )
+
+    def _data(self) -> EvalData:
+        if self._eval_data is None:
+            self._eval_data = EvalData.load(self.data, self.max_items)
+        return self._eval_data
+
+    def _auc_retrain(self, model: nn.Module, tokenizer: Any) -> float | None:
+        if self.auc_retrain is not None or "privleak" not in self.tasks or _RETRAIN not in self.references:
+            return self.auc_retrain
+        if self._computed_auc_retrain is None:
+            reference = self._load_reference(self.references[_RETRAIN], model)
+            try:
+                # Only the attack's AUC is read here; it does not depend on the reference AUC, so any serves.
+                auc = self._evaluate(reference, tokenizer, "full", auc_retrain=1.0, tasks=["privleak"])["auc"]
+            finally:
+                del reference
+                _empty_cache()
+            self._computed_auc_retrain = auc
+            rank_zero_info(
+                f"AUC_retrain = {auc:.4f} (Min-40% forget vs holdout, retrain model at full precision)."
+            )
+        return self._computed_auc_retrain
+
+    def _reference(
+        self, name: str, path: str, model: nn.Module, tokenizer: Any, auc_retrain: float | None
+    ) -> dict[str, dict[str, float]]:
+        rows = self._reference_rows.setdefault(name, {})
+        missing = [p for p in self.precisions if p not in rows]
+        if missing:
+            reference = self._load_reference(path, model)
+            try:
+                for precision in missing:
+                    rows[precision] = self._evaluate(reference, tokenizer, precision, auc_retrain)
+            finally:
+                del reference
+                _empty_cache()
+        return rows
+
+    def _load_reference(self, path: str, model: nn.Module) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        from lit_unlearn.data.sources import resolve_path
+
+        like = next(model.parameters())
+        dtype = base_dtype(model)
+        rank_zero_info(f"Loading reference model {path!r} for the MUSE table.")
+        return AutoModelForCausalLM.from_pretrained(resolve_path(path), dtype=dtype).to(like.device).eval()
+
+    # ------------------------------------------------------------------ discovery
+    def _model_and_tokenizer(self, pl_module: LightningModule) -> tuple[nn.Module, Any]:
+        hook = getattr(pl_module, "evaluation_model", None)
+        tokenizer = None
+        if callable(hook):
+            found = hook()
+            model, tokenizer = found if isinstance(found, tuple) else (found, None)
+            source = f"{type(pl_module).__name__}.evaluation_model()"
+        else:
+            model = getattr(pl_module, "model", None)
+            source = f"{type(pl_module).__name__}.model"
+        if not isinstance(model, nn.Module) or not callable(getattr(model, "generate", None)):
+            raise TypeError(
+                f"QuantizedEvaluation found {type(model).__name__} at `{source}`, not a causal LM with "
+                "`generate`. Keep the Hugging Face (or peft) model in `self.model`, or define "
+                "`evaluation_model()` returning it (optionally with its tokenizer as `(model, tokenizer)`)."
+            )
+        tokenizer = tokenizer or getattr(pl_module, "tokenizer", None)
+        if tokenizer is None:
+            if self.tokenizer is None:
+                raise ValueError(
+                    f"QuantizedEvaluation needs a tokenizer but {type(pl_module).__name__} has no "
+                    "`tokenizer` attribute and the callback's `tokenizer` argument is None. Pass "
+                    "`tokenizer=` (a path or hub id)."
+                )
+            from transformers import AutoTokenizer
+
+            from lit_unlearn.data.sources import resolve_path
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer))
+            pl_module.tokenizer = tokenizer
+        return model, tokenizer
+
+    def _method_name(self, pl_module: LightningModule, model: nn.Module) -> str:
+        if self.method is not None:
+            return self.method
+        hparams = getattr(pl_module, "hparams", {}) or {}
+        objective = hparams.get("objective") if hasattr(hparams, "get") else None
+        name = str(objective) if isinstance(objective, str) else type(pl_module).__name__
+        return f"{name} (LoRA)" if is_peft_model(model) else name
+
+    def _output_dir(self, trainer: Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    @rank_zero_only
+    def _write(self, trainer: Trainer, table: ResultsTable) -> None:
+        paths = table.write(self._output_dir(trainer))
+        rank_zero_info(f"MUSE results written to {paths['md'].parent} (results.md, .csv, .json).")
+
+
+def _empty_cache() -> None:
+    # A reference model can be as large as the trained one; give its accelerator memory back at once.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

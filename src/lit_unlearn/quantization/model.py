@@ -1,0 +1,105 @@
+"""Fake-quantize a whole model in place: ``quantize_model_(model, scheme, filter_fn=...)``.
+
+torchao's grammar: the trailing ``_`` says the model is modified, the *what* is the scheme, the
+*where* is ``filter_fn(name, module) -> bool``. The default *where* is what transformers'
+``load_in_4bit`` / ``load_in_8bit`` converts: every plain ``nn.Linear`` except the output head.
+
+Example::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 8))
+    >>> quantize_model_(model, "int4")
+    ['0', '2']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lit_unlearn.quantization.functional import check_weight, codec_for, fake_quantize, fake_quantize_into
+from lit_unlearn.quantization.schemes import Scheme, get_scheme
+
+FilterFn = Callable[[str, nn.Module], bool]
+
+# Output-head names of transformers' causal-LM classes (GPT-NeoX calls it embed_out).
+OUTPUT_HEAD_NAMES: tuple[str, ...] = ("lm_head", "embed_out")
+
+
+def default_filter(name: str, module: nn.Module) -> bool:
+    """Whether a deployment with transformers + bitsandbytes would quantize this module.
+
+    True for a module whose type is exactly ``nn.Linear`` (as in ``replace_with_bnb_linear``; a peft
+    LoRA layer after ``merge_and_unload`` is one), except:
+
+    * the output head, recognised by name (:data:`OUTPUT_HEAD_NAMES`); :func:`quantize_model_` also
+      skips whatever ``model.get_output_embeddings()`` returns, as transformers does;
+    * peft adapter matrices (a ``lora_*`` name component): peft keeps them in full precision on top of
+      a quantized base.
+
+    Already quantized layers (``bnb.nn.Linear4bit`` and other ``nn.Linear`` subclasses) are left alone.
+    """
+    if type(module) is not nn.Linear:
+        return False
+    parts = name.split(".")
+    if parts[-1] in OUTPUT_HEAD_NAMES:
+        return False
+    return not any(part.startswith("lora_") for part in parts)
+
+
+@torch.no_grad()
+def quantize_model_(
+    model: nn.Module,
+    scheme: str | Scheme,
+    block_size: int | None = None,
+    filter_fn: FilterFn | None = None,
+) -> list[str]:
+    """Replace each selected ``nn.Linear`` weight by its fake-quantized value, in place, layer by layer.
+
+    Weights keep their ``Parameter`` objects, dtype and device (optimizers and hooks stay attached), and
+    are overwritten chunk by chunk: no second copy of a layer is made. A weight shared by several
+    selected modules is quantized once.
+
+    Args:
+        model: The network to modify.
+        scheme: A name from :data:`~lit_unlearn.quantization.SCHEMES` or a :class:`Scheme`.
+        block_size: Overrides the scheme's block (group) size.
+        filter_fn: ``(qualified_name, module) -> bool`` choosing among the ``nn.Linear`` modules;
+            ``None`` uses :func:`default_filter` and also skips ``model.get_output_embeddings()``.
+
+    Returns:
+        The qualified names of the modules whose weights were quantized, in ``named_modules`` order.
+
+    Raises:
+        ValueError: for an unknown scheme or a block size that does not fit a selected weight (the model is
+            then left untouched), or for non-finite weights (layers before the bad one stay quantized).
+    """
+    scheme = get_scheme(scheme, block_size)
+    if filter_fn is None:
+        getter = getattr(model, "get_output_embeddings", None)
+        head = getter() if callable(getter) else None
+
+        def filter_fn(name: str, module: nn.Module) -> bool:
+            return module is not head and default_filter(name, module)
+
+    selected = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and filter_fn(n, m)]
+    # Check every shape first, so that a block size that does not fit leaves the model untouched.
+    for name, module in selected:
+        check_weight(module.weight, f"{name}.weight")
+        codec_for(scheme, module.weight.device).group_len(module.weight.shape)
+
+    done: set[int] = set()
+    for _, module in selected:
+        weight = module.weight
+        if id(weight) in done:
+            continue
+        if weight.is_contiguous():
+            # Decoded straight into the parameter: no second copy of the layer.
+            fake_quantize_into(weight, scheme, weight.data)
+        else:
+            weight.copy_(fake_quantize(weight, scheme))
+        done.add(id(weight))
+    return [name for name, _ in selected]

@@ -1,0 +1,105 @@
+"""nf4 / fp4 / int8 are bit-identical to bitsandbytes (run on CPU): codes, scales and dequantized weights."""
+
+import pytest
+import torch
+
+from lit_unlearn.quantization import BNB4_BLOCK_SIZES, dequantize, fake_quantize, quantize
+from lit_unlearn.quantization.bnb4 import levels_for
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(-1).view(torch.uint8)
+
+
+def assert_matches_bnb4(bnb, w: torch.Tensor, quant_type: str, block_size: int) -> None:
+    packed, state = bnb.quantize_4bit(w, blocksize=block_size, quant_type=quant_type)
+    reference = bnb.dequantize_4bit(packed, state).reshape(w.shape)
+
+    q = quantize(w, quant_type, block_size)
+    ours_packed, ours_absmax = q.to_bitsandbytes()
+    assert torch.equal(ours_packed, packed), "packed 4-bit codes differ"
+    assert torch.equal(bits(ours_absmax), bits(state.absmax)), "absmax differs"
+
+    ours = dequantize(q)
+    assert ours.dtype == w.dtype and ours.shape == w.shape
+    if w.shape[-1] % 2 == 0:
+        assert torch.equal(bits(ours), bits(reference))
+    else:
+        # bitsandbytes' fallback for an odd last dimension decodes fp4 pattern 8 as +0.0 (its kernels: -0.0).
+        assert torch.equal(ours, reference)
+    assert torch.equal(bits(fake_quantize(w, quant_type, block_size)), bits(ours))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 256), (33, 96), (1000,), (3, 5, 64), (7, 9)])
+def test_random_weights(bnb, quant_type, dtype, shape):
+    torch.manual_seed(sum(shape))
+    w = (torch.randn(shape) * 0.02).to(dtype)
+    assert_matches_bnb4(bnb, w, quant_type, 64)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("block_size", BNB4_BLOCK_SIZES)
+def test_every_block_size_with_a_tail(bnb, quant_type, block_size):
+    torch.manual_seed(block_size)
+    w = torch.randn(3 * 4096 + 130) * torch.rand(1) * 3  # numel not a multiple of any block size
+    assert_matches_bnb4(bnb, w, quant_type, block_size)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adversarial_values(bnb, quant_type, dtype):
+    """Exact midpoints between levels and their neighbours, zeros, zero blocks and tails, tiny values."""
+    mids = levels_for(quant_type, "cpu").midpoints
+    # Block 0 has absmax 1, so w / absmax is w itself: midpoints stay exact ties in fp32.
+    up, down = torch.nextafter(mids, torch.ones(1)), torch.nextafter(mids, -torch.ones(1))
+    ties = torch.cat([mids, -mids, up, down])
+    block0 = torch.cat([torch.ones(1), ties, torch.zeros(64 - 1 - ties.numel())])
+    tiny = torch.tensor([1e-30, -1e-30, 1e-38, 1.5e-45, 0.0, -0.0] * 8 + [3.0] * 16)
+    w = torch.cat([block0, torch.zeros(64), tiny, torch.randn(64) * 1e-3, torch.zeros(40)]).to(dtype)
+    assert_matches_bnb4(bnb, w.reshape(-1, 8), quant_type, 64)
+    assert_matches_bnb4(bnb, w[:-1], quant_type, 64)  # odd count, padded nibble
+
+
+def test_fp4_positive_tiny_values_get_pattern_8(bnb):
+    w = torch.tensor([1.0, 1e-4, -1e-4, 0.0] * 16)
+    packed, _ = bnb.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    assert (packed[0, 0] >> 4).item() == 3  # 1.0
+    assert (packed[0, 0] & 15).item() == 8  # (0, 0.0026]: pattern 8, decoded as -0.0 by bitsandbytes' kernel
+    assert torch.equal(quantize(w, "fp4").to_bitsandbytes()[0], packed)
+
+
+def test_non_contiguous_weight(bnb):
+    w = torch.randn(128, 96).t()
+    assert_matches_bnb4(bnb, w, "nf4", 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_matches_int8params(bnb, dtype):
+    import bitsandbytes as bnb_pkg
+
+    torch.manual_seed(0)
+    w = (torch.randn(48, 80) * 0.05).to(dtype)
+    w[3] = 0  # a zero row: bitsandbytes gets code 0 through 0 * inf = NaN -> int8
+    w[5, 7] = 60000.0 if dtype != torch.bfloat16 else 1.0  # an outlier near fp16's largest value
+    param = bnb_pkg.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False).to("cpu")
+
+    q = quantize(w, "int8")
+    assert q.codes.dtype == torch.int8 and q.scales.shape == (48,)
+    cb, scb = q.to_bitsandbytes()
+    assert torch.equal(cb, param.data)
+    assert torch.equal(bits(scb), bits(param.SCB))
+    reference = bnb.int8_vectorwise_dequant(param.data, param.SCB).to(dtype)
+    assert torch.equal(bits(dequantize(q)), bits(reference))
+    assert torch.equal(bits(fake_quantize(w, "int8")), bits(reference))
+
+
+def test_int8_matches_vectorwise_quant_ties(bnb):
+    # Values that land on exact .5 multiples of the step exercise round-half-to-even.
+    w = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, 63.5, -126.5]]).half()
+    codes, stats, _ = bnb.int8_vectorwise_quant(w)
+    q = quantize(w, "int8")
+    assert torch.equal(q.codes, codes) and torch.equal(q.scales, stats)
