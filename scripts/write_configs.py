@@ -59,6 +59,8 @@ def render(method: str, full: bool) -> str:
         "    init_args:",
         f"      save_dir: outputs/{out}/{method}",
         '      name: ""',
+        "  plugins:  # checkpoints as safetensors: no pickle, resumable",
+        "    - class_path: lit_unlearn.checkpoint_io.SafetensorsCheckpointIO",
         "  callbacks:",
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
         "      init_args:",
