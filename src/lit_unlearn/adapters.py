@@ -146,7 +146,9 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
         active = [a for a in layer.active_adapters if a in layer.lora_A]
         if not active or layer.disable_adapters or layer.merged:
             continue
-        delta = sum(layer.get_delta_weight(a) for a in active)
+        delta = layer.get_delta_weight(active[0])
+        for adapter in active[1:]:
+            delta += layer.get_delta_weight(adapter)  # in place: no second full-size temporary
         yield _clean_name(name), base.weight, delta
 
 

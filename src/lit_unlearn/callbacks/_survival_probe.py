@@ -1,0 +1,124 @@
+"""The functional half of ``QuantizationSurvival``: a fixed probe batch, its loss, and side-effect-free runs.
+
+A probe run must leave training exactly as it found it: eval mode for the duration (then every module's
+own ``training`` flag back), no autograd, the global RNG streams forked and restored, and every swapped
+weight's original storage put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import nn
+
+ProbeLoss = Callable[[Any], torch.Tensor]
+ContextFactory = Callable[[], contextlib.AbstractContextManager]
+
+PROBE_HOOK = "quantization_probe_loss"
+
+
+def split_probe(batch: Any) -> dict[str, Any]:
+    """``{"forget": …, "retain": …}`` of a CombinedLoader dict batch; a plain batch counts as forget data."""
+    if isinstance(batch, Mapping) and "forget" in batch:
+        return {split: batch[split] for split in ("forget", "retain") if batch.get(split) is not None}
+    return {"forget": batch}
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """A copy of ``batch`` with every tensor detached and moved (copied even when already there)."""
+    return apply_to_collection(batch, torch.Tensor, lambda t: t.detach().to(device, copy=True))
+
+
+@contextlib.contextmanager
+def isolated_eval(module: nn.Module) -> Iterator[None]:
+    """Eval mode, no autograd and a forked RNG; each submodule's ``training`` flag is restored afterwards.
+
+    Forking the RNG is belt and braces: in eval mode dropout draws nothing, but a model may sample in its
+    forward regardless, and training with the callback must stay bit-identical to training without it.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = [torch.cuda.current_device()] if cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            module.eval()
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def around_forward(contexts: Mapping[nn.Module, ContextFactory]) -> Iterator[None]:
+    """While active, every call of each module runs inside a fresh context from its factory.
+
+    The swap-in/measure/swap-back of :mod:`lit_unlearn.swap`, narrowed to the duration of one module's
+    forward: a replacement weight exists only while its own layer runs, so a probe through a quantized
+    model holds one layer's quantized weight at a time rather than a quantized copy of the model. Layers
+    must be called as modules, as every ``transformers`` model does.
+    """
+    open_contexts: dict[int, list[contextlib.AbstractContextManager]] = {}
+
+    def enter(factory: ContextFactory) -> Callable:
+        def hook(module: nn.Module, args: Any) -> None:
+            context = factory()
+            context.__enter__()
+            open_contexts.setdefault(id(module), []).append(context)
+
+        return hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        open_contexts[id(module)].pop().__exit__(None, None, None)
+
+    handles = []
+    try:
+        for module, factory in contexts.items():
+            handles.append(module.register_forward_pre_hook(enter(factory)))
+            handles.append(module.register_forward_hook(leave))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        # A forward that raised leaves its layer swapped; put every original back before re-raising.
+        for stack in open_contexts.values():
+            while stack:
+                stack.pop().__exit__(None, None, None)
+
+
+def resolve_probe_loss(pl_module: nn.Module, model: nn.Module, batch: Any) -> ProbeLoss | None:
+    """The probe loss of ``pl_module``, or ``None`` (after one info line) if it has none.
+
+    In order: the module's ``quantization_probe_loss(batch) -> Tensor`` hook; else ``model(**batch).loss``
+    when ``model`` accepts the batch as keyword arguments and returns an object with a ``loss`` (Hugging
+    Face causal LMs given ``labels``). ``batch`` is one split of the probe, on the model's device, and the
+    call runs inside :func:`isolated_eval`.
+    """
+    hook = getattr(pl_module, PROBE_HOOK, None)
+    if callable(hook):
+        return hook
+
+    def model_loss(probe: Any) -> torch.Tensor:
+        return model(**probe).loss
+
+    reason = None
+    if not isinstance(batch, Mapping):
+        reason = f"the batch is a {type(batch).__name__}, not a mapping of model inputs"
+    else:
+        try:
+            loss = getattr(model(**batch), "loss", None)
+        except TypeError as err:
+            loss, reason = None, f"`{type(model).__name__}(**batch)` failed: {err}"
+        if reason is None and not isinstance(loss, torch.Tensor):
+            reason = f"`{type(model).__name__}(**batch)` returns no `.loss` (give the batch `labels`)"
+    if reason is None:
+        return model_loss
+    rank_zero_info(
+        f"QuantizationSurvival: skipping the functional check because {type(pl_module).__name__} defines no "
+        f"`{PROBE_HOOK}(batch) -> Tensor` and {reason}. Define that hook to enable it."
+    )
+    return None

@@ -1,0 +1,552 @@
+r"""
+Quantization Survival
+=====================
+
+Measure, while unlearning trains, how much of the update a 4-bit deployment would keep.
+
+4-bit post-training quantization can undo unlearning: an update far below half a quantization step
+rounds back to the original codes (Zhang et al., ICLR 2025, arXiv 2410.16454). Putting the update in
+LoRA adapters and merging them before quantizing makes it coarser and more likely to survive (Abitante
+et al., arXiv 2602.13151). This callback watches both sides of the question: the weights (does ``ΔW``
+change codes, and is what survives signal or rounding noise) and the function (does the quantized
+model still forget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from typing_extensions import override
+
+from lit_unlearn.callbacks._survival_layers import (
+    WatchedLayer,
+    adapters_disabled,
+    computing_as,
+    forward_module,
+    lora_owners,
+    model_of,
+    prepare_references,
+    select_linear_layers,
+)
+from lit_unlearn.callbacks._survival_probe import (
+    ProbeLoss,
+    around_forward,
+    isolated_eval,
+    resolve_probe_loss,
+    split_probe,
+    to_device,
+)
+from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
+
+__all__ = ["QuantizationSurvival"]
+
+#: Columns of :attr:`QuantizationSurvival.history` and of the per-layer CSV table.
+HISTORY_KEYS = (
+    "step", "scheme", "layer", "changed", "below_half_step", "retained", "cosine", "rel_error",
+    "delta_norm", "qdelta_norm", "numel",
+)
+_LOGGED_STATS = ("changed", "below_half_step", "retained", "cosine", "rel_error")
+#: Smallest full-precision change of the forget loss (nats per token) for which ``effect_retained`` is
+#: logged. Below it the ratio divides quantization noise by almost nothing; early in a run, or with a
+#: learning rate too small to move the loss, the metric is simply absent.
+MIN_FORGET_EFFECT = 1e-3
+# Per-layer rows go next to the logger's metrics; checkpoint tensors (snapshot, probe) under this key.
+TABLE_NAME = "quantization_survival.csv"
+_CHECKPOINT_KEY = "quantization_survival"
+# In the low-survival warning: a layer whose update is mostly rounding noise or mostly rounded away.
+_POOR = 0.5
+_NAMED_LAYERS = 5
+_SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+
+
+class QuantizationSurvival(Callback):
+    r"""Log how much of the unlearning update survives 4-bit quantization, in weight and function space.
+
+    Every ``every_n_steps`` optimizer steps, and once when training ends, for each scheme:
+
+    * **weight space**, per watched linear layer and pooled over all of them: the share of weights whose
+      code changes between ``Q(W0)`` and ``Q(W0 + ΔW)`` (``changed``), the share of the update under half
+      a quantization step (``below_half_step``), the projection ``⟨Q(W1) − Q(W0), ΔW⟩ / ‖ΔW‖²``
+      (``retained``), its ``cosine`` and ``rel_error`` (see :mod:`lit_unlearn.quantization.survival`).
+      Pooling weights shares by parameter count and projections by ``‖ΔW‖²``, as if all layers were one.
+    * **function space**, on a fixed probe (the first ``probe_batches`` training batches): the forget
+      loss ``L`` of the current and original models, each in full precision and fake-quantized, and
+      ``effect_retained = (L_q(cur) − L_q(orig)) / (L_fp(cur) − L_fp(orig))``, the share of the change of
+      the forget loss that survives quantization; with retain data also ``retain_shift = L_q(cur) −
+      L_fp(cur)`` on the retain probe. The quantized current model is the deployed one: LoRA merged into
+      the base, then quantized. The original model's losses are taken once, when the probe is complete
+      (before any optimizer step with ``probe_batches=1``). ``effect_retained`` is left out while
+      ``|L_fp(cur) − L_fp(orig)|`` is under :data:`MIN_FORGET_EFFECT` (1e-3 nats): there the ratio would
+      divide quantization noise by almost nothing. Every value, logged or not, is kept in
+      :attr:`functional_history`.
+
+    Logged as ``survival/<scheme>/<stat>`` to every logger (from rank zero) and into
+    ``trainer.callback_metrics`` (on every rank, so ``EarlyStopping``/``ModelCheckpoint`` may monitor
+    them). Per-layer rows go to :attr:`history` and to ``<log_dir>/quantization_survival.csv``.
+
+    Where ``W0`` comes from:
+
+    * **LoRA** (peft) layers: ``W0`` is the frozen base weight and ``ΔW = scaling · B @ A``. Nothing is
+      copied; ``Q(W0)`` is computed once per scheme.
+    * **Any other trainable linear layer** (full-parameter unlearning, a plain ``LightningModule``): a
+      snapshot taken when training starts, in host RAM in the weight's own dtype — one copy of the watched
+      weights (4 bytes per weight in fp32, 2 in bf16) — and saved in checkpoints so that a resumed run
+      keeps measuring from the true original.
+
+    Either way the cached ``Q(W0)`` adds 1 byte per weight and scheme of host RAM (plus one fp32 scale per
+    block), and a check holds at most one layer's temporaries on the device, never a copy of the model.
+
+    The probe loss is ``pl_module.quantization_probe_loss(batch) -> Tensor`` if the module defines it
+    (``batch`` is one split: the ``"forget"`` or ``"retain"`` entry of a CombinedLoader dict batch, or the
+    plain batch), else ``model(**batch).loss`` with ``model = pl_module.model`` if present, else
+    ``pl_module`` (Hugging Face causal LMs with ``labels``). Without either the functional check is skipped
+    with one info line. Probe runs use eval mode, no autograd and a forked RNG, and restore every weight,
+    so training with the callback is bit-identical to training without it.
+
+    Under DDP every rank holds the same weights and rank zero's probe is broadcast once, so all ranks
+    compute the same values without any reduction; only rank zero writes to loggers and files.
+
+    Args:
+        every_n_steps: Optimizer steps between checks. A weight-space check costs about as much as a
+            training step on a few hundred tokens (``benchmarks/results/survival.md``), so checking every
+            50 steps of a realistic batch adds well under 1% to a run.
+        schemes: Quantization formats to check, names from :data:`lit_unlearn.quantization.SCHEMES`. The
+            default pair are bitsandbytes' 4-bit formats of ``load_in_4bit``.
+        block_size: Block (group) size for every scheme; ``None`` takes each format's default (64 for
+            nf4/fp4, as transformers' ``BitsAndBytesConfig`` uses).
+        modules: Which linear layers to watch: ``None`` for every ``nn.Linear`` but the output head (what a
+            4-bit deployment quantizes), a regex searched in each layer name, or a list of names, each
+            matching a full name or its last components (``["q_proj", "v_proj"]``). Names are those of the
+            merged model (``model.layers.0.self_attn.q_proj``). The functional check quantizes the same
+            layers.
+        probe_batches: Number of leading training batches kept as the functional probe.
+        functional: Run the functional check (a few forward passes per check).
+        warn_below: Warn (rank zero) when ``effect_retained`` falls below this; ``float("-inf")`` never warns.
+        log_per_layer: Keep per-layer rows in :attr:`history` and write them to the CSV table. ``False``
+            logs only the pooled scalars.
+
+    Raises:
+        ValueError: If an argument is out of range or an unknown scheme is named (the message lists the
+            valid ones); at fit start, if ``modules`` selects no trainable or adapted linear layer.
+        MisconfigurationException: If the strategy shards weights (FSDP, DeepSpeed, model parallel).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lit_unlearn import ForgetRetainDataModule, UnlearningModule
+        from lit_unlearn.callbacks import QuantizationSurvival
+
+        survival = QuantizationSurvival(every_n_steps=25, schemes=("nf4",))
+        trainer = Trainer(callbacks=[survival], max_steps=100)
+        trainer.fit(UnlearningModule("world:target", objective="npo_gdr"), ForgetRetainDataModule())
+        survival.layer_table  # one dict per layer of the last check: changed, retained, cosine, …
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        schemes: Sequence[str] = ("nf4", "fp4"),
+        block_size: int | None = None,
+        modules: str | Sequence[str] | None = None,
+        probe_batches: int = 1,
+        functional: bool = True,
+        warn_below: float = 0.5,
+        log_per_layer: bool = True,
+    ) -> None:
+        _check_positive_int("every_n_steps", every_n_steps)
+        _check_positive_int("probe_batches", probe_batches)
+        names = (schemes,) if isinstance(schemes, str) else tuple(schemes)
+        choices = ", ".join(map(repr, SCHEMES))
+        if not names:
+            raise ValueError(f"`schemes` must name at least one quantization scheme; choose from {choices}.")
+        for name in names:
+            if name not in SCHEMES:
+                raise ValueError(
+                    f"`schemes` contains {name!r}, which is not a quantization scheme; choose from {choices}."
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"`schemes`={list(names)} names a scheme twice; list each once.")
+        _check_modules(modules)
+        if isinstance(warn_below, bool) or not isinstance(warn_below, (int, float)) or math.isnan(warn_below):
+            raise ValueError(
+                f"`warn_below` must be a number (a share such as 0.5, or -inf to never warn), "
+                f"got {warn_below!r}."
+            )
+        for flag, value in (("functional", functional), ("log_per_layer", log_per_layer)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{flag}` must be True or False, got {value!r}.")
+
+        self.every_n_steps = every_n_steps
+        # get_scheme validates `block_size` against each format (its messages name `block_size`).
+        self.schemes: tuple[Scheme, ...] = tuple(get_scheme(name, block_size) for name in names)
+        self.modules = modules
+        self.probe_batches = probe_batches
+        self.functional = functional
+        self.warn_below = float(warn_below)
+        self.log_per_layer = log_per_layer
+
+        #: One plain dict per layer, scheme and check, keyed by :data:`HISTORY_KEYS`.
+        self.history: list[dict[str, Any]] = []
+        #: One plain dict per scheme and check: the probe losses and the derived functional metrics.
+        self.functional_history: list[dict[str, Any]] = []
+        self._last_step = -1
+        # Probe losses of the original model: "fp" and one entry per scheme, each {split: loss}.
+        self._original_losses: dict[str, dict[str, float]] | None = None
+        self._reset_fit_state()
+
+    def _reset_fit_state(self) -> None:
+        self._layers: list[WatchedLayer] = []
+        self._probe: list[dict[str, Any]] = []
+        self._probe_ready = False
+        self._probe_loss: ProbeLoss | None = None
+        self._probe_loss_resolved = False
+        self._restored: dict[str, Any] = {}
+        self._table_path: str | None = None
+        self._table_started = False
+        self._warned: set[str] = set()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Unique per configuration, so that differently configured instances can share a Trainer.
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps, schemes=[s.name for s in self.schemes],
+            block_size=self.schemes[0].block_size, modules=self.modules,
+        )
+
+    @property
+    def layer_table(self) -> list[dict[str, Any]]:
+        """The rows of :attr:`history` from the latest check: one per watched layer and scheme."""
+        i = len(self.history)
+        while i > 0 and self.history[i - 1]["step"] == self.history[-1]["step"]:
+            i -= 1
+        return self.history[i:]
+
+    # ------------------------------------------------------------------ Trainer hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and isinstance(trainer.strategy, _SHARDING_STRATEGIES):
+            raise MisconfigurationException(
+                f"QuantizationSurvival needs whole weights on every process, but `strategy`="
+                f"{type(trainer.strategy).__name__} shards them. Use a single device or a data-parallel "
+                "strategy ('ddp', 'ddp_spawn', 'ddp_notebook')."
+            )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After `configure_model`, so modules that build their network lazily have it by now.
+        self._layers = select_linear_layers(model_of(pl_module), self.modules)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After checkpoint restoration: the weights here are the ones this fit starts from.
+        saved = self._restored.get("snapshot", {})
+        snapshots = [layer.name for layer in self._layers if layer.kind == "snapshot"]
+        if self.history and any(name not in saved for name in snapshots):
+            rank_zero_warn(
+                "QuantizationSurvival: this run continues a previous one, but the checkpoint holds no "
+                "snapshot of the original weights, so ΔW is measured from the weights this fit starts with."
+            )
+        prepare_references(self._layers, self.schemes, saved)
+        if "probe" in self._restored:
+            self._probe, self._probe_ready = self._restored["probe"], True
+        else:
+            # A new probe gets new original losses.
+            self._original_losses = None
+        self._restored = {}
+        # `trainer.log_dir` is a collective under DDP: every rank asks, only rank zero writes.
+        self._table_path = os.path.join(trainer.log_dir or trainer.default_root_dir, TABLE_NAME)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.functional and not self._probe_ready:
+            # A host copy: the training step may modify the batch in place and need not stay on the device.
+            self._probe.append(to_device(split_probe(batch), "cpu"))
+            if len(self._probe) == self.probe_batches:
+                self._finish_probe(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        # With gradient accumulation several batches end on the same optimizer step; check once.
+        if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._check(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._layers and trainer.global_step > 0 and trainer.global_step != self._last_step:
+            self._check(trainer, pl_module)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            # Releases the snapshot and the cached codes; `history` stays.
+            self._reset_fit_state()
+
+    # ------------------------------------------------------------------ checkpointing
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(row) for row in self.history],
+            "functional_history": [dict(row) for row in self.functional_history],
+            "last_step": self._last_step,
+            "original_losses": None if self._original_losses is None else {
+                state: dict(losses) for state, losses in self._original_losses.items()
+            },
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+        self.functional_history = [dict(row) for row in state_dict.get("functional_history", [])]
+        self._last_step = int(state_dict.get("last_step", -1))
+        self._original_losses = state_dict.get("original_losses")
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Tensors stay out of `state_dict()` (plain Python); the snapshot costs one copy of the watched
+        # trainable weights in the checkpoint, LoRA runs store none.
+        saved: dict[str, Any] = {}
+        snapshot = {layer.name: layer.snapshot for layer in self._layers if layer.snapshot is not None}
+        if snapshot:
+            saved["snapshot"] = snapshot
+        if self._probe_ready:
+            saved["probe"] = self._probe
+        if saved:
+            checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = saved
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._restored = dict(checkpoint.get(_CHECKPOINT_KEY, {}).get(self.state_key, {}))
+
+    # ------------------------------------------------------------------ the check
+    def _finish_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Rank zero's probe for everyone: with the weights replicated, every rank then computes the same
+        # losses, and a checkpoint (written by rank zero) holds the probe that all ranks used.
+        self._probe = trainer.strategy.broadcast(self._probe, src=0)
+        self._probe_ready = True
+        # Before this batch's optimizer step. With one probe batch (the default) no step has been taken,
+        # so this is the original model exactly, embeddings and norms included; with more, the watched
+        # layers are put back to W0 and the other parameters are those of step `probe_batches - 1`.
+        self._original_losses = self._probe_losses(pl_module, original=True)
+
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        step = trainer.global_step
+        self._last_step = step
+        rows, metrics = self._weight_space(step)
+        if self.functional:
+            if not self._probe_ready and self._probe:
+                self._finish_probe(trainer, pl_module)
+            if self._probe_ready:
+                metrics.update(self._function_space(pl_module, step, rows))
+        self._log(trainer, metrics)
+        if self.log_per_layer:
+            self.history.extend(rows)
+            self._write_table(rows)
+
+    def _weight_space(self, step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Per-layer rows and pooled metrics, streaming one layer at a time."""
+        per_scheme: dict[str, list[SurvivalStats]] = {s.name: [] for s in self.schemes}
+        rows = []
+        for layer in self._layers:
+            if layer.kind == "frozen":
+                continue
+            for scheme, stats in layer.survival(self.schemes).items():
+                per_scheme[scheme].append(stats)
+                values = {**stats.as_dict(), "numel": stats.numel}
+                rows.append({"step": step, "scheme": scheme, "layer": layer.name, **values})
+        metrics = {}
+        for scheme, stats in per_scheme.items():
+            pooled = SurvivalStats.aggregate(stats)
+            metrics.update({f"survival/{scheme}/{key}": float(getattr(pooled, key)) for key in _LOGGED_STATS})
+        return rows, metrics
+
+    def _probe_losses(self, pl_module: LightningModule, original: bool) -> dict[str, dict[str, float]] | None:
+        """Probe losses ``{"fp": {split: loss}, <scheme>: {split: loss}}`` of the original or current model.
+
+        ``None`` when the module has no probe loss (said once, in an info line).
+        """
+        if self._probe_loss_resolved and self._probe_loss is None:
+            return None
+        model = model_of(pl_module)
+        probe = [to_device(batch, pl_module.device) for batch in self._probe]
+        with isolated_eval(pl_module):
+            if not self._probe_loss_resolved:
+                self._probe_loss = resolve_probe_loss(pl_module, model, probe[0]["forget"])
+                self._probe_loss_resolved = True
+                if self._probe_loss is None:
+                    return None
+            with self._model_as(model, None, original) if original else contextlib.nullcontext():
+                losses = {"fp": self._losses(probe)}
+            for scheme in self.schemes:
+                with self._model_as(model, scheme, original):
+                    losses[scheme.name] = self._losses(probe)
+        return losses
+
+    def _function_space(
+        self, pl_module: LightningModule, step: int, rows: list[dict[str, Any]]
+    ) -> dict[str, float]:
+        original = self._original_losses
+        current = self._probe_losses(pl_module, original=False)
+        if current is None or original is None:
+            return {}
+        metrics = {}
+        for scheme in self.schemes:
+            name, fp, q = scheme.name, current["fp"], current[scheme.name]
+            fp_effect = fp["forget"] - original["fp"]["forget"]
+            q_effect = q["forget"] - original[name]["forget"]
+            effect = q_effect / fp_effect if abs(fp_effect) >= MIN_FORGET_EFFECT else None
+            shift = q["retain"] - fp["retain"] if "retain" in q else None
+            self.functional_history.append({
+                "step": step, "scheme": name,
+                "forget_fp": fp["forget"], "forget_q": q["forget"],
+                "forget_fp_original": original["fp"]["forget"], "forget_q_original": original[name]["forget"],
+                "effect_retained": effect,
+                "retain_fp": fp.get("retain"), "retain_q": q.get("retain"), "retain_shift": shift,
+            })
+            if effect is not None:
+                metrics[f"survival/{name}/effect_retained"] = effect
+                self._maybe_warn(name, step, effect, rows)
+            if shift is not None:
+                metrics[f"survival/{name}/retain_shift"] = shift
+        return metrics
+
+    def _losses(self, probe: list[dict[str, Any]]) -> dict[str, float]:
+        """Mean probe loss per split (``forget``, and ``retain`` when the probe has it)."""
+        totals: dict[str, list[float]] = {}
+        for batch in probe:
+            for split, data in batch.items():
+                totals.setdefault(split, []).append(float(self._probe_loss(data)))
+        return {split: sum(values) / len(values) for split, values in totals.items()}
+
+    @contextlib.contextmanager
+    def _model_as(self, model: torch.nn.Module, scheme: Scheme | None, original: bool) -> Iterator[None]:
+        """The model computing as the original (before unlearning) or current one, quantized with ``scheme``.
+
+        Original: every adapter off and each watched layer at ``W0`` or ``Q(W0)``. Current quantized: each
+        watched layer at ``Q(W0 + ΔW)`` with its own adapter off; layers outside ``modules`` keep theirs.
+        """
+        owners = lora_owners(model) if original else []
+        if scheme is None:
+            # Full precision: only snapshot layers need W0 swapped in; LoRA layers are bare with adapters off.
+            layers = [layer for layer in self._layers if layer.kind == "snapshot"]
+        else:
+            layers = self._layers
+        contexts = {forward_module(layer, original): partial(computing_as, layer, scheme, original)
+                    for layer in layers}
+        with adapters_disabled(owners), around_forward(contexts):
+            yield
+
+    # ------------------------------------------------------------------ reporting
+    def _maybe_warn(self, scheme: str, step: int, effect: float, rows: list[dict[str, Any]]) -> None:
+        # Once per fall below the threshold, not at every check while it stays there.
+        if effect >= self.warn_below:
+            self._warned.discard(scheme)
+            return
+        if scheme in self._warned:
+            return
+        self._warned.add(scheme)
+        poor = sorted(
+            (r for r in rows if r["scheme"] == scheme and (r["cosine"] < _POOR or r["retained"] < _POOR)),
+            key=lambda r: r["cosine"],
+        )
+        if poor:
+            named = "; ".join(
+                f"{r['layer']} (cosine {r['cosine']:.2f}, retained {r['retained']:.2f}, "
+                f"{r['below_half_step']:.0%} below half a step)"
+                for r in poor[:_NAMED_LAYERS]
+            )
+            more = f" and {len(poor) - _NAMED_LAYERS} more" if len(poor) > _NAMED_LAYERS else ""
+            layers = f"Layers whose update is mostly noise or erased: {named}{more}."
+        else:
+            layers = (
+                f"No single layer stands out (every layer keeps cosine and retained ≥ {_POOR}); the loss of "
+                "effect comes from many small rounding errors."
+            )
+        rank_zero_warn(
+            f"QuantizationSurvival: only {effect:.0%} of the forgetting survives {scheme} at step {step}; "
+            f"the quantized model behaves like the original on the forget probe. {layers}"
+        )
+
+    def _log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        # Every rank computed the same values, so none is reduced: every rank's `callback_metrics` hold
+        # them (monitors agree across ranks) and rank zero alone writes them to the loggers.
+        device = trainer.strategy.root_device
+        trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in metrics.items()})
+        # The step Lightning's own logging uses for this batch, so loggers that require increasing steps
+        # (W&B) accept the rows; it differs from `global_step` under manual multi-optimizer loops.
+        _log_metrics(trainer.loggers, metrics, trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+    @rank_zero_only
+    def _write_table(self, rows: list[dict[str, Any]]) -> None:
+        if self._table_path is None:
+            return
+        # The first write of a fit rewrites the file from the whole history, which on resume holds the
+        # rows of earlier fits; later writes append only the new rows.
+        first = not self._table_started
+        os.makedirs(os.path.dirname(self._table_path) or ".", exist_ok=True)
+        with open(self._table_path, "w" if first else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
+            if first:
+                writer.writeheader()
+                rows = self.history
+            writer.writerows(rows)
+        self._table_started = True
+
+
+@rank_zero_only
+def _log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) -> None:
+    if not metrics:
+        return
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_modules(modules: object) -> None:
+    fix = (
+        "Pass a regex searched in each layer name, a list of layer names, or None for every linear layer but "
+        "the output head."
+    )
+    if modules is None:
+        return
+    if isinstance(modules, str):
+        try:
+            re.compile(modules)
+        except re.error as err:
+            raise ValueError(
+                f"`modules`={modules!r} is not a valid regular expression ({err}). {fix}"
+            ) from None
+        return
+    if (
+        not isinstance(modules, Sequence)
+        or not modules
+        or not all(isinstance(m, str) and m for m in modules)
+    ):
+        raise ValueError(f"`modules`={modules!r} is not a layer selection. {fix}")
