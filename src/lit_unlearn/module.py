@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
     build_objective,
@@ -67,6 +68,7 @@ class UnlearningModule(LightningModule):
         trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
         output_dir: Where the adapter (or full model) and tokenizer are saved at fit end, as
             safetensors. ``None`` saves into the run's log directory (``<log_dir>/adapter`` or ``/model``).
+        log_artifact: Log the saved adapter or model to W&B as a ``model`` artifact; other loggers ignore it.
         optimizer: Optimizer factory (from YAML: ``class_path``/``init_args``). ``None`` uses the papers'
             AdamW, weight decay 0, lr 1e-4 with LoRA and 1e-5 for full-parameter runs.
         lr_scheduler: Scheduler factory; ``None`` keeps the learning rate constant, as the papers do.
@@ -100,6 +102,7 @@ class UnlearningModule(LightningModule):
         dtype: Dtype = "float32",
         trust_remote_code: bool = False,
         output_dir: str | None = None,
+        log_artifact: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -136,6 +139,7 @@ class UnlearningModule(LightningModule):
         self.dtype_name = dtype
         self.trust_remote_code = trust_remote_code
         self.output_dir = output_dir
+        self.log_artifact = log_artifact
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.model: nn.Module | None = None
@@ -327,6 +331,8 @@ class UnlearningModule(LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             path = self.save_pretrained()
+            if self.log_artifact:
+                log_adapter_artifact(self.trainer, path, metadata=dict(self.hparams))
             what = "Adapter" if self.lora is not None else "Model"
             rank_zero_info(f"{what} saved to {path}")
         self.trainer.strategy.barrier("lit_unlearn_save")

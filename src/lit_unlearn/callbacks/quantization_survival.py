@@ -50,6 +50,8 @@ from lit_unlearn.callbacks._survival_probe import (
     split_probe,
     to_device,
 )
+from lit_unlearn.loggers import log_image, log_table, setup_wandb_metrics
+from lit_unlearn.plots import survival_heatmap
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
 
 __all__ = ["QuantizationSurvival"]
@@ -250,6 +252,7 @@ class QuantizationSurvival(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After `configure_model`, so modules that build their network lazily have it by now.
         self._layers = select_linear_layers(model_of(pl_module), self.modules)
+        setup_wandb_metrics(trainer)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -294,6 +297,20 @@ class QuantizationSurvival(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._layers and trainer.global_step > 0 and trainer.global_step != self._last_step:
             self._check(trainer, pl_module)
+        self._report(trainer)
+
+    @rank_zero_only
+    def _report(self, trainer: Trainer) -> None:
+        # One heatmap per scheme next to the CSV table (layers x steps, colour = retained share of the
+        # update), logged as an image; the last check's per-layer rows as a table where the logger has one.
+        if not self.history or self._table_path is None:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for scheme in (s.name for s in self.schemes):
+            path = os.path.join(os.path.dirname(self._table_path), f"survival_{scheme}.png")
+            log_image(trainer, f"survival/{scheme}/heatmap", survival_heatmap(self.history, scheme, path), step=step)
+            rows = [r for r in self.layer_table if r["scheme"] == scheme]
+            log_table(trainer, f"survival/{scheme}/layers", HISTORY_KEYS, rows, step=step)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -32,11 +32,15 @@ from lit_unlearn.evaluation import (
 )
 from lit_unlearn.evaluation.deployment import base_dtype
 from lit_unlearn.evaluation.results import scalar_name
+from lit_unlearn.loggers import log_image, setup_wandb_metrics
 from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
 
-__all__ = ["QuantizedEvaluation"]
+__all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]
 
 _RETRAIN = "retrain"
+#: File (in the output directory) and logged image key of the precision curves drawn at fit end.
+CURVES_NAME = "precision_curves.png"
+CURVES_IMAGE_KEY = "eval/precision_curves"
 
 
 class QuantizedEvaluation(Callback):
@@ -49,6 +53,14 @@ class QuantizedEvaluation(Callback):
     CPU), after the test loop (``on_test_epoch_end``, so ``lit-unlearn test -c config.yaml`` writes the
     table) and, with ``every_n_steps``, every N optimizer steps, logging ``eval/<precision>/<metric>`` so
     full-precision and 4-bit curves can be plotted side by side.
+
+    What it writes: ``results.md``/``.csv``/``.json`` in the output directory and, to every logger, the
+    numbers as ``eval/<precision>/<metric>`` (reference rows as ``eval/<name>/<precision>/<metric>``);
+    a ``WandbLogger`` also gets the table as a ``wandb.Table`` under ``eval/results``, and its charts are
+    put on the optimizer-step axis (:func:`lit_unlearn.loggers.setup_wandb_metrics`). When a fit has
+    evaluated at two or more steps (``every_n_steps`` plus the end), the curves are drawn into
+    ``precision_curves.png`` (:func:`lit_unlearn.plots.precision_curves`) and logged as the image
+    ``eval/precision_curves`` where a logger takes images.
 
     The model is ``pl_module.evaluation_model()`` when the module defines that hook (returning the model,
     or ``(model, tokenizer)``), else ``pl_module.model`` (a Hugging Face causal LM or a peft model). The
@@ -105,7 +117,8 @@ class QuantizedEvaluation(Callback):
         )
         trainer = Trainer(max_steps=200, callbacks=[evaluation])
         trainer.fit(UnlearningModule("world:target", objective="npo_gdr"), ForgetRetainDataModule())
-        # <log_dir>/results.md now holds the table; eval/nf4/verbmem etc. are logged every 50 steps.
+        # <log_dir>/results.md now holds the table; eval/nf4/verbmem etc. are logged every 50 steps,
+        # and <log_dir>/precision_curves.png draws them.
     """
 
     def __init__(
@@ -180,11 +193,23 @@ class QuantizedEvaluation(Callback):
         self._eval_data: EvalData | None = None
         self._last_step = -1
         self._active = True
+        # One row per evaluated step of this fit: {"step": s, "eval/<precision>/<metric>": value, ...}.
+        self._curve: list[dict[str, float]] = []
+        # Row name of the trained model in the last table (its scalars are logged without a method).
+        self._primary: str | None = None
+        # (step, {precision: results}) of the latest periodic evaluation, reused when training ends on
+        # that step rather than evaluating the same weights twice.
+        self._step_results: tuple[int, dict[str, dict[str, float]]] | None = None
 
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._active = True
+        if stage == "fit":
+            # A new fit draws its own curve; a resumed one gets its earlier points back from the checkpoint,
+            # which is restored after `setup`.
+            self._curve = []
+            self._step_results = None
         if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
             message = (
                 "QuantizedEvaluation swaps whole weight matrices and generates with the unwrapped model, "
@@ -209,6 +234,14 @@ class QuantizedEvaluation(Callback):
             )
 
     @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        setup_wandb_metrics(trainer)
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        setup_wandb_metrics(trainer)
+
+    @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -222,19 +255,28 @@ class QuantizedEvaluation(Callback):
         model, tokenizer = self._model_and_tokenizer(pl_module)
         auc_retrain = self._auc_retrain(model, tokenizer)
         scalars = {}
+        evaluated = {}
         for precision in self.precisions:
-            results = self._evaluate(model, tokenizer, precision, auc_retrain)
+            evaluated[precision] = results = self._evaluate(model, tokenizer, precision, auc_retrain)
             # NaN (PrivLeak without AUC_retrain) is left out rather than drawn as a gap in every curve.
             scalars.update(
                 {f"eval/{precision}/{scalar_name(k)}": v for k, v in results.items() if not math.isnan(v)}
             )
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
+        self._add_curve_point(step, scalars)
+        self._step_results = (step, evaluated)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._active:
-            self.run(trainer, pl_module)
+        if not self._active:
+            return
+        step, evaluated = self._step_results or (-1, None)
+        table = self._run(trainer, pl_module, evaluated if step == trainer.global_step else None)
+        self._add_curve_point(trainer.global_step, table.scalars(self._primary))
+        if len(self._curve) >= 2:
+            # Every rank resolves the directory (a collective under DDP); only rank zero draws.
+            self._draw_curves(trainer, self._output_dir(trainer) / CURVES_NAME)
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -244,17 +286,32 @@ class QuantizedEvaluation(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # Reference models do not change, so a resumed run need not evaluate them again.
-        return {"reference_rows": self._reference_rows, "computed_auc_retrain": self._computed_auc_retrain}
+        # Reference models do not change, so a resumed run need not evaluate them again; the curve keeps
+        # the points of the steps before the checkpoint.
+        return {
+            "reference_rows": self._reference_rows,
+            "computed_auc_retrain": self._computed_auc_retrain,
+            "curve": [dict(point) for point in self._curve],
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._reference_rows = dict(state_dict.get("reference_rows", {}))
         self._computed_auc_retrain = state_dict.get("computed_auc_retrain")
+        self._curve = [dict(point) for point in state_dict.get("curve", [])]
 
     # ------------------------------------------------------------------ evaluation
     def run(self, trainer: Trainer, pl_module: LightningModule) -> ResultsTable:
         """Evaluate references (once) and the trained model at every precision; write and log the table."""
+        return self._run(trainer, pl_module)
+
+    def _run(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        evaluated: Mapping[str, dict[str, float]] | None = None,
+    ) -> ResultsTable:
+        # `evaluated`: the trained model's results per precision, already computed for these weights.
         model, tokenizer = self._model_and_tokenizer(pl_module)
         auc_retrain = self._auc_retrain(model, tokenizer)
         method = self._method_name(pl_module, model)
@@ -264,9 +321,14 @@ class QuantizedEvaluation(Callback):
             for precision in self.precisions:
                 table.add(name, precision, rows[precision])
         for precision in self.precisions:
-            table.add(method, precision, self._evaluate(model, tokenizer, precision, auc_retrain))
+            if evaluated is not None and precision in evaluated:
+                table.add(method, precision, evaluated[precision])
+            else:
+                table.add(method, precision, self._evaluate(model, tokenizer, precision, auc_retrain))
         self.table = table
-        self._write(trainer, table)
+        self._primary = method
+        # `trainer.log_dir` is a collective under DDP: every rank must ask, though only rank zero writes.
+        self._write(self._output_dir(trainer), table)
         rank_zero_info(
             f"MUSE evaluation ({self.convention} convention, step "
             f"{trainer.global_step}):\n{table.to_markdown()}"
@@ -392,9 +454,23 @@ class QuantizedEvaluation(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, table: ResultsTable) -> None:
-        paths = table.write(self._output_dir(trainer))
+    def _write(self, directory: Path, table: ResultsTable) -> None:
+        paths = table.write(directory)
         rank_zero_info(f"MUSE results written to {paths['md'].parent} (results.md, .csv, .json).")
+
+    def _add_curve_point(self, step: int, scalars: Mapping[str, float]) -> None:
+        # One point per step: when training ends on a periodic step, the table's values (the same
+        # numbers, reused) replace that step's point.
+        self._curve = [point for point in self._curve if point["step"] != step]
+        self._curve.append({"step": step, **scalars})
+
+    @rank_zero_only
+    def _draw_curves(self, trainer: Trainer, path: Path) -> None:
+        from lit_unlearn.plots import precision_curves
+
+        precision_curves(self._curve, path)
+        log_image(trainer, CURVES_IMAGE_KEY, path, step=trainer.global_step)
+        rank_zero_info(f"Precision curves of {len(self._curve)} evaluations drawn to {path}.")
 
 
 def _empty_cache() -> None:

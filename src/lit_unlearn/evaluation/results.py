@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "ResultsTable", "scalar_name"]
+__all__ = ["COLUMNS", "RESULTS_TABLE_KEY", "ResultsTable", "scalar_name"]
+
+#: Key of the ``wandb.Table`` that :meth:`ResultsTable.log_to` logs to a ``WandbLogger``.
+RESULTS_TABLE_KEY = "eval/results"
 
 # (result key, column title) in the papers' order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -141,7 +144,7 @@ class ResultsTable:
         if _is_wandb_logger(logger):
             columns = ["method", "precision", *(_PLAIN[key] for key, _ in COLUMNS), "auc"]
             data = [[rec.get(c) for c in columns] for rec in self._records()]
-            logger.log_table(key="eval/results", columns=columns, data=data, step=step)
+            logger.log_table(key=RESULTS_TABLE_KEY, columns=columns, data=data, step=step)
         scalars = self.scalars(primary)
         if scalars:
             logger.log_metrics(scalars, step=step)

@@ -1,0 +1,92 @@
+"""QuantizedEvaluation's fit-end outputs: precision curves, no second evaluation of the last step, DDP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+import lit_unlearn.callbacks.quantized_evaluation as quantized_evaluation
+from lit_unlearn.callbacks.quantized_evaluation import CURVES_NAME, QuantizedEvaluation
+from tests.evaluation.muse_fixtures import build_llama, build_llama_tokenizer, sentences
+
+FAST = {
+    "precisions": ["full", "nf4"], "tasks": ["knowmem_forget", "privleak"], "auc_retrain": 0.5,
+    "max_items": 1, "batch_size": 2, "knowmem_max_new_tokens": 2, "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_llama_tokenizer(sentences(300, seed=0))
+
+
+class GradAscent(LightningModule):
+    """A user's module: ``self.model`` and ``self.tokenizer`` are all the callback needs."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.save_hyperparameters({"objective": "ga"})
+        self.model, self.tokenizer = build_llama(len(tokenizer)).train(), tokenizer
+        self.ids = torch.randint(3, len(tokenizer), (8, 12), generator=torch.Generator().manual_seed(0))
+
+    def training_step(self, batch, batch_idx):
+        (ids,) = batch
+        return -self.model(input_ids=ids, labels=ids).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.ids), batch_size=2)
+
+
+def fit(tmp_path, evaluation, tokenizer, **kwargs):
+    seed_everything(0)
+    defaults = dict(
+        max_steps=2, logger=CSVLogger(tmp_path, name="run"), callbacks=[evaluation], accelerator="cpu",
+        devices=1, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer = Trainer(**{**defaults, **kwargs})
+    trainer.fit(GradAscent(tokenizer))
+    return trainer
+
+
+def test_curves_are_drawn_and_the_last_step_is_evaluated_once(tmp_path, muse_dir, tokenizer, monkeypatch):
+    calls = []
+    evaluate = quantized_evaluation.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["precision"])
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(quantized_evaluation, "evaluate", counting)
+    evaluation = QuantizedEvaluation(data=muse_dir, every_n_steps=1, **FAST)
+    trainer = fit(tmp_path, evaluation, tokenizer)
+
+    # Steps 1 and 2 at two precisions; the fit-end table reuses step 2's results.
+    assert sorted(calls) == ["full", "full", "nf4", "nf4"]
+    assert (tmp_path / "run" / "version_0" / CURVES_NAME).read_bytes()[:4] == b"\x89PNG"
+    curve = evaluation.state_dict()["curve"]
+    assert [point["step"] for point in curve] == [1, 2]
+    assert curve[-1]["eval/nf4/knowmem"] == evaluation.table.get("ga", "nf4")["knowmem_forget"]
+    assert trainer.global_step == 2
+
+
+def test_one_evaluation_draws_no_curve(tmp_path, muse_dir, tokenizer):
+    evaluation = QuantizedEvaluation(data=muse_dir, **FAST)
+    fit(tmp_path, evaluation, tokenizer, max_steps=1)
+    out = tmp_path / "run" / "version_0"
+    assert (out / "results.md").exists() and not (out / CURVES_NAME).exists()
+
+
+def test_ddp_fit_writes_the_table_and_curves(tmp_path, muse_dir, tokenizer):
+    # The output directory is a collective (`trainer.log_dir` broadcasts); asking for it on rank zero
+    # alone left the other rank gone and rank zero waiting at the end of every DDP fit.
+    evaluation = QuantizedEvaluation(data=muse_dir, every_n_steps=1, output_dir=None, **FAST)
+    fit(tmp_path, evaluation, tokenizer, devices=2, strategy="ddp_notebook", logger=False,
+        default_root_dir=tmp_path)
+    assert (tmp_path / "results.md").exists()
+    assert (tmp_path / CURVES_NAME).exists()

@@ -1,0 +1,125 @@
+"""A tiny unlearning fit logged to an offline W&B run, read back from the run file.
+
+UnlearningModule + ForgetRetainDataModule + QuantizationSurvival + QuantizedEvaluation (on a tiny
+MUSE-layout dataset, evaluated every step) with a ``WandbLogger(offline=True)``: every metric group is
+on the ``trainer/global_step`` axis, the results table and the precision curves are in the run, and so
+are the per-layer survival heatmap and table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import WandbLogger
+
+from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
+from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
+from lit_unlearn.loggers import STEP_METRIC, STEP_METRIC_GROUPS
+
+from .wandb_records import read_run
+
+MAX_STEPS = 2
+FAST_EVAL = {
+    "max_items": 1, "batch_size": 2, "verbmem_max_new_tokens": 2, "knowmem_max_new_tokens": 2,
+    "progress": False, "auc_retrain": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory, tiny_model_dir, text_files, muse_dir):
+    import torch
+    import wandb
+
+    saved_env = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")}
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp_path = tmp_path_factory.mktemp("wandb")
+    try:
+        seed_everything(0)
+        logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="lit-unlearn-tests")
+        survival = QuantizationSurvival(every_n_steps=1, schemes=("nf4",), warn_below=float("-inf"))
+        evaluation = QuantizedEvaluation(
+            data=muse_dir, precisions=["full", "nf4"], every_n_steps=1, **FAST_EVAL
+        )
+        trainer = Trainer(
+            max_steps=MAX_STEPS, logger=logger, callbacks=[survival, evaluation], accelerator="cpu",
+            devices=1, log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        module = UnlearningModule(tiny_model_dir, objective="ga_gdr", lora=LoRA(r=4, alpha=8, dropout=0.0))
+        data = ForgetRetainDataModule(text_files["forget"], text_files["retain"], max_length=32, batch_size=2)
+        trainer.fit(module, data)
+        run_dir = Path(logger.experiment.dir).parent
+        wandb.finish()
+        yield read_run(run_dir), trainer
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
+        torch.set_num_threads(threads)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def table_of(run, key):
+    (row,) = run.rows_with(key)
+    assert row[key]["_type"] == "table-file"
+    return row, json.loads((run.files / row[key]["path"]).read_text())
+
+
+def image_of(run, key):
+    rows = run.rows_with(key)
+    assert rows, f"no image logged under {key!r}"
+    row = rows[-1]
+    assert row[key]["_type"] == "images/separated"
+    (filename,) = row[key]["filenames"]
+    assert (run.files / filename).read_bytes()[:4] == b"\x89PNG"
+    return row
+
+
+def test_metric_groups_are_logged_on_the_step_axis(offline_run):
+    run, trainer = offline_run
+    keys = run.keys()
+    expected = {
+        "train/loss", "train/forget/nll", "train/retain/nll",
+        "survival/nf4/changed", "survival/nf4/retained", "survival/nf4/cosine",
+        "eval/full/knowmem", "eval/nf4/knowmem", "eval/nf4/verbmem", "eval/nf4/privleak",
+    }
+    assert expected <= keys, expected - keys
+    def steps(key):
+        # The end-of-fit table logs the values of the last periodic evaluation again, at the same step.
+        return sorted({row[STEP_METRIC] for row in run.rows_with(key)})
+
+    # QuantizationSurvival logs at the step Lightning gives the same batch's training metrics (the count
+    # of optimizer steps before it); QuantizedEvaluation at `trainer.global_step` (the steps taken).
+    assert steps("survival/nf4/changed") == steps("train/loss") == list(range(MAX_STEPS))
+    assert steps("eval/nf4/knowmem") == list(range(1, MAX_STEPS + 1))
+    axes = {m["glob_name"]: m["step_metric"] for m in run.metrics if m["glob_name"]}
+    assert all(axes.get(group) == STEP_METRIC for group in STEP_METRIC_GROUPS), axes
+
+
+def test_results_table_and_precision_curves_are_in_the_run(offline_run):
+    run, trainer = offline_run
+    row, table = table_of(run, "eval/results")
+    assert row[STEP_METRIC] == MAX_STEPS
+    assert table["columns"][:2] == ["method", "precision"]
+    assert {(r[0], r[1]) for r in table["data"]} == {("ga_gdr (LoRA)", "full"), ("ga_gdr (LoRA)", "nf4")}
+    assert image_of(run, "eval/precision_curves")[STEP_METRIC] == MAX_STEPS
+    assert (Path(trainer.log_dir) / "precision_curves.png").exists()
+
+
+def test_survival_heatmap_and_layer_table_are_in_the_run(offline_run):
+    # Drawn and logged by QuantizationSurvival at fit end (lit_unlearn.plots / lit_unlearn.loggers).
+    run, trainer = offline_run
+    assert image_of(run, "survival/nf4/heatmap")[STEP_METRIC] == MAX_STEPS
+    _, table = table_of(run, "survival/nf4/layers")
+    assert {"step", "layer", "retained", "cosine", "changed"} <= set(table["columns"])
+    layer = table["columns"].index("layer")
+    assert any(r[layer].endswith("q_proj") for r in table["data"])
