@@ -53,7 +53,8 @@ def main(args: Sequence[str] | None = None) -> None:
 
         export(argv[1:])
         return
-    UnlearnCLI(args=argv)
+    # `args=None` lets LightningCLI read sys.argv itself (it warns when given both).
+    UnlearnCLI(args=None if args is None else argv)
 
 
 if __name__ == "__main__":
