@@ -329,11 +329,14 @@ class UnlearningModule(LightningModule):
 
     @override
     def on_fit_end(self) -> None:
+        # `trainer.log_dir` is a collective under DDP: every rank resolves the path, rank zero writes.
+        path = self.resolve_output_dir()
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
         if self.trainer.is_global_zero:
-            path = self.save_pretrained()
+            self.save_pretrained(path)
             if self.log_artifact:
                 log_adapter_artifact(self.trainer, path, metadata=dict(self.hparams))
             what = "Adapter" if self.lora is not None else "Model"
-            rank_zero_info(f"{what} saved to {path}")
+            rank_zero_info(f"{what} saved to {path}\nRun directory (config, logs, tables, pictures): {run_dir}")
         self.trainer.strategy.barrier("lit_unlearn_save")
 

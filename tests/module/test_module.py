@@ -204,3 +204,11 @@ def test_retain_term_without_retain_data(tiny_model_dir, text_files, tmp_path):
 def test_sure_with_lora_is_rejected():
     with pytest.raises(ValueError, match="lora: null"):
         UnlearningModule("unused", objective="ga_gdr", sure_percentile=90.0)
+
+
+def test_two_process_ddp_fit_saves_once(tiny_model_dir, text_files, tmp_path):
+    module = UnlearningModule(tiny_model_dir, objective="npo_gdr", lora=LORA)
+    dm = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], max_length=32, batch_size=2)
+    trainer = make_trainer(tmp_path, max_steps=2, strategy="ddp_notebook", devices=2)
+    trainer.fit(module, dm)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
