@@ -51,6 +51,18 @@ def build_tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tiny models do microseconds of work per op; on a shared 2-core machine two intra-op threads
+    # spin-waiting on each other make a forward pass up to ~100x slower than one thread.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A directory with a tiny random Llama and its tokenizer, as `save_pretrained` writes them."""

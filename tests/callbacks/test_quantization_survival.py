@@ -28,16 +28,6 @@ VOCAB = 64
 STATS = ("changed", "below_half_step", "retained", "cosine", "rel_error")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls gain nothing from intra-op threads, and on a shared CPU spinning threads slow the
-    # tests down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_llama(seed: int = 0, dropout: float = 0.0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
@@ -15,16 +14,6 @@ from lit_unlearn.callbacks import QuantizationSurvival
 from lit_unlearn.callbacks.quantization_survival import TABLE_NAME
 
 VOCAB = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls gain nothing from intra-op threads, and on a shared CPU spinning threads slow the
-    # tests down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Unlearner(LightningModule):

@@ -23,13 +23,3 @@ def llama(tokenizer):
     return build_llama(len(tokenizer))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny models do microseconds of work per op; on a shared 2-core machine, two OpenMP threads
-    # spin-waiting on each other make a forward pass ~100× slower than one thread.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
