@@ -24,7 +24,6 @@ from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
     build_objective,
-    default_retain_weight,
     mean_token_nll,
     sure_row_masks,
 )
@@ -117,9 +116,8 @@ class UnlearningModule(LightningModule):
                 )
             if not 0.0 < sure_percentile < 100.0:
                 raise ValueError(f"`sure_percentile` must be in (0, 100), got {sure_percentile}; the paper uses 90.")
-        if retain_weight is None:
-            retain_weight = default_retain_weight(objective)
-        # Raises for unknown names, listing METHODS, before anything is loaded.
+        # Raises for unknown names, listing METHODS, before anything is loaded; a `retain_weight` of
+        # None takes the paper's value for the method.
         self.objective = build_objective(
             objective,
             forget_weight=forget_weight,
