@@ -99,11 +99,15 @@ def check_finite(scales: Tensor, chunk: Chunk) -> None:
     """Raise if a group's scale is NaN or inf (max propagates NaN, so one bad weight is enough)."""
     # Checked before any table lookup: a NaN would otherwise become an out-of-range index.
     if not bool(torch.isfinite(scales).all()):
-        raise ValueError(
-            f"The weight has NaN or inf values among flattened elements [{chunk.start}, {chunk.stop}) "
-            "(for 'int8', values beyond fp16's range count too); quantizing them is undefined. "
-            "Check the run for divergence."
-        )
+        raise_not_finite(chunk)
+
+
+def raise_not_finite(chunk: Chunk) -> None:
+    raise ValueError(
+        f"The weight has NaN or inf values among flattened elements [{chunk.start}, {chunk.stop}) "
+        "(for 'int8', values beyond fp16's range count too); quantizing them is undefined. "
+        "Check the run for divergence."
+    )
 
 
 class Encoded(NamedTuple):

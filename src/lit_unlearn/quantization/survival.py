@@ -46,6 +46,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from lit_unlearn.quantization import _fused
 from lit_unlearn.quantization._chunks import Workspace
 from lit_unlearn.quantization.functional import (
     QuantizedTensor,
@@ -223,7 +224,16 @@ def _survival(
     dtype0, dtype1 = w0.dtype, other.dtype if delta is None else w0.dtype
     rounds = dtype0 != torch.float32 or dtype1 != torch.float32
 
+    done = 0
+    if _fused.applies(scheme, w0, other, n):
+        fused = _fused.survival_sums(flat0, flat_other, delta is not None, reference, scheme, group_len)
+        if fused is not None:
+            sums, done = fused
+            totals += sums
+
     for chunk in ws.chunks(n, group_len):
+        if chunk.stop <= done:
+            continue
         x0 = load_chunk(flat0, chunk, ws, "w0")
         if delta is None:
             x1 = load_chunk(flat_other, chunk, ws, "w1")

@@ -1,0 +1,260 @@
+"""Survival statistics of a large weight as compiled CPU kernels.
+
+The eager path of :mod:`~lit_unlearn.quantization.survival` runs ~30 torch operations per chunk, each a
+pass over the chunk; on a CPU that caps a check at a few percent of memory bandwidth. Compiled by
+``torch.compile``'s C++ backend, the same arithmetic becomes three loops per chunk (two group maxima,
+then one pass that encodes both weights and sums), and nf4/fp4's table lookups become chains of vector
+compare-and-select instead of serial gathers: 3-4x faster for nf4/fp4 (``benchmarks/``).
+
+Only the CPU uses it: inductor's C++ code keeps IEEE semantics (no fast-math, no FMA contraction, so
+``x * (1 / absmax)`` and ``x / s`` round exactly as in eager torch and in bitsandbytes), while GPU
+kernels may approximate division. The integer statistics (changed codes, updates below half a step)
+equal the eager path's exactly; the sums are taken in fp64, so they are closer to the exact values
+than the eager path's fp32 sums (tested). Layers under
+:data:`MIN_ELEMENTS` stay eager, where compiling would cost more than it saves, as does nf4/fp4's
+shorter last block (a handful of weights whose scale bitsandbytes computes by division).
+
+Set ``LIT_UNLEARN_COMPILE=0`` to keep every check eager. Without a working C++ compiler the first
+compile fails; the checks then run eagerly and say so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_unlearn.quantization._chunks import Chunk, raise_not_finite
+from lit_unlearn.quantization.bnb4 import _ABSMAX_FLOOR, levels_for
+from lit_unlearn.quantization.rtn import _INV_127
+from lit_unlearn.quantization.schemes import Scheme
+
+log = logging.getLogger(__name__)
+
+# Weights with fewer elements are checked eagerly: compiling costs seconds once, a small layer's eager
+# check microseconds.
+MIN_ELEMENTS = 1 << 20
+# Chunks of whole groups: no intermediate is materialised, so their size only bounds the kernel's
+# per-group buffers (a few percent of the chunk) and amortises the call.
+CHUNK_ELEMENTS = 1 << 22
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Each combination of family, dtypes and inputs is one compiled variant of the same function; a run
+# uses a few, the test suite more than torch's default limit of 8.
+_RECOMPILE_LIMIT = 64
+
+_state: dict[str, Any] = {"kernel": None, "failed": False}
+
+
+def enabled() -> bool:
+    return os.environ.get("LIT_UNLEARN_COMPILE", "1") != "0" and not _state["failed"]
+
+
+def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int) -> bool:
+    """Whether a check of this weight runs compiled: CPU, fp32/bf16/fp16, at least :data:`MIN_ELEMENTS`."""
+    return (
+        numel >= MIN_ELEMENTS
+        and w0.device.type == "cpu"
+        and w0.dtype in _DTYPES
+        and other.dtype in _DTYPES
+        and enabled()
+    )
+
+
+def _bnb4_lookup(scaled: Tensor, midpoints: tuple[float, ...], *tables: tuple[float, ...]) -> list[Tensor]:
+    """Per-level table entries at the level of each element: the level with ``k`` midpoints below ``x``.
+
+    A chain of compare-and-select over the 15 ascending midpoints (the last midpoint below ``x`` wins),
+    which the compiler turns into straight vector code; a table lookup would be a serial gather.
+    Equal to bitsandbytes' ``bucketize(x, midpoints)``: ``x > midpoint`` in fp32, ties going down.
+    """
+    out = [torch.full_like(scaled, table[0]) for table in tables]
+    for k, midpoint in enumerate(midpoints, start=1):
+        above = scaled > midpoint
+        out = [torch.where(above, table[k], o) for table, o in zip(tables, out)]
+    return out
+
+
+def _bnb4_levels(codes: Tensor, *tables: tuple[float, ...]) -> list[Tensor]:
+    """Table entries at stored level indices (uint8 0…15), by the same kind of chain."""
+    return _bnb4_lookup(codes.float(), tuple(k + 0.5 for k in range(15)), *tables)
+
+
+def _encode(x: Tensor, scheme: Scheme, tables: dict[str, tuple[float, ...]]) -> tuple[Tensor, ...]:
+    """``(values, scales, zero_points, half_step)`` of an fp32 ``(groups, group_len)`` chunk.
+
+    As the eager codecs compute them: ``values`` are distinct per code (nf4/fp4: the comparison
+    levels of :mod:`~lit_unlearn.quantization.bnb4`; RTN and int8: the integer codes), and
+    ``half_step`` is half the local step at each element (broadcastable).
+    """
+    if scheme.family == "bnb4":
+        absmax = x.abs().amax(dim=1, keepdim=True)
+        scaled = x * (1.0 / absmax.clamp(min=_ABSMAX_FLOOR))
+        values, half_step = _bnb4_lookup(scaled, tables["midpoints"], tables["compare"], tables["half_step"])
+        return values, absmax, None, half_step * absmax
+    if scheme.family == "llm_int8":
+        x = x.to(torch.float16).float()
+        scales = x.abs().amax(dim=1, keepdim=True)
+        factor = torch.where(scales > 0, 127.0 / scales, torch.zeros_like(scales))
+        return torch.round(x * factor), scales, None, scales * (_INV_127 / 2)
+    qmax = float(scheme.qmax)
+    if scheme.symmetric:
+        scales = x.abs().amax(dim=1, keepdim=True) / qmax
+        safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+        return torch.round(x / safe).clamp(-qmax, qmax), scales, None, scales / 2
+    lo = x.amin(dim=1, keepdim=True).clamp(max=0.0)
+    scales = (x.amax(dim=1, keepdim=True).clamp(min=0.0) - lo) / qmax
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    zero_points = torch.round(-lo / safe).clamp(0, qmax)
+    return (torch.round(x / safe) + zero_points).clamp(0, qmax), scales, zero_points, scales / 2
+
+
+def _load(codes: Tensor, scales: Tensor, zero_points: Tensor | None, scheme: Scheme,
+          tables: dict[str, tuple[float, ...]]) -> tuple[Tensor, ...]:
+    """:func:`_encode`'s output for a stored reference ``quantize(w0)`` chunk."""
+    scales = scales[:, None]
+    if scheme.family == "bnb4":
+        values, half_step = _bnb4_levels(codes, tables["compare"], tables["half_step"])
+        return values, scales, None, half_step * scales
+    if zero_points is not None:
+        zero_points = zero_points.float()[:, None]
+    half_step = scales * (_INV_127 / 2) if scheme.family == "llm_int8" else scales / 2
+    return codes.float(), scales, zero_points, half_step
+
+
+def _dequantize(values: Tensor, scales: Tensor, zero_points: Tensor | None, scheme: Scheme) -> Tensor:
+    """fp32 ``Q(w)`` from per-element fp32 values, as the eager codec's ``scale``."""
+    if scheme.family == "llm_int8":
+        return values * scales * _INV_127
+    if zero_points is not None:
+        values = values - zero_points
+    return values * scales
+
+
+def _chunk_stats(
+    raw0: Tensor,
+    raw_other: Tensor,
+    is_delta: bool,
+    ref_codes: Tensor | None,
+    ref_scales: Tensor | None,
+    ref_zero_points: Tensor | None,
+    scheme: Scheme,
+    tables: dict[str, Tensor],
+) -> Tensor:
+    """``[changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||², non-finite scales]`` in fp64."""
+    x0 = raw0.float()
+    if is_delta:
+        # w1 as the in-place merge `weight += delta` stores it: rounded once to w0's dtype.
+        raw1 = (x0 + raw_other.float()).to(raw0.dtype)
+    else:
+        raw1 = raw_other
+    x1 = raw1.float()
+    d = x1 - x0
+
+    v1, scales1, zp1, _ = _encode(x1, scheme, tables)
+    if ref_codes is None:
+        v0, scales0, zp0, half0 = _encode(x0, scheme, tables)
+    else:
+        v0, scales0, zp0, half0 = _load(ref_codes, ref_scales, ref_zero_points, scheme, tables)
+    q0 = _dequantize(v0, scales0, zp0, scheme)
+    q1 = _dequantize(v1, scales1, zp1, scheme)
+    # Q(W) is the dequantized weight in the model's dtype, as deployed.
+    if raw0.dtype != torch.float32:
+        q0 = q0.to(raw0.dtype).float()
+    if raw1.dtype != torch.float32:
+        q1 = q1.to(raw1.dtype).float()
+
+    dq = q1 - q0
+    residual = dq - d
+    nonfinite = (~torch.isfinite(scales1)).sum() + (~torch.isfinite(scales0)).sum()
+    return torch.stack(
+        [
+            (v1 != v0).sum().double(),
+            (d.abs() < half0).sum().double(),
+            (dq * d).double().sum(),
+            (d * d).double().sum(),
+            (dq * dq).double().sum(),
+            (residual * residual).double().sum(),
+            nonfinite.double(),
+        ]
+    )
+
+
+def _tables(scheme: Scheme) -> dict[str, tuple[float, ...]]:
+    """nf4/fp4 levels as Python floats (exact fp32 values), compiled into the kernel as constants."""
+    if scheme.family != "bnb4":
+        return {}
+    levels = levels_for(scheme.name, "cpu")
+    return {
+        "midpoints": tuple(levels.midpoints.tolist()),
+        "compare": tuple(levels.by_level.compare.tolist()),
+        "half_step": tuple(levels.by_level.half_step.tolist()),
+    }
+
+
+def _kernel() -> Callable[..., Tensor]:
+    if _state["kernel"] is None:
+        # fp16/bf16 round trips (`.to(bf16).float()`) are part of the format; keep them in fused code.
+        _state["kernel"] = torch.compile(_chunk_stats, dynamic=True, options={"emulate_precision_casts": True})
+    return _state["kernel"]
+
+
+def survival_sums(
+    flat0: Tensor,
+    flat_other: Tensor,
+    is_delta: bool,
+    reference: Any,
+    scheme: Scheme,
+    group_len: int,
+) -> tuple[Tensor, int] | None:
+    """The fp64 statistics of the weight's whole groups and how many elements they cover.
+
+    ``None`` after a failed compile: the caller then checks eagerly. A shorter last group is left to the
+    caller. Raises ``ValueError`` for non-finite weights, as the eager path.
+    """
+    import torch._dynamo
+
+    groups = flat0.numel() // group_len
+    per_chunk = max(1, CHUNK_ELEMENTS // group_len)
+    totals = torch.zeros(7, dtype=torch.float64)
+    kernel, tables = _kernel(), _tables(scheme)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True):
+            for g0 in range(0, groups, per_chunk):
+                chunk = Chunk(g0 * group_len, min(groups, g0 + per_chunk) * group_len, g0,
+                              min(groups, g0 + per_chunk) - g0, group_len, False)
+                part, shape = slice(chunk.start, chunk.stop), (chunk.groups, group_len)
+                ref = (None, None, None)
+                if reference is not None:
+                    zero_points = reference.zero_points
+                    ref = (
+                        reference.codes.reshape(-1)[part].view(shape),
+                        reference.scales.reshape(-1)[chunk.groups_slice],
+                        None if zero_points is None else zero_points.reshape(-1)[chunk.groups_slice],
+                    )
+                sums = kernel(flat0[part].view(shape), flat_other[part].view(shape), is_delta, *ref, scheme, tables)
+                if sums[6] > 0:
+                    raise_not_finite(chunk)
+                totals += sums
+    except Exception as error:
+        if not _is_compile_failure(error):
+            raise
+        _state["failed"] = True
+        log.warning(
+            "Compiling the survival check failed (%s: %s); checks run eagerly, several times slower. Install "
+            "a C++ compiler (gcc or clang) to compile them, or set LIT_UNLEARN_COMPILE=0 to skip trying.",
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
+        return None
+    return totals[:6], groups * group_len
+
+
+def _is_compile_failure(error: Exception) -> bool:
+    import torch._dynamo.exc
+    import torch._inductor.exc
+
+    return isinstance(error, (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError, OSError))
