@@ -22,6 +22,7 @@ __all__ = [
     "default_target_modules",
     "is_peft_model",
     "linear_module_names",
+    "lora_delta",
     "lora_deltas",
     "reference_mode",
 ]
@@ -131,6 +132,50 @@ def _clean_name(name: str) -> str:
 
 
 @torch.no_grad()
+def lora_delta(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``scaling · B @ A`` of one peft ``LoraLayer``, summed over its active adapters, as peft merges it.
+
+    Args:
+        layer: A peft LoRA layer wrapping an ``nn.Linear``.
+        out: Optional flat buffer (at least the weight's size, the adapter's dtype) to compute into,
+            so that repeated checks reuse memory instead of allocating a weight-sized tensor per layer;
+            the result is then a view of it, valid until the buffer's next use.
+
+    Returns:
+        ``ΔW`` in the base weight's layout, bit for bit ``get_delta_weight`` (summed), or ``None`` when
+        the layer has no active, unmerged adapter.
+    """
+    base = layer.get_base_layer()
+    if not isinstance(base, nn.Linear):
+        return None
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    if not active or layer.disable_adapters or layer.merged:
+        return None
+    delta = _delta_into(layer, active[0], out)
+    for adapter in active[1:]:
+        delta += layer.get_delta_weight(adapter)  # in place: no second full-size temporary
+    return delta
+
+
+def _delta_into(layer: nn.Module, adapter: str, out: torch.Tensor | None) -> torch.Tensor:
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    plain = (
+        out is not None
+        and a.dtype == b.dtype == out.dtype
+        and a.device == out.device
+        and a.dtype == torch.float32  # peft computes half-precision CPU merges in fp32 and casts back
+        and not layer.fan_in_fan_out
+        and not layer.use_dora.get(adapter, False)
+        and out.numel() >= b.shape[0] * a.shape[1]
+    )
+    if not plain:
+        return layer.get_delta_weight(adapter)
+    # get_delta_weight's `(B @ A) * scaling`, without its two weight-sized allocations.
+    delta = out[: b.shape[0] * a.shape[1]].view(b.shape[0], a.shape[1])
+    return torch.mm(b, a, out=delta).mul_(layer.scaling[adapter])
+
+
+@torch.no_grad()
 def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """Yield ``(name, W0, ΔW)`` for every LoRA-adapted linear layer, one layer at a time.
 
@@ -140,16 +185,10 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
     to ``W0``'s dtype. Only one layer's ``ΔW`` exists at a time.
     """
     for name, layer in _lora_layers(model):
-        base = layer.get_base_layer()
-        if not isinstance(base, nn.Linear):
+        delta = lora_delta(layer)
+        if delta is None:
             continue
-        active = [a for a in layer.active_adapters if a in layer.lora_A]
-        if not active or layer.disable_adapters or layer.merged:
-            continue
-        delta = layer.get_delta_weight(active[0])
-        for adapter in active[1:]:
-            delta += layer.get_delta_weight(adapter)  # in place: no second full-size temporary
-        yield _clean_name(name), base.weight, delta
+        yield _clean_name(name), layer.get_base_layer().weight, delta
 
 
 def reference_mode(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -3,7 +3,9 @@
 Three kinds of watched layer:
 
 * ``lora``: a peft LoRA layer on a frozen base. ``W0`` is the base weight itself (never copied) and
-  ``ΔW = scaling · B @ A`` comes from :func:`lit_unlearn.adapters.lora_deltas`, one layer at a time.
+  ``ΔW = scaling · B @ A`` comes from :func:`lit_unlearn.adapters.lora_delta`, one layer at a time, into
+  one buffer that a check reuses for every layer (allocating a fresh weight-sized tensor per layer costs
+  more in page faults than the product itself).
 * ``snapshot``: a trainable weight (full-parameter unlearning, or a user's own module). ``W0`` is a copy
   taken at fit start and kept in host RAM in the weight's own dtype; ``ΔW = W − W0``.
 * ``frozen``: a frozen weight without an adapter. It has no update, so the weight-space statistics skip
@@ -24,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lit_unlearn.adapters import lora_deltas
+from lit_unlearn.adapters import lora_delta
 from lit_unlearn.quantization import (
     QuantizedTensor,
     Scheme,
@@ -68,24 +70,34 @@ class WatchedLayer:
         weight = self.linear.weight.detach()
         return weight + self.lora_delta() if self.kind == "lora" else weight
 
-    def lora_delta(self) -> torch.Tensor:
-        """``scaling · B @ A`` summed over the active adapters (zero when none is active)."""
-        deltas = [delta for _, _, delta in lora_deltas(self.lora)]
-        return deltas[0] if deltas else torch.zeros_like(self.linear.weight)
+    def lora_delta(self, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """``scaling · B @ A`` summed over the active adapters (zero when none is active), in ``buffer``."""
+        delta = lora_delta(self.lora, out=buffer)
+        return torch.zeros_like(self.linear.weight) if delta is None else delta
 
-    def survival(self, schemes: Sequence[Scheme]) -> dict[str, SurvivalStats]:
+    def survival(self, schemes: Sequence[Scheme], buffer: torch.Tensor | None = None) -> dict[str, SurvivalStats]:
         """Weight-space statistics of this layer's update under each scheme, against the cached ``Q(W0)``.
 
-        Extra memory is one layer: ``ΔW`` (LoRA) or the device copy of ``W0`` (snapshot), plus the codes of
-        one scheme at a time; the statistics themselves stream over the weight in chunks.
+        Extra memory is one layer: ``ΔW`` (LoRA, in ``buffer`` when given: see :func:`delta_buffer`) or the
+        device copy of ``W0`` (snapshot), plus the codes of one scheme at a time; the statistics
+        themselves stream over the weight in chunks.
         """
         # The statistics move each cached reference to the weight's device themselves.
         codes = self.reference_codes
         if self.kind == "lora":
-            w0, delta = self.linear.weight.detach(), self.lora_delta()
+            w0, delta = self.linear.weight.detach(), self.lora_delta(buffer)
             return {s.name: survival_stats_delta(w0, delta, s, reference=codes[s.name]) for s in schemes}
         w0, w1 = self.w0(), self.linear.weight.detach()
         return {s.name: survival_stats(w0, w1, s, reference=codes[s.name]) for s in schemes}
+
+
+def delta_buffer(layers: Sequence[WatchedLayer]) -> torch.Tensor | None:
+    """One flat fp32 buffer that holds the largest LoRA layer's ``ΔW``, for one check of all layers."""
+    lora = [layer for layer in layers if layer.kind == "lora"]
+    if not lora:
+        return None
+    largest = max(lora, key=lambda layer: layer.numel)
+    return torch.empty(largest.numel, dtype=torch.float32, device=largest.linear.weight.device)
 
 
 def model_of(pl_module: nn.Module) -> nn.Module:

@@ -36,6 +36,7 @@ from lit_unlearn.callbacks._survival_layers import (
     WatchedLayer,
     adapters_disabled,
     computing_as,
+    delta_buffer,
     forward_module,
     lora_owners,
     model_of,
@@ -387,10 +388,11 @@ class QuantizationSurvival(Callback):
         """Per-layer rows and pooled metrics, streaming one layer at a time."""
         per_scheme: dict[str, list[SurvivalStats]] = {s.name: [] for s in self.schemes}
         rows = []
+        buffer = delta_buffer(self._layers)
         for layer in self._layers:
             if layer.kind == "frozen":
                 continue
-            for scheme, stats in layer.survival(self.schemes).items():
+            for scheme, stats in layer.survival(self.schemes, buffer).items():
                 per_scheme[scheme].append(stats)
                 values = {**stats.as_dict(), "numel": stats.numel}
                 rows.append({"step": step, "scheme": scheme, "layer": layer.name, **values})
