@@ -9,6 +9,7 @@ the buffers behind them are allocated once per call, so peak extra memory does n
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -57,6 +58,12 @@ def iter_chunks(numel: int, group_len: int, max_elements: int) -> Iterator[Chunk
         yield Chunk(full_groups * group_len, numel, full_groups, 1, rem, True)
 
 
+# Workspaces of weights up to this size are kept for reuse (with ~15 fp32 buffers, 4 MiB each at most).
+_REUSED_MAX_ELEMENTS = 1 << 16
+_REUSED_MAX_COUNT = 16
+_reused = threading.local()
+
+
 class Workspace:
     """Flat scratch buffers reused across chunks, one per name; each sized for the largest chunk."""
 
@@ -73,6 +80,24 @@ class Workspace:
         self._buffers: dict[str, Tensor] = {}
         # Views are cached too: all chunks but the last share a shape, and a view costs a dispatch.
         self._views: dict[tuple[str, torch.dtype, int, int], Tensor] = {}
+
+    @classmethod
+    def reused(cls, numel: int, group_len: int, device: torch.device) -> Workspace:
+        """A workspace for a small CPU weight, kept per thread and reused by later calls of the same size.
+
+        A check of a small layer is dominated by allocating and viewing its dozen buffers; the callback
+        checks the same layers again and again. Large weights and accelerators get a fresh workspace, so
+        nothing weight-sized stays allocated between calls.
+        """
+        if device.type != "cpu" or numel > _REUSED_MAX_ELEMENTS:
+            return cls(numel, group_len, device)
+        cache = _reused.__dict__.setdefault("workspaces", {})
+        key = (numel, group_len)
+        workspace = cache.pop(key, None) or cls(numel, group_len, device)
+        cache[key] = workspace  # most recently used last
+        while len(cache) > _REUSED_MAX_COUNT:
+            del cache[next(iter(cache))]
+        return workspace
 
     def chunks(self, numel: int, group_len: int) -> Iterator[Chunk]:
         return iter_chunks(numel, group_len, self.capacity)

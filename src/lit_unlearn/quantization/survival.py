@@ -217,7 +217,7 @@ def _survival(
     group_len = codec.group_len(w0.shape)
     flat0, flat_other = flat_view(w0), flat_view(other)
     n = flat0.numel()
-    ws = Workspace(n, group_len, w0.device)
+    ws = Workspace.reused(n, group_len, w0.device)
     # [changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||²]: per-chunk fp32 sums added in fp64.
     totals = torch.zeros(6, dtype=torch.float64, device=w0.device)
     # Q(W) is the dequantized weight in the model's dtype, as deployed: round fp32 decodes to it.
