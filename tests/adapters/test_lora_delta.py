@@ -3,9 +3,9 @@
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
+from tests.evaluation.muse_fixtures import build_llama
 
 from lit_unlearn.adapters import LoRA, apply_lora, lora_delta, lora_deltas
-from tests.evaluation.muse_fixtures import build_llama
 
 
 def lora_model(dtype=torch.float32):
