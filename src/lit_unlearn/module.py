@@ -308,6 +308,19 @@ class UnlearningModule(LightningModule):
         if self.lora is not None:
             keep = self._trainable_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        elif self.reference is not None:
+            # The frozen reference is the model as loaded from `model_name_or_path`; `configure_model`
+            # rebuilds it on resume, so a checkpoint that stored it would be twice the size for nothing.
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("reference.")}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Strict loading stays on for the model's weights; the reference comes from `configure_model`.
+        if self.lora is None and self.reference is not None:
+            state = checkpoint["state_dict"]
+            for name, tensor in self.reference.state_dict().items():
+                state.setdefault(f"reference.{name}", tensor)
 
     def resolve_output_dir(self) -> Path:
         if self.output_dir is not None:

@@ -148,8 +148,16 @@ def test_checkpoint_resume_continues_exactly(tiny_model_dir, text_files, tmp_pat
     saved = torch.load(ckpt.last_model_path, weights_only=False)
     if lora is not None:
         assert all("lora_" in k for k in saved["state_dict"]), "LoRA checkpoints hold only the adapter"
+    else:
+        assert all(k.startswith("model.") for k in saved["state_dict"]), "no copy of the frozen reference"
     resumed, trainer, _ = run(8, ckpt_path=ckpt.last_model_path, root="split")
     assert trainer.global_step == 8
+    if lora is None:  # the reference is still the model as loaded, not the checkpoint's weights
+        from transformers import AutoModelForCausalLM
+
+        original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+        for name, tensor in resumed.reference.state_dict().items():
+            torch.testing.assert_close(tensor, original[name], rtol=0, atol=0, msg=name)
     for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
 
