@@ -120,7 +120,7 @@ def _dequantize(values: Tensor, scales: Tensor, zero_points: Tensor | None, sche
 def _chunk_stats(
     raw0: Tensor, raw_other: Tensor, is_delta: bool, scheme: Scheme, tables: dict[str, tuple[float, ...]]
 ) -> Tensor:
-    """``[changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||², non-finite scales]`` in fp64."""
+    """``[changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||², non-finite scales]``, fp64."""
     x0 = raw0.float()
     if is_delta:
         # w1 as the in-place merge `weight += delta` stores it: rounded once to w0's dtype.
@@ -173,8 +173,13 @@ def _tables(scheme: Scheme) -> dict[str, tuple[float, ...]]:
 
 def _kernel() -> Callable[..., Tensor]:
     if _state["kernel"] is None:
+        log.info(
+            "Compiling the survival check for large layers (seconds, once per scheme and dtype; torch caches "
+            "the kernels on disk). LIT_UNLEARN_COMPILE=0 skips it."
+        )
         # fp16/bf16 round trips (`.to(bf16).float()`) are part of the format; keep them in fused code.
-        _state["kernel"] = torch.compile(_chunk_stats, dynamic=True, options={"emulate_precision_casts": True})
+        options = {"emulate_precision_casts": True}
+        _state["kernel"] = torch.compile(_chunk_stats, dynamic=True, options=options)
     return _state["kernel"]
 
 
@@ -220,4 +225,5 @@ def _is_compile_failure(error: Exception) -> bool:
     import torch._dynamo.exc
     import torch._inductor.exc
 
-    return isinstance(error, (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError, OSError))
+    failures = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError, OSError)
+    return isinstance(error, failures)
