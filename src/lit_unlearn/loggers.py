@@ -61,6 +61,18 @@ _DEFINED_RUNS: set[str] = set()
 LoggerTarget = Trainer | Logger | Iterable[Logger] | None
 
 
+def logging_step(trainer: Trainer) -> int:
+    """The step at which Lightning logs the current batch's ``self.log`` values (batches stepped before it).
+
+    Callbacks that log from ``on_train_batch_end`` use it too, so that their curves share the training
+    metrics' axis (a check after update ``k`` sits with the loss of batch ``k``, at ``k - 1``) and loggers
+    that refuse steps going backwards (W&B) accept every row: Lightning writes the batch's own metrics
+    after the callbacks have run. Counted in batches, as Lightning counts them (``global_step`` runs ahead
+    under manual multi-optimizer loops). After the last batch it is the number of batches stepped.
+    """
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def _loggers(target: LoggerTarget) -> list[Logger]:
     if target is None:
         return []

@@ -230,8 +230,11 @@ def test_any_logger_gets_the_metrics_at_lightnings_steps(tmp_path):
     )
     survival_steps = [step for step, metrics in recorder.calls if "survival/fp4/retained" in metrics]
     loss_steps = [step for step, metrics in recorder.calls if "loss" in metrics]
-    # Logged with the training loss of the batch that ended the checked optimizer step (steps 2 and 4).
-    assert survival_steps == [loss_steps[1], loss_steps[3]]
+    # The check after update k sits with the loss of batch k, at step k - 1.
+    assert loss_steps == [0, 1, 2, 3]
+    assert survival_steps == [1, 3]
+    every_step = [step for step, _ in recorder.calls]
+    assert every_step == sorted(every_step)  # no logger sees a step go backwards (W&B would drop it)
     assert {"survival/fp4/changed", "survival/fp4/effect_retained", "survival/fp4/retain_shift"} <= next(
         metrics for _, metrics in recorder.calls if "survival/fp4/retained" in metrics
     ).keys()

@@ -32,7 +32,7 @@ from lit_unlearn.evaluation import (
 )
 from lit_unlearn.evaluation.deployment import base_dtype
 from lit_unlearn.evaluation.results import scalar_name
-from lit_unlearn.loggers import log_image, setup_wandb_metrics
+from lit_unlearn.loggers import log_image, setup_wandb_metrics, logging_step
 from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
 
 __all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]
@@ -263,7 +263,7 @@ class QuantizedEvaluation(Callback):
                 {f"eval/{precision}/{scalar_name(k)}": v for k, v in results.items() if not math.isnan(v)}
             )
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(scalars, step=logging_step(trainer))
         self._add_curve_point(step, scalars)
         self._step_results = (step, evaluated)
 
