@@ -210,8 +210,10 @@ def main() -> None:
         "the best of 10, re-timed next to "
         "each survival measurement. The update is ΔW ~ 1e-4 of the weights' scale (lr-1e-5 fine-tuning). "
         "Peak extra memory: VmHWM minus RSS around one call, in a child process that returns freed memory "
-        "to the system. 'eager' is the check with LIT_UNLEARN_COMPILE=0 and the cached Q(W0) a LoRA run "
-        "passes; 'compiled' the default on CPU for weights of 2^20 elements or more."
+        "to the system. 'compiled' is the compiled kernel (given only the weights), 'eager' the check with "
+        "LIT_UNLEARN_COMPILE=0 and the cached Q(W0) the callback passes. By default a CPU check of a weight of "
+        "2^20 elements or more runs compiled, except round-to-nearest formats given cached codes (int4 here), "
+        "which stay eager."
     )
 
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ CASES = [
     ("fp4", torch.float32, True, False),
     ("fp4", torch.float16, False, True),
     ("int4", torch.float32, False, False),
-    ("int4-asym", torch.bfloat16, True, False),
+    ("int4-asym", torch.bfloat16, False, False),
     ("int8", torch.float32, True, True),
     ("int8", torch.bfloat16, False, False),
 ]
@@ -103,16 +103,19 @@ def test_non_finite_weights_are_reported(compiled):
         survival_stats(torch.zeros_like(w), w, "int4")
 
 
-def test_small_layers_and_gpus_stay_eager(monkeypatch):
+def test_small_layers_doubles_and_cached_rtn_codes_stay_eager(monkeypatch):
     monkeypatch.delenv("LIT_UNLEARN_COMPILE", raising=False)
     monkeypatch.setitem(_fused._state, "failed", False)
     scheme = quantize(torch.zeros(64), "nf4").scheme
     big = torch.zeros(_fused.MIN_ELEMENTS)
-    assert _fused.applies(scheme, big, big, big.numel())
-    assert not _fused.applies(scheme, big[:-1], big[:-1], big.numel() - 1)
-    assert not _fused.applies(scheme, big.double(), big, big.numel())
+    assert _fused.applies(scheme, big, big, big.numel(), True)
+    assert not _fused.applies(scheme, big[:-1], big[:-1], big.numel() - 1, True)
+    assert not _fused.applies(scheme, big.double(), big, big.numel(), True)
+    int4 = quantize(torch.zeros(64), "int4").scheme
+    assert _fused.applies(int4, big, big, big.numel(), False)
+    assert not _fused.applies(int4, big, big, big.numel(), True)  # eager reads the cached codes faster
     monkeypatch.setenv("LIT_UNLEARN_COMPILE", "0")
-    assert not _fused.applies(scheme, big, big, big.numel())
+    assert not _fused.applies(scheme, big, big, big.numel(), True)
 
 
 def test_a_failing_compiler_falls_back_to_eager_once(compiled, monkeypatch, caplog):

@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 # Weights with fewer elements are checked eagerly: compiling costs seconds once, a small layer's eager
 # check microseconds.
 MIN_ELEMENTS = 1 << 20
-# Chunks of whole groups: no intermediate is materialised, so their size only bounds the kernel's
-# per-group buffers (a few percent of the chunk) and amortises the call.
-CHUNK_ELEMENTS = 1 << 22
+# Chunks of whole groups. The kernel keeps one chunk-sized fp32 intermediate (inductor splits the fp32
+# and fp64 sums into two loops); 2^20 elements (4 MiB) keep it in cache and cost the same as 2^22 or 2^18.
+CHUNK_ELEMENTS = 1 << 20
 assert CHUNK_ELEMENTS <= 1 << 24  # counts are summed in fp32 per chunk
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Each combination of family, dtypes and inputs is one compiled variant of the same function; a run
@@ -54,10 +54,15 @@ def enabled() -> bool:
     return os.environ.get("LIT_UNLEARN_COMPILE", "1") != "0" and not _state["failed"]
 
 
-def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int) -> bool:
-    """Whether a check of this weight runs compiled: CPU, fp32/bf16/fp16, at least :data:`MIN_ELEMENTS`."""
+def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int, has_reference: bool) -> bool:
+    """Whether a check of this weight runs compiled: CPU, fp32/bf16/fp16, at least :data:`MIN_ELEMENTS`.
+
+    Round-to-nearest checks given a cached ``Q(W0)`` stay eager, which is faster for them than encoding
+    ``W0`` again with a division per weight (measured in ``benchmarks/bench_quantization.py``).
+    """
     return (
         numel >= MIN_ELEMENTS
+        and not (scheme.family == "rtn" and has_reference)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES
         and other.dtype in _DTYPES

@@ -228,7 +228,7 @@ def _survival(
     rounds = dtype0 != torch.float32 or dtype1 != torch.float32
 
     done = 0
-    if _fused.applies(scheme, w0, other, n):
+    if _fused.applies(scheme, w0, other, n, reference is not None):
         fused = _fused.survival_sums(flat0, flat_other, delta is not None, scheme, group_len)
         if fused is not None:
             sums, done = fused
