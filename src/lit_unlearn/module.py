@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lit_unlearn._modes import eval_mode
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.loggers import log_adapter_artifact
@@ -194,7 +195,9 @@ class UnlearningModule(LightningModule):
         if self.lora is not None:
             model = apply_lora(model, self.lora)
         elif self.objective.needs_reference:
-            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
+            # Kept in train mode like the rest of the module (Lightning warns about eval-mode submodules at
+            # fit start); `_reference_logits` runs it in eval mode.
+            self.reference = copy.deepcopy(model).requires_grad_(False).train()
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
@@ -204,11 +207,12 @@ class UnlearningModule(LightningModule):
     def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    @torch.no_grad()
     def _reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # π_ref is the model before unlearning, deterministic: eval mode (no dropout), no gradients.
         if self.reference is not None:
-            return self._forward(self.reference, batch)
-        with reference_mode(self.model):
+            with eval_mode(self.reference):
+                return self._forward(self.reference, batch)
+        with reference_mode(self.model), eval_mode(self.model):
             return self._forward(self.model, batch)
 
     # ------------------------------------------------------------------ steps

@@ -220,3 +220,23 @@ def test_two_process_ddp_fit_saves_once(tiny_model_dir, text_files, tmp_path):
     trainer = make_trainer(tmp_path, max_steps=2, strategy="ddp_notebook", devices=2)
     trainer.fit(module, dm)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_reference_runs_without_dropout_while_training_keeps_it(tiny_model_dir, text_files, lora):
+    module = UnlearningModule(tiny_model_dir, objective="npo_gdr", lora=lora)
+    module.configure_model()
+    models = [module.model] + ([module.reference] if module.reference is not None else [])
+    for model in models:
+        for m in model.modules():
+            if hasattr(m, "attention_dropout"):
+                m.attention_dropout = 0.5
+    # Every submodule in train mode at fit start (Lightning warns otherwise), reference included.
+    assert all(m.training for model in models for m in model.modules())
+    batch = combined(module)["forget"]
+    torch.manual_seed(0)
+    first, second = module._reference_logits(batch), module._reference_logits(batch)
+    assert torch.equal(first, second)  # π_ref is deterministic
+    assert all(m.training for model in models for m in model.modules())  # and modes come back
+    policy = module._forward(module.model, batch)
+    assert not torch.equal(policy, module._forward(module.model, batch))  # training sees dropout

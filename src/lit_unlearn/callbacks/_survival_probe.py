@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
+from lit_unlearn._modes import eval_mode
+
 ProbeLoss = Callable[[Any], torch.Tensor]
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
@@ -41,16 +43,10 @@ def isolated_eval(module: nn.Module) -> Iterator[None]:
     Forking the RNG is belt and braces: in eval mode dropout draws nothing, but a model may sample in its
     forward regardless, and training with the callback must stay bit-identical to training without it.
     """
-    modes = [(m, m.training) for m in module.modules()]
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     devices = [torch.cuda.current_device()] if cuda else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            module.eval()
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    with torch.random.fork_rng(devices=devices), eval_mode(module):
+        yield
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lit_unlearn._modes import eval_mode as evaluation_mode
 from lit_unlearn.evaluation.data import QA, EvalData
 from lit_unlearn.evaluation.deployment import (
     FilterFn,
@@ -48,19 +49,6 @@ def knowmem_prompt(question: str, icl: Sequence[QA]) -> str:
     """MUSE's few-shot prompt: ``"Question: q\\nAnswer: a\\n\\n"`` per in-context pair, then the question."""
     prefix = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in icl)
     return f"{prefix}Question: {question}\nAnswer: "
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode without gradients; each submodule's own train/eval flag is restored on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
