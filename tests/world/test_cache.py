@@ -156,3 +156,24 @@ def test_bad_arguments_are_named(tmp_path):
         prep.prepare_world("large", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"`seed`=-1"):
         prep.prepare_world("test", seed=-1, cache_dir=tmp_path)
+
+
+def test_building_leaves_the_global_rngs_as_it_found_them(tmp_path, monkeypatch):
+    # A seeded fit must initialise and shuffle the same way whether the world was cached or built first.
+    import random
+
+    import numpy as np
+    import torch
+
+    def drawing_build(root, size, seed, progress):
+        torch.manual_seed(seed)
+        torch.randn(3), random.random(), np.random.rand()
+        return fake_build(root, size, seed, progress)
+
+    monkeypatch.setattr(prep, "_build", drawing_build)
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    expected = torch.randn(4), random.random(), np.random.rand()
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    prep.prepare_world("test", cache_dir=tmp_path, progress=False)
+    got = torch.randn(4), random.random(), np.random.rand()
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]

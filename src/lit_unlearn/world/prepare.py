@@ -11,6 +11,7 @@ once build the world once and all use that build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,24 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"`seed`={seed!r} must be a non-negative integer (e.g. 0).")
 
 
+@contextlib.contextmanager
+def _isolated_rng() -> Iterator[None]:
+    """Python's, NumPy's and torch's (CPU and CUDA) global RNG states are restored on exit."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def prepare_world(
     size: str = "default",
     seed: int = 0,
@@ -304,7 +324,11 @@ def prepare_world(
         _say(f"preparing the toy world (size={size!r}, seed={seed}) in {root}", progress)
         building = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
         try:
-            _write_manifest(building, size, seed, _build(building, size, seed, progress))
+            # Building trains models and so draws from the global RNGs; a seeded run must unlearn the same
+            # way whether the world was cached or built in its own process just before.
+            with _isolated_rng():
+                timings = _build(building, size, seed, progress)
+            _write_manifest(building, size, seed, timings)
             os.replace(building, root)
         finally:
             shutil.rmtree(building, ignore_errors=True)
