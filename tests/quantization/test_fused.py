@@ -79,6 +79,8 @@ def test_compiled_check_equals_eager(compiled, monkeypatch, scheme, dtype, with_
         args = (survival_stats, w0, w1, scheme)
 
     got = args[0](*args[1:], reference=reference)
+    if _fused._state["failed"]:
+        pytest.skip("torch.compile found no working C++ compiler here; the checks ran eagerly")
     want = eager(monkeypatch, args[0], *args[1:], reference=reference)
 
     assert len(compiled) == 1  # the compiled path ran
