@@ -98,7 +98,7 @@ def test_compiled_check_equals_eager(compiled, monkeypatch, scheme, dtype, with_
 def test_non_finite_weights_are_reported(compiled):
     w = torch.randn(64, 256)
     w[10, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"NaN or inf values among flattened elements \[0, 8192\)"):
+    with pytest.raises(ValueError, match=r"NaN or inf values among flattened elements \[\d+, \d+\)"):
         survival_stats(w, w.clone(), "nf4")
     w[10, 3] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
