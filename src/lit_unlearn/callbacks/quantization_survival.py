@@ -51,7 +51,7 @@ from lit_unlearn.callbacks._survival_probe import (
     split_probe,
     to_device,
 )
-from lit_unlearn.loggers import log_image, log_table, setup_wandb_metrics, logging_step
+from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_heatmap
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
 
@@ -292,12 +292,12 @@ class QuantizationSurvival(Callback):
         step = trainer.global_step
         # With gradient accumulation several batches end on the same optimizer step; check once.
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._check(trainer, pl_module, logging_step(trainer))
+            self._check(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._layers and trainer.global_step > 0 and trainer.global_step != self._last_step:
-            self._check(trainer, pl_module, logging_step(trainer))
+            self._check(trainer, pl_module)
         self._report(trainer)
 
     @rank_zero_only
@@ -370,7 +370,7 @@ class QuantizationSurvival(Callback):
         # layers are put back to W0 and the other parameters are those of step `probe_batches - 1`.
         self._original_losses = self._probe_losses(pl_module, original=True)
 
-    def _check(self, trainer: Trainer, pl_module: LightningModule, log_step: int) -> None:
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
         self._last_step = step
         rows, metrics = self._weight_space(step)
@@ -379,7 +379,7 @@ class QuantizationSurvival(Callback):
                 self._finish_probe(trainer, pl_module)
             if self._probe_ready:
                 metrics.update(self._function_space(pl_module, step, rows))
-        self._log(trainer, metrics, log_step)
+        self._log(trainer, metrics)
         if self.log_per_layer:
             self.history.extend(rows)
             self._write_table(rows)
@@ -509,12 +509,12 @@ class QuantizationSurvival(Callback):
             f"the quantized model behaves like the original on the forget probe. {layers}"
         )
 
-    def _log(self, trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+    def _log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Every rank computed the same values, so none is reduced: every rank's `callback_metrics` hold
         # them (monitors agree across ranks) and rank zero alone writes them to the loggers.
         device = trainer.strategy.root_device
         trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in metrics.items()})
-        _log_metrics(trainer.loggers, metrics, step)
+        _log_metrics(trainer.loggers, metrics, logging_step(trainer))
 
     @rank_zero_only
     def _write_table(self, rows: list[dict[str, Any]]) -> None:

@@ -2,9 +2,9 @@
 
 The eager path of :mod:`~lit_unlearn.quantization.survival` runs ~30 torch operations per chunk, each a
 pass over the chunk; on a CPU that caps a check at a few percent of memory bandwidth. Compiled by
-``torch.compile``'s C++ backend, the same arithmetic becomes three loops per chunk (two group maxima,
-then one pass that encodes both weights and sums), and nf4/fp4's table lookups become chains of vector
-compare-and-select instead of serial gathers: 3-4x faster for nf4/fp4 (``benchmarks/``).
+``torch.compile``'s C++ backend, the same arithmetic becomes a few loops per chunk (group maxima, then
+passes that encode both weights and sum), and nf4/fp4's table lookups become chains of vector
+compare-and-select instead of serial gathers: 2-2.5x faster for nf4/fp4 (``benchmarks/``).
 
 Only the CPU uses it: inductor's C++ code keeps IEEE semantics (no fast-math, no FMA contraction, so
 ``x * (1 / absmax)`` and ``x / s`` round exactly as in eager torch and in bitsandbytes), while GPU
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_unlearn.quantization._chunks import Chunk, raise_not_finite
+from lit_unlearn.quantization._chunks import iter_chunks, raise_not_finite
 from lit_unlearn.quantization.bnb4 import _ABSMAX_FLOOR, levels_for
 from lit_unlearn.quantization.rtn import _INV_127
 from lit_unlearn.quantization.schemes import Scheme
@@ -199,18 +199,16 @@ def survival_sums(
     import torch._dynamo
 
     groups = flat0.numel() // group_len
-    per_chunk = max(1, CHUNK_ELEMENTS // group_len)
     totals = torch.zeros(7, dtype=torch.float64)
     kernel, tables = _kernel(), _tables(scheme)
     try:
         # Float arguments (the nf4/fp4 levels) become constants of the kernel, not inputs.
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True):
-            for g0 in range(0, groups, per_chunk):
-                g1 = min(groups, g0 + per_chunk)
-                part, shape = slice(g0 * group_len, g1 * group_len), (g1 - g0, group_len)
+            for chunk in iter_chunks(groups * group_len, group_len, CHUNK_ELEMENTS):
+                part, shape = slice(chunk.start, chunk.stop), (chunk.groups, group_len)
                 sums = kernel(flat0[part].view(shape), flat_other[part].view(shape), is_delta, scheme, tables)
                 if sums[6] > 0:
-                    raise_not_finite(Chunk(part.start, part.stop, g0, g1 - g0, group_len, False))
+                    raise_not_finite(chunk)
                 totals += sums
     except Exception as error:
         if not _is_compile_failure(error):
