@@ -32,7 +32,7 @@ from lit_unlearn.evaluation import (
 )
 from lit_unlearn.evaluation.deployment import base_dtype
 from lit_unlearn.evaluation.results import scalar_name
-from lit_unlearn.loggers import log_image, setup_wandb_metrics, logging_step
+from lit_unlearn.loggers import log_image, logging_step, setup_wandb_metrics
 from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
 
 __all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]

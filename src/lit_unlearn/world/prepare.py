@@ -325,7 +325,7 @@ def prepare_world(
         building = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
         try:
             # Building trains models and so draws from the global RNGs; a seeded run must unlearn the same
-            # way whether the world was cached or built in its own process just before.
+            # way whether the world was cached or built earlier in the same process.
             with _isolated_rng():
                 timings = _build(building, size, seed, progress)
             _write_manifest(building, size, seed, timings)
