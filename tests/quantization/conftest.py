@@ -9,10 +9,11 @@ from lit_unlearn._logging import silence_bitsandbytes
 
 @pytest.fixture
 def bnb():
-    """``bitsandbytes.functional``, or skip. Its pure-torch fallback (odd last dimension) is wrapped in
+    """``bitsandbytes.functional``. bitsandbytes is a hard dependency: a broken install fails these tests
+    rather than skipping them. Its pure-torch fallback (odd last dimension) is wrapped in
     ``torch.compile``; eager mode computes the same values and saves seconds of compilation per shape."""
     silence_bitsandbytes()
-    functional = pytest.importorskip("bitsandbytes.functional")
+    import bitsandbytes.functional as functional
     import torch._dynamo
 
     with torch._dynamo.config.patch(disable=True):

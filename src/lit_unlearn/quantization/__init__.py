@@ -1,7 +1,8 @@
 """Weight quantization as deployments apply it, and whether an unlearning update survives it (pure torch).
 
-Formats (:data:`SCHEMES`): bitsandbytes' ``"nf4"`` and ``"fp4"`` (bit-identical to
-``quantize_4bit``/``dequantize_4bit``), LLM.int8's row-wise ``"int8"`` (bit-identical to
+Formats (:data:`SCHEMES`): bitsandbytes' ``"nf4"`` and ``"fp4"`` (codes and scales bit-identical to
+``quantize_4bit``, values to what its CUDA kernel decodes; :mod:`~lit_unlearn.quantization.bnb_decode`
+says where its CPU kernels decode otherwise), LLM.int8's row-wise ``"int8"`` (bit-identical to
 ``Int8Params``), and round-to-nearest ``"int2"`` … ``"int7"``, ``"rtn8"`` with ``-asym`` variants.
 
 Example::

@@ -6,7 +6,7 @@ bitsandbytes 0.50 on CPU (the version tested against) computes in fp32::
     absmax = max |w|                         # stored as is, fp32; the tail block stores max(absmax, 1e-38)
     x      = clamp(w * (1 / max(absmax, 1e-38)), -1, 1)   # the shorter tail block divides: w / absmax
     code   = number of level midpoints strictly below x   # torch.bucketize(x, midpoints), right=False
-    Q(w)   = level[code] * absmax  (fp32), cast to the weight's dtype
+    Q(w)   = level[code] * absmax  (fp32), cast to the weight's dtype, as bitsandbytes' CUDA kernel decodes
 
 so an exact midpoint rounds to the lower level, and an all-zero block gets code "0.0" and absmax 0.
 ``codes`` here are *level indices* in ascending value order (0 = -1.0 … 15 = +1.0). For nf4 they equal
@@ -111,7 +111,8 @@ class _Levels:
         dequant = levels.clone()
         compare = levels.clone()
         if name == "fp4":
-            # bitsandbytes' CPU and CUDA dequantizers decode fp4 pattern 8 with its sign bit: -0.0.
+            # bitsandbytes' CUDA dequantizer decodes fp4 pattern 8 with its sign bit: -0.0 (its torch
+            # fallback and AVX-512 CPU kernel give +0.0; see bnb_decode).
             dequant[8] = -0.0
             compare[8] = _TINY
         if not bool((compare[1:] > compare[:-1]).all()):

@@ -185,9 +185,10 @@ def quantize(weight: Tensor, scheme: str | Scheme, block_size: int | None = None
 def dequantize(q: QuantizedTensor) -> Tensor:
     """The weight a deployment computes with: ``q.shape``, ``q.dtype``, decoded in fp32 then cast.
 
-    For nf4/fp4 this is bit for bit ``bitsandbytes.functional.dequantize_4bit`` as its CPU and CUDA
-    kernels compute it (fp4 bit pattern 8 decodes to ``-0.0``; bitsandbytes' pure-torch fallback for an
-    odd last dimension gives ``+0.0`` there); for int8 it is ``int8_vectorwise_dequant(CB, SCB).to(dtype)``.
+    For nf4/fp4 this is bit for bit what bitsandbytes' CUDA kernel decodes (fp4 bit pattern 8 is
+    ``-0.0``), :func:`lit_unlearn.quantization.bnb_decode.dequantize_4bit_as_cuda`. bitsandbytes' CPU
+    kernels differ on some machines and shapes (the ``bnb_decode`` module says where); for int8 it is
+    ``int8_vectorwise_dequant(CB, SCB).to(dtype)``.
     """
     codec = codec_for(q.scheme, q.device)
     group_len = codec.group_len(q.shape)

@@ -1,0 +1,249 @@
+"""How bitsandbytes decodes a 4-bit weight: on a GPU, as a deployment does, and on this machine's CPU.
+
+**The deployment's semantics.** bitsandbytes' CUDA kernel (``kDequantizeBlockwise``) decodes the packed
+output of ``quantize_4bit`` over the *flattened* weight: element ``i`` (the high nibble of byte ``i // 2``
+when ``i`` is even) is ``level[code_i] * absmax[i // block_size]`` in fp32, then cast to the weight's
+dtype. fp4 applies its sign bit to every magnitude, zero included, so bit pattern 8 decodes to ``-0.0``
+(``dDequantizeFP4Tree``); nf4's zero is ``+0.0``. :func:`dequantize_4bit_as_cuda` writes this out from
+those constants alone, and it is what :func:`lit_unlearn.quantization.dequantize` is tested against, bit
+for bit, on every CPU.
+
+**What bitsandbytes 0.50 computes on a CPU** (``bitsandbytes/backends/cpu/ops.py``, ``csrc/cpu_ops.cpp``):
+``dequantize_4bit`` picks one of three decoders per call; :func:`cpu_decoder` predicts which.
+
+- ``"torch"``, its pure-torch fallback, for an odd last dimension, or a block of 2048 or more when the
+  CPU has AVX-512: CUDA's values, but fp4 pattern 8 decodes to ``+0.0`` (its code table has ``+0``).
+- ``"avx512-rows"``, the native AVX-512 kernel, when the CPU has AVX-512, the last dimension is a
+  multiple of 16 and the block at least 16: it decodes each row on its own with the scale
+  ``absmax[row * (cols // block) + col // block]``. That is the flattened block only when every row is a
+  whole number of blocks (``cols % block == 0``); otherwise rows read their neighbours' scales (a
+  96-column weight with block 64: rows from the second on are decoded with the wrong scale; a row
+  shorter than a block: every row with block 0's). fp4 pattern 8 decodes to ``+0.0`` here too.
+- ``"scalar"``, the native scalar loop, otherwise: CUDA's values, bit for bit.
+
+So a weight quantized on any CPU carries the same codes and scales as on a GPU (quantization does not
+depend on the decoder), but *running* a 4-bit model on an AVX-512 CPU computes with wrong weights in
+every layer whose rows are not whole blocks. :func:`cpu_deviation` says so for one weight.
+Reproducer (bitsandbytes 0.50.2, torch 2.13, an AVX-512 CPU)::
+
+    import torch, bitsandbytes.functional as F
+    w = torch.randn(4, 96)
+    packed, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    cpu = F.dequantize_4bit(packed, state)                 # per-row kernel
+    cuda = dequantize_4bit_as_cuda(packed, state.absmax, "nf4", 64, w.shape)
+    (cpu != cuda).sum()                                    # most of rows 1…3 differ
+
+The AVX-512 check of the native kernel is a CPUID test; torch's ``get_cpu_capability() == "AVX512"``,
+which bitsandbytes' Python side uses, stands in for it here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lit_unlearn.quantization.bnb4 import NF4_LEVELS
+
+__all__ = [
+    "CPU_DECODERS",
+    "cpu_decoder",
+    "cpu_deviation",
+    "cpu_has_avx512",
+    "describe_cpu_dispatch",
+    "dequantize_4bit_as_cpu",
+    "dequantize_4bit_as_cuda",
+]
+
+CpuDecoder = Literal["torch", "avx512-rows", "scalar"]
+CPU_DECODERS: tuple[str, ...] = ("torch", "avx512-rows", "scalar")
+
+# CUDA's fp4 magnitudes by the three low bits of the code (dDequantizeFP4Tree's constants, in fp32).
+_FP4_MAGNITUDE: tuple[float, ...] = (
+    0.0, 5.208333333e-03, 0.66666667, 1.0, 0.33333333, 0.5, 0.16666667, 0.25,
+)
+# The native AVX-512 kernel's vectors hold 16 fp32 values.
+_AVX512_LANES = 16
+# bitsandbytes' CPU backend decodes blocks of this size or larger with its torch fallback on AVX-512.
+_AVX512_FALLBACK_BLOCK = 2048
+
+
+def _cuda_table(quant_type: str, device: torch.device) -> Tensor:
+    if quant_type == "nf4":
+        return torch.tensor(NF4_LEVELS, dtype=torch.float32, device=device)
+    if quant_type == "fp4":
+        magnitude = torch.tensor(_FP4_MAGNITUDE, dtype=torch.float32, device=device)
+        return torch.cat([magnitude, -magnitude])  # the sign bit flips zero too: pattern 8 is -0.0
+    raise ValueError(f"`quant_type` must be 'nf4' or 'fp4', got {quant_type!r}.")
+
+
+def _unpack(packed: Tensor, n: int) -> Tensor:
+    """The 4-bit codes of ``quantize_4bit``'s packed bytes, high nibble first, as int64."""
+    flat = packed.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    if flat.numel() * 2 < n:
+        raise ValueError(f"{flat.numel()} packed bytes hold {flat.numel() * 2} codes; the shape needs {n}.")
+    codes = torch.stack([flat >> 4, flat & 15], dim=1).reshape(-1)[:n]
+    return codes.long()
+
+
+def _checked(shape: Sequence[int], block_size: int, absmax: Tensor) -> int:
+    n = prod(shape)
+    if block_size <= 0:
+        raise ValueError(f"`block_size` must be positive, got {block_size}.")
+    blocks = -(n // -block_size)
+    if absmax.numel() != blocks:
+        raise ValueError(
+            f"`absmax` has {absmax.numel()} scales; {n} elements in blocks of {block_size} need {blocks}."
+        )
+    return n
+
+
+def dequantize_4bit_as_cuda(
+    packed: Tensor,
+    absmax: Tensor,
+    quant_type: str,
+    block_size: int,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """What bitsandbytes' CUDA kernel decodes from ``quantize_4bit``'s output, computed on any device.
+
+    Args:
+        packed: The packed codes (``quantize_4bit``'s first output, or ``Params4bit.data``).
+        absmax: The fp32 block scales (``quant_state.absmax``).
+        quant_type: ``"nf4"`` or ``"fp4"``.
+        block_size: The block size the weight was quantized with.
+        shape: The weight's shape.
+        dtype: The dtype to cast the fp32 values to.
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``; fp4 pattern 8 is ``-0.0``.
+    """
+    n = _checked(shape, block_size, absmax)
+    table = _cuda_table(quant_type, packed.device)
+    values = table[_unpack(packed, n)]
+    scales = absmax.float().reshape(-1).repeat_interleave(block_size)[:n]
+    return (values * scales).reshape(tuple(shape)).to(dtype)
+
+
+def cpu_has_avx512() -> bool:
+    """Whether bitsandbytes' CPU backend takes its AVX-512 paths here (torch's capability, as it reads it)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def _python_side_avx512() -> bool:
+    # bitsandbytes reads this module flag at call time for its large-block fallback; tests may switch it.
+    try:
+        from bitsandbytes.backends.cpu import ops
+    except ImportError:
+        return cpu_has_avx512()
+    return bool(getattr(ops, "_has_avx512", cpu_has_avx512()))
+
+
+def _native_library_loaded() -> bool:
+    try:
+        from bitsandbytes.cextension import ErrorHandlerMockBNBNativeLibrary, lib
+    except ImportError:
+        return False
+    return not isinstance(lib, ErrorHandlerMockBNBNativeLibrary)
+
+
+def cpu_decoder(shape: Sequence[int], block_size: int, avx512: bool | None = None) -> CpuDecoder:
+    """Which decoder bitsandbytes 0.50's ``dequantize_4bit`` runs on a CPU for a weight of ``shape``.
+
+    Args:
+        shape: The weight's shape.
+        block_size: Its block size.
+        avx512: Whether the CPU has AVX-512; ``None`` reads this machine (and bitsandbytes' own flag for
+            its large-block fallback).
+    """
+    cols = int(shape[-1]) if len(shape) else 1
+    if not _native_library_loaded():
+        return "torch"
+    native_avx512 = cpu_has_avx512() if avx512 is None else avx512
+    python_avx512 = _python_side_avx512() if avx512 is None else avx512
+    if cols % 2 or (python_avx512 and block_size >= _AVX512_FALLBACK_BLOCK):
+        return "torch"
+    if native_avx512 and cols % _AVX512_LANES == 0 and block_size >= _AVX512_LANES:
+        return "avx512-rows"
+    return "scalar"
+
+
+def dequantize_4bit_as_cpu(
+    packed: Tensor,
+    absmax: Tensor,
+    quant_type: str,
+    block_size: int,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    decoder: CpuDecoder | None = None,
+) -> Tensor:
+    """What bitsandbytes 0.50's CPU ``dequantize_4bit`` returns, by :func:`cpu_decoder`'s rules.
+
+    ``decoder`` picks one of :data:`CPU_DECODERS` instead of this machine's. Meant for tests and reports
+    that must say what a CPU user gets; a deployment's values are :func:`dequantize_4bit_as_cuda`'s.
+    """
+    n = _checked(shape, block_size, absmax)
+    decoder = cpu_decoder(shape, block_size) if decoder is None else decoder
+    if decoder not in CPU_DECODERS:
+        raise ValueError(f"`decoder` must be one of {', '.join(CPU_DECODERS)}; got {decoder!r}.")
+    if decoder == "scalar":
+        return dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, shape, dtype)
+    table = _cuda_table(quant_type, packed.device)
+    if quant_type == "fp4":
+        table[8] = 0.0  # both CPU paths decode pattern 8 as +0.0
+    values = table[_unpack(packed, n)]
+    flat_absmax = absmax.float().reshape(-1)
+    if decoder == "torch":
+        scales = flat_absmax.repeat_interleave(block_size)[:n]
+    else:
+        cols = int(shape[-1])
+        index = torch.arange(n, device=packed.device)
+        row, col = index // cols, index % cols
+        scales = flat_absmax[row * (cols // block_size) + col // block_size]
+    return (values * scales).reshape(tuple(shape)).to(dtype)
+
+
+def cpu_deviation(
+    shape: Sequence[int], block_size: int, quant_type: str, avx512: bool | None = None
+) -> str | None:
+    """How bitsandbytes' CPU decoding of such a weight differs from a GPU's, or ``None`` if it does not.
+
+    ``"scales"``: rows that are not whole blocks are decoded with other blocks' scales (wrong values);
+    ``"zero sign"``: only fp4's ``-0.0`` comes back as ``+0.0`` (equal values, other bits).
+    """
+    decoder = cpu_decoder(shape, block_size, avx512)
+    cols = int(shape[-1])
+    rows = prod(shape) // cols
+    # Row r, column c reads block r * (cols // block) + c // block instead of (r * cols + c) // block:
+    # the same for every element only when rows are whole blocks, or the weight is one row or one block.
+    if decoder == "avx512-rows" and cols % block_size and rows > 1 and rows * cols > block_size:
+        return "scales"
+    if decoder != "scalar" and quant_type == "fp4":
+        return "zero sign"
+    return None
+
+
+def describe_cpu_dispatch() -> str:
+    """One line for logs: this CPU's capability and the 4-bit decoders bitsandbytes will run here."""
+    try:
+        import bitsandbytes
+
+        version = bitsandbytes.__version__
+    except ImportError:
+        version = "not installed"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if cpu_has_avx512():
+        paths = (
+            "dequantize_4bit: native AVX-512 per-row kernel where cols % 16 == 0 and 16 <= block < 2048 "
+            "(wrong scales where cols % block != 0; fp4 -0.0 as +0.0), torch fallback for odd cols or "
+            "block >= 2048, native scalar loop otherwise"
+        )
+    else:
+        paths = "dequantize_4bit: native scalar loop (GPU semantics), torch fallback for odd cols"
+    return f"torch {torch.__version__} CPU capability {capability}; bitsandbytes {version} {paths}"
