@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from lit_unlearn.quantization import (
     survival_stats,
     survival_stats_delta,
 )
+from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512
 
 __all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
 
@@ -69,6 +71,9 @@ class ExportReport:
         layers: ``scheme → layer name → SurvivalStats`` for each updated linear layer, in model order.
             Names are those of the merged model (``model.layers.0.self_attn.q_proj``).
         worst: How many layers :meth:`worst_layers` lists by default.
+        avx512_misdecoded: Layers of the 4-bit copy whose rows are not whole blocks: bitsandbytes 0.50's
+            AVX-512 CPU kernel decodes them with other blocks' scales (a GPU decodes them right; see
+            :mod:`lit_unlearn.quantization.bnb_decode`). Empty for int8 and block-aligned models.
     """
 
     source: str
@@ -79,6 +84,7 @@ class ExportReport:
     quantize: str
     layers: dict[str, dict[str, SurvivalStats]] = field(default_factory=dict)
     worst: int = 5
+    avx512_misdecoded: list[str] = field(default_factory=list)
 
     @property
     def schemes(self) -> list[str]:
@@ -108,6 +114,7 @@ class ExportReport:
             "output_dir": self.output_dir,
             "quantized_dir": self.quantized_dir,
             "quantize": self.quantize,
+            "avx512_misdecoded": list(self.avx512_misdecoded),
             "schemes": {
                 scheme: {
                     "total": {"layers": len(layers), **self.total(scheme).as_dict()},
@@ -131,6 +138,8 @@ class ExportReport:
         ]
         if self.quantized_dir is not None:
             lines.append(f"bitsandbytes {self.quantize} copy: `{self.quantized_dir}`.")
+        if self.avx512_misdecoded:
+            lines.append(_avx512_note(self.quantize, self.avx512_misdecoded))
         lines += ["", _table_header("scheme")]
         lines += [_table_row(scheme, self.total(scheme)) for scheme in self.layers]
         for scheme in self.layers:
@@ -271,6 +280,28 @@ def _deployed_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     for name, module in model.named_modules():
         if module is not head and default_filter(name, module):
             yield name, module
+
+
+def _avx512_misdecoded(model: nn.Module, quantize: str) -> list[str]:
+    """The deployed layers an AVX-512 CPU running bitsandbytes 0.50 decodes with wrong block scales."""
+    if quantize not in ("nf4", "fp4"):
+        return []
+    block = get_scheme(quantize).block_size
+    return [
+        name for name, module in _deployed_linears(model)
+        if cpu_deviation(module.weight.shape, block, quantize, avx512=True) == "scales"
+    ]
+
+
+def _avx512_note(quantize: str, layers: list[str]) -> str:
+    shown = ", ".join(f"`{name}`" for name in layers[:3])
+    if len(layers) > 3:
+        shown += f" and {len(layers) - 3} more"
+    return (
+        f"Running the {quantize} copy on a CPU with AVX-512: bitsandbytes 0.50 decodes {len(layers)} layers "
+        f"({shown}) with other blocks' scales, because their rows are not whole blocks of 64; a GPU decodes "
+        "them right. Compute with this copy on a GPU, or on a CPU without AVX-512."
+    )
 
 
 def _layer_stats(fn: Any, name: str, w0: torch.Tensor, other: torch.Tensor, scheme: str) -> SurvivalStats:
@@ -479,6 +510,7 @@ def export(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    misdecoded = _avx512_misdecoded(model, quantize)
     del model  # the quantized copy is loaded from disk; two models never share memory
 
     report = ExportReport(
@@ -490,7 +522,10 @@ def export(
     if quantize != "none":
         report.quantized_dir = str(_save_quantized(out, quantize, model_dtype, tokenizer, trust_remote_code))
         report.quantize = quantize
+        report.avx512_misdecoded = misdecoded
         report.write(out)
+        if misdecoded and cpu_has_avx512():
+            warnings.warn(_avx512_note(quantize, misdecoded), stacklevel=2)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.export import export, main
-from lit_unlearn.quantization import fake_quantize, survival_stats
+from lit_unlearn.quantization import fake_quantize, quantize, survival_stats
+from lit_unlearn.quantization.bnb_decode import cpu_has_avx512, dequantize_4bit_as_cpu, dequantize_4bit_as_cuda
 
 STAT_KEYS = {
     "changed", "below_half_step", "retained", "cosine", "rel_error", "delta_norm", "qdelta_norm", "numel"
@@ -65,7 +67,10 @@ def test_survival_json_and_markdown(adapter, tmp_path):
     report = export(path, str(tmp_path), schemes=["nf4", "int8"], worst=3, overwrite=True, progress=False)
     saved = json.loads((tmp_path / "survival.json").read_text())
     assert saved == json.loads(json.dumps(report.as_dict()))
-    assert set(saved) == {"source", "base", "kind", "output_dir", "quantized_dir", "quantize", "schemes"}
+    assert set(saved) == {
+        "source", "base", "kind", "output_dir", "quantized_dir", "quantize", "avx512_misdecoded", "schemes"
+    }
+    assert saved["avx512_misdecoded"] == [], "no 4-bit copy was written"
     assert saved["kind"] == "lora" and saved["quantized_dir"] is None
     assert list(saved["schemes"]) == ["nf4", "int8"]
     for scheme in saved["schemes"].values():
@@ -83,7 +88,9 @@ def test_survival_json_and_markdown(adapter, tmp_path):
 
 
 def test_nf4_copy_is_what_the_statistics_quantize(adapter, tmp_path):
-    # bitsandbytes serialises 4-bit weights on CPU as well (0.50), so the copy is written here too.
+    # bitsandbytes serialises 4-bit weights on CPU as well (0.50), so the copy is written here too. Its codes
+    # and scales are compared with ours, and decoded as a GPU deployment decodes them: this CPU's own
+    # dequantize_4bit kernel depends on the machine (see the next test).
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM
 
@@ -96,11 +103,40 @@ def test_nf4_copy_is_what_the_statistics_quantize(adapter, tmp_path):
     linears = [(n, m) for n, m in quantized.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linears) == 14, "every projection quantized, the output head kept"
     for name, module in linears:
-        weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-        expected = fake_quantize(merged.get_submodule(name).weight, "nf4")
-        torch.testing.assert_close(weight, expected, rtol=0, atol=0, msg=name)
+        weight, state = module.weight, module.weight.quant_state
+        merged_weight = merged.get_submodule(name).weight
+        packed, absmax = quantize(merged_weight, "nf4").to_bitsandbytes()
+        assert torch.equal(weight.data.view(torch.uint8).reshape(packed.shape), packed), name
+        assert torch.equal(state.absmax, absmax), name
+        deployed = dequantize_4bit_as_cuda(weight.data, state.absmax, "nf4", state.blocksize, state.shape)
+        torch.testing.assert_close(deployed, fake_quantize(merged_weight, "nf4"), rtol=0, atol=0, msg=name)
     assert (Path(report.quantized_dir) / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "survival.json").read_text())["quantized_dir"] == report.quantized_dir
+
+
+def test_nf4_copy_names_the_layers_an_avx512_cpu_decodes_wrong(adapter, tmp_path):
+    """The tiny model's rows (32 and 64 columns) are not whole blocks of 64 in every layer: the report
+    lists those, and on this machine bitsandbytes' CPU decoding of them is what bnb_decode predicts."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export(adapter[0], str(tmp_path), quantize="nf4", schemes=[], progress=False, overwrite=True)
+    quantized = AutoModelForCausalLM.from_pretrained(report.quantized_dir)
+    linears = {n: m for n, m in quantized.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    expected = [n for n, m in linears.items() if m.in_features % 64]
+    assert expected and report.avx512_misdecoded == expected
+    assert json.loads((tmp_path / "survival.json").read_text())["avx512_misdecoded"] == expected
+    assert "AVX-512" in (tmp_path / "survival.md").read_text()
+    assert any("AVX-512" in str(w.message) for w in caught) == cpu_has_avx512()
+    for name, module in linears.items():
+        weight, state = module.weight, module.weight.quant_state
+        real = bnb.functional.dequantize_4bit(weight.data, state)
+        cpu = dequantize_4bit_as_cpu(weight.data, state.absmax, "nf4", state.blocksize, state.shape)
+        deployed = dequantize_4bit_as_cuda(weight.data, state.absmax, "nf4", state.blocksize, state.shape)
+        assert torch.equal(real, cpu), name
+        assert torch.equal(real, deployed) == (name not in expected or not cpu_has_avx512()), name
 
 
 def test_failed_bitsandbytes_save_keeps_the_merged_export(adapter, tmp_path, monkeypatch):
