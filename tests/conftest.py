@@ -10,6 +10,18 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+
+def pytest_report_header(config):
+    """The CPU capability and bitsandbytes' 4-bit decoders on it, so a failure on another CPU is diagnosable."""
+    from lit_unlearn._logging import silence_bitsandbytes
+
+    silence_bitsandbytes()
+    from lit_unlearn.quantization.bnb_decode import describe_cpu_dispatch
+
+    return describe_cpu_dispatch()
+
+
 WORDS = "alpha beta gamma delta river stone north mayor harbour council bridge seven lantern orchard".split()
 
 

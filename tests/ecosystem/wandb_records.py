@@ -19,25 +19,31 @@ _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def _payloads(data: bytes) -> list[bytes]:
+def _payloads(data: bytes) -> list[bytes] | None:
+    """The records' payloads, or ``None`` while the file ends inside a record (still being written)."""
     assert data[: len(_HEADER)] == _HEADER, "not a W&B run file"
-    pos, pending, out = len(_HEADER), b"", []
-    while pos + 7 <= len(data):
+    pos, pending, out = len(_HEADER), None, []
+    while pos < len(data):
         if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
             pos += _BLOCK - pos % _BLOCK
             continue
+        if pos + 7 > len(data):
+            return None
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            return None
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:
             out.append(chunk)
         elif kind == _FIRST:
             pending = chunk
-        elif kind == _MIDDLE:
+        elif kind == _MIDDLE and pending is not None:
             pending += chunk
-        elif kind == _LAST:
+        elif kind == _LAST and pending is not None:
             out.append(pending + chunk)
-    return out
+            pending = None
+    return None if pending is not None else out
 
 
 @dataclass
@@ -56,21 +62,46 @@ class OfflineRun:
         return [row for row in self.history if key in row]
 
 
-def _records(path: Path, timeout: float) -> list[Any]:
-    # `wandb.finish()` can return while the service process is still writing the file; the run is
-    # complete once its `exit` record is there.
+def _parse(data: bytes) -> list[Any] | None:
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
-    deadline = time.monotonic() + timeout
-    while True:
-        records = []
-        for payload in _payloads(path.read_bytes()):
-            record = pb.Record()
+    payloads = _payloads(data)
+    if payloads is None:
+        return None
+    records = []
+    for payload in payloads:
+        record = pb.Record()
+        try:
             record.ParseFromString(payload)
-            records.append(record)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        except DecodeError:
+            return None
+        records.append(record)
+    return records
+
+
+def _records(path: Path, timeout: float, settle: float = 0.3) -> list[Any]:
+    """The run's records once it has finished writing them.
+
+    ``wandb.finish()`` can return while the service process is still writing the file, so a read may end
+    inside a record. The run counts as written when the file parses to whole records, holds the ``exit``
+    record, and has not grown for ``settle`` seconds (records may follow ``exit``).
+    """
+    deadline = time.monotonic() + timeout
+    seen, stable_since = b"", None
+    while True:
+        data = path.read_bytes()
+        now = time.monotonic()
+        if data != seen:
+            seen, stable_since = data, now
+        records = _parse(data)
+        finished = records is not None and any(r.WhichOneof("record_type") == "exit" for r in records)
+        if finished and now - stable_since >= settle:
             return records
-        time.sleep(0.1)
+        if now > deadline:
+            state = "no exit record yet" if records is not None else "ends inside a record"
+            raise AssertionError(f"W&B run file {path} is not finished after {timeout:.0f} s ({state}).")
+        time.sleep(0.05)
 
 
 def read_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:
