@@ -33,12 +33,14 @@ Reproducer (bitsandbytes 0.50.2, torch 2.13, an AVX-512 CPU)::
     cuda = dequantize_4bit_as_cuda(packed, state.absmax, "nf4", 64, w.shape)
     (cpu != cuda).sum()                                    # most of rows 1…3 differ
 
-The AVX-512 check of the native kernel is a CPUID test; torch's ``get_cpu_capability() == "AVX512"``,
-which bitsandbytes' Python side uses, stands in for it here.
+The native kernel checks AVX-512F with CPUID (read here from ``/proc/cpuinfo``); bitsandbytes' Python side
+checks torch's ``get_cpu_capability() == "AVX512"`` (its ``_has_avx512`` flag). These rules are read from
+bitsandbytes' x86-64 code; on other CPUs its native decoders are not covered here.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from math import prod
 from typing import Literal
@@ -131,18 +133,39 @@ def dequantize_4bit_as_cuda(
     return (values * scales).reshape(tuple(shape)).to(dtype)
 
 
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
 def cpu_has_avx512() -> bool:
-    """Whether bitsandbytes' CPU backend takes its AVX-512 paths here (torch's capability, as it reads it)."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    """Whether this CPU has AVX-512F, which bitsandbytes' native kernels test with CPUID.
+
+    Read from ``/proc/cpuinfo``; where there is none, torch's ``get_cpu_capability()`` stands in. The two
+    can disagree: ``ATEN_CPU_CAPABILITY=avx2`` lowers torch's (and bitsandbytes' Python-side checks that
+    read it) but not the native kernel's.
+    """
+    flags = _cpu_flags()
+    if flags is None:
+        return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return "avx512f" in flags
 
 
 def _python_side_avx512() -> bool:
-    # bitsandbytes reads this module flag at call time for its large-block fallback; tests may switch it.
+    # bitsandbytes' Python backend reads torch's capability into this flag at import and consults it at
+    # call time for its large-block fallback; tests may switch it.
     try:
         from bitsandbytes.backends.cpu import ops
     except ImportError:
-        return cpu_has_avx512()
-    return bool(getattr(ops, "_has_avx512", cpu_has_avx512()))
+        return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return bool(getattr(ops, "_has_avx512", False))
 
 
 def _native_library_loaded() -> bool:
@@ -238,12 +261,17 @@ def describe_cpu_dispatch() -> str:
     except ImportError:
         version = "not installed"
     capability = torch.backends.cpu.get_cpu_capability()
+    native = "native kernels see AVX-512F" if cpu_has_avx512() else "native kernels see no AVX-512F"
     if cpu_has_avx512():
         paths = (
             "dequantize_4bit: native AVX-512 per-row kernel where cols % 16 == 0 and 16 <= block < 2048 "
-            "(wrong scales where cols % block != 0; fp4 -0.0 as +0.0), torch fallback for odd cols or "
-            "block >= 2048, native scalar loop otherwise"
+            "(wrong scales where cols % block != 0; fp4 -0.0 as +0.0), torch fallback for odd cols, "
+            "native scalar loop otherwise"
         )
     else:
         paths = "dequantize_4bit: native scalar loop (GPU semantics), torch fallback for odd cols"
-    return f"torch {torch.__version__} CPU capability {capability}; bitsandbytes {version} {paths}"
+    large = "torch fallback" if _python_side_avx512() else "native"
+    return (
+        f"torch {torch.__version__} CPU capability {capability}; {native}; bitsandbytes {version} {paths} "
+        f"(blocks >= 2048 here: {large})"
+    )
