@@ -183,7 +183,7 @@ def bench_case(model: str, mode: str, layers: int, seq: int, batch: int, repeats
            "copy": lambda: dst.copy_(src)}
     if mode == "lora":
         # The share of the check spent forming ΔW = scaling·B·A (lit_unlearn.adapters.lora_delta).
-        fns["lora_delta"] = lambda: [layer.lora_delta(buffer) for buffer in [delta_buffer(watched)]
+        fns["lora_delta"] = lambda: [layer.delta(buffer) for buffer in [delta_buffer(watched)]
                                      for layer in watched]
     times = best_times(fns, repeats)
     t_step, t_check, t_copy = times["step"], times["check"], times["copy"]

@@ -18,12 +18,15 @@ from torch import nn
 
 __all__ = [
     "LoRA",
+    "adapter_internals",
+    "adapters_disabled",
     "apply_lora",
     "default_target_modules",
     "is_peft_model",
     "linear_module_names",
     "lora_delta",
     "lora_deltas",
+    "lora_layers",
     "reference_mode",
 ]
 
@@ -59,14 +62,11 @@ class LoRA:
             raise ValueError(f"`lora.dropout` must be in [0, 1), got {self.dropout}.")
 
 
-def _output_head(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_output_embeddings", None)
-    return getter() if callable(getter) else None
-
-
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct leaf names of the model's ``nn.Linear`` modules, output head excluded, sorted."""
-    head = _output_head(model)
+    from lit_unlearn.deployment.layers import output_head
+
+    head = output_head(model)
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
     return sorted(names)
 
@@ -113,10 +113,11 @@ def apply_lora(model: nn.Module, lora: LoRA) -> nn.Module:
 
 def is_peft_model(model: nn.Module) -> bool:
     """Whether ``model`` carries at least one peft LoRA layer."""
-    return any(True for _ in _lora_layers(model))
+    return any(True for _ in lora_layers(model))
 
 
-def _lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(module name, LoraLayer)`` for every peft LoRA layer of ``model``, in ``named_modules`` order."""
     from peft.tuners.lora import LoraLayer
 
     for name, module in model.named_modules():
@@ -124,11 +125,56 @@ def _lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def adapter_internals(model: nn.Module) -> set[int]:
+    """``id`` of every module inside a LoRA layer that is not its base layer (the A/B matrices, dropout).
+
+    They are part of ``ΔW``, not layers a deployment has.
+    """
+    internal: set[int] = set()
+    for _, owner in lora_layers(model):
+        base = set(map(id, owner.get_base_layer().modules()))
+        internal.update(id(m) for m in owner.modules() if m is not owner and id(m) not in base)
+    return internal
+
+
+@contextlib.contextmanager
+def adapters_disabled(owners: list[nn.Module] | tuple[nn.Module, ...]) -> Iterator[None]:
+    """Run the given LoRA layers as their bare base layers, then restore them exactly.
+
+    Per layer rather than :func:`reference_mode`: that needs the ``PeftModel`` wrapper, and a deployed
+    model may switch off some layers only. peft's ``enable_adapters`` also sets ``requires_grad``; the
+    flags are put back as they were.
+    """
+    states = [(owner, owner.disable_adapters, [(p, p.requires_grad) for p in owner.parameters()])
+              for owner in owners]
+    try:
+        for owner in owners:
+            owner.enable_adapters(False)
+        yield
+    finally:
+        for owner, was_disabled, flags in states:
+            owner.enable_adapters(not was_disabled)
+            for param, requires_grad in flags:
+                param.requires_grad_(requires_grad)
+
+
+def check_mergeable(layer: nn.Module, name: str | None = None) -> None:
+    """Raise unless the layer's merge is ``W0 + ΔW`` (plain LoRA): DoRA rescales the merged weight."""
+    dora = [a for a in layer.active_adapters if layer.use_dora.get(a, False)]
+    if dora:
+        what = f"LoRA layer {name!r}" if name else "A LoRA layer"
+        raise ValueError(
+            f"{what} uses DoRA (adapter {dora[0]!r}): its merged weight is "
+            "m · (W0 + ΔW) / ‖W0 + ΔW‖, not W0 + ΔW, and lit-unlearn's deployed weight (survival check, "
+            "evaluation, export) is the plain LoRA merge. Train with `use_dora=False`, or merge the DoRA "
+            "adapter (`merge_and_unload`) and measure the merged model as a full-parameter one."
+        )
+
+
 def _clean_name(name: str) -> str:
-    # peft prefixes every path with ``base_model.model.``; reporting the model's own names keeps
-    # per-layer tables readable and equal to the names of the merged model.
-    prefix = "base_model.model."
-    return name[len(prefix) :] if name.startswith(prefix) else name
+    from lit_unlearn.deployment.layers import deployed_name
+
+    return deployed_name(name)
 
 
 @torch.no_grad()
@@ -151,6 +197,7 @@ def lora_delta(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tenso
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     if not active or layer.disable_adapters or layer.merged:
         return None
+    check_mergeable(layer)
     delta = _delta_into(layer, active[0], out)
     for adapter in active[1:]:
         delta += layer.get_delta_weight(adapter)  # in place: no second full-size temporary
@@ -165,7 +212,6 @@ def _delta_into(layer: nn.Module, adapter: str, out: torch.Tensor | None) -> tor
         and a.device == out.device
         and a.dtype == torch.float32  # peft computes half-precision CPU merges in fp32 and casts back
         and not layer.fan_in_fan_out
-        and not layer.use_dora.get(adapter, False)
         and out.numel() >= b.shape[0] * a.shape[1]
     )
     if not plain:
@@ -182,9 +228,13 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
     ``W0`` is the frozen base weight (not copied) and ``ΔW`` the sum of the active adapters'
     ``scaling · B @ A`` in the base weight's layout and the adapter's dtype (float32 by default), i.e.
     exactly what ``merge_and_unload`` adds to the base: the merged weight is ``(W0 + ΔW)`` rounded once
-    to ``W0``'s dtype. Only one layer's ``ΔW`` exists at a time.
+    to ``W0``'s dtype (:func:`lit_unlearn.deployment.merge`). Only one layer's ``ΔW`` exists at a time.
+
+    Raises:
+        ValueError: for a DoRA adapter, whose merge is not ``W0 + ΔW``.
     """
-    for name, layer in _lora_layers(model):
+    for name, layer in lora_layers(model):
+        check_mergeable(layer, _clean_name(name))
         delta = lora_delta(layer)
         if delta is None:
             continue

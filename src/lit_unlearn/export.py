@@ -8,12 +8,11 @@ and how much of it ``Q(W0 + ΔW) - Q(W0)`` still carries (``retained``, ``cosine
 :mod:`lit_unlearn.quantization.survival`). The statistics explain, they are no verdict: whether the
 forgetting survives is measured functionally (``QuantizedEvaluation``).
 
-Statistics stream one layer at a time: for an adapter, ``ΔW`` comes from
-:func:`lit_unlearn.adapters.lora_deltas` before the merge; for a full-parameter model, each base weight is
-read on its own from the base's safetensors files. No second copy of the model is built. For a float32
-base the adapter statistics are exactly those of the merged weights. For a bf16/fp16 base they describe
-``W0 + ΔW`` with ``ΔW`` rounded to the base dtype first, while peft adds the float32 update and rounds
-once, so about 1% of merged weights differ by one ulp from what was measured (cosines move by ~1e-3).
+Statistics stream one layer at a time through :class:`lit_unlearn.deployment.DeployedLayer`: for an
+adapter, ``ΔW`` is read before the merge and the merged weight formed as peft forms it (the float32 update
+added to the base and rounded once to its dtype), so the statistics describe exactly the weights written;
+for a full-parameter model, each base weight is read on its own from the base's safetensors files. No
+second copy of the model is built.
 
 Example::
 
@@ -26,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,16 +34,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_unlearn.adapters import lora_deltas
+from lit_unlearn.adapters import lora_delta
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.quantization import (
-    SCHEMES,
-    SurvivalStats,
-    default_filter,
-    get_scheme,
-    survival_stats,
-    survival_stats_delta,
-)
+from lit_unlearn.deployment import DeployedLayer, deployed_layers
+from lit_unlearn.quantization import SCHEMES, SurvivalStats, get_scheme
 from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512
 
 __all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
@@ -273,23 +266,14 @@ def _prepare_output(output_dir: str | Path, source: Path, overwrite: bool) -> Pa
 
 
 # ---------------------------------------------------------------------- statistics
-def _deployed_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
-    """The linear layers a bitsandbytes deployment quantizes: each plain ``nn.Linear`` but the output head."""
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    for name, module in model.named_modules():
-        if module is not head and default_filter(name, module):
-            yield name, module
-
-
 def _avx512_misdecoded(model: nn.Module, quantize: str) -> list[str]:
     """The deployed layers an AVX-512 CPU running bitsandbytes 0.50 decodes with wrong block scales."""
     if quantize not in ("nf4", "fp4"):
         return []
     block = get_scheme(quantize).block_size
     return [
-        name for name, module in _deployed_linears(model)
-        if cpu_deviation(module.weight.shape, block, quantize, avx512=True) == "scales"
+        layer.name for layer in deployed_layers(model)
+        if cpu_deviation(layer.linear.weight.shape, block, quantize, avx512=True) == "scales"
     ]
 
 
@@ -304,28 +288,35 @@ def _avx512_note(quantize: str, layers: list[str]) -> str:
     )
 
 
-def _layer_stats(fn: Any, name: str, w0: torch.Tensor, other: torch.Tensor, scheme: str) -> SurvivalStats:
-    try:
-        return fn(w0, other, scheme)
-    except ValueError as err:
-        raise ValueError(
-            f"Scheme {scheme!r} cannot be applied to layer {name!r}: {err} Drop it from `schemes`."
-        ) from err
+def _layer_stats(layer: DeployedLayer, schemes: list[str]) -> dict[str, SurvivalStats]:
+    stats = {}
+    for scheme in schemes:
+        try:
+            stats.update(layer.survival([get_scheme(scheme)]))
+        except ValueError as err:
+            raise ValueError(
+                f"Scheme {scheme!r} cannot be applied to layer {layer.name!r}: {err} Drop it from `schemes`."
+            ) from err
+    return stats
+
+
+def _collect(layers: dict[str, dict[str, SurvivalStats]], name: str, stats: dict[str, SurvivalStats]) -> None:
+    for scheme, value in stats.items():
+        layers[scheme][name] = value
 
 
 @torch.no_grad()
 def _lora_statistics(
     peft_model: nn.Module, schemes: list[str], progress: bool
 ) -> dict[str, dict[str, SurvivalStats]]:
-    from peft.tuners.lora import LoraLayer
-
+    """Statistics of each adapted layer's deployed weight, the merge :func:`lit_unlearn.deployment.merge`
+    describes (the one ``merge_and_unload`` writes)."""
     layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
-    total = sum(isinstance(m, LoraLayer) for m in peft_model.modules())
-    with tqdm(total=total, desc="Survival statistics", unit="layer", disable=not progress) as bar:
-        for name, w0, delta in lora_deltas(peft_model):
-            for scheme in schemes:
-                layers[scheme][name] = _layer_stats(survival_stats_delta, name, w0, delta, scheme)
-            bar.update()
+    adapted = [layer for layer in deployed_layers(peft_model) if layer.source == "lora"]
+    for layer in tqdm(adapted, desc="Survival statistics", unit="layer", disable=not progress):
+        if layer.lora is not None and lora_delta(layer.lora) is None:
+            continue  # no active adapter: nothing was merged into this layer
+        _collect(layers, layer.name, _layer_stats(layer, schemes))
     return layers
 
 
@@ -377,16 +368,18 @@ def _full_statistics(
 ) -> dict[str, dict[str, SurvivalStats]]:
     base_weights = _SafetensorsWeights(base)
     layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
-    linears = list(_deployed_linears(model))
-    for name, module in tqdm(linears, desc="Survival statistics", unit="layer", disable=not progress):
-        w0, w1 = base_weights[f"{name}.weight"], module.weight.detach()
+    deployed = deployed_layers(model)
+    for layer in tqdm(deployed, desc="Survival statistics", unit="layer", disable=not progress):
+        w0, w1 = base_weights[f"{layer.name}.weight"], layer.linear.weight
         if w0.shape != w1.shape:
             raise ValueError(
-                f"Layer {name!r} has shape {tuple(w1.shape)} but the base's has {tuple(w0.shape)}; `base` "
-                "must be the model the unlearned one started from."
+                f"Layer {layer.name!r} has shape {tuple(w1.shape)} but the base's has {tuple(w0.shape)}; "
+                "`base` must be the model the unlearned one started from."
             )
-        for scheme in schemes:
-            layers[scheme][name] = _layer_stats(survival_stats, name, w0, w1, scheme)
+        # W0 is the base's weight, read from disk one layer at a time.
+        layer.source, layer.snapshot = "snapshot", w0
+        _collect(layers, layer.name, _layer_stats(layer, schemes))
+        layer.snapshot = None
     return layers
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-__all__ = ["swapped_weights", "lazily_swapped_weights"]
+__all__ = ["lazily_swapped_weights", "swapped_weights"]
 
 
 @contextlib.contextmanager

@@ -402,3 +402,57 @@ def test_state_dict_is_plain_python():
         )
 
     assert plain(state)
+
+
+def test_resume_with_another_interval_keeps_history_and_snapshot(tmp_path, recwarn):
+    """The state key names the measurement (schemes, layers), not the interval: a resumed run that checks
+    every 3 steps instead of 2 keeps the history and the saved W0, and measures ΔW from the true original."""
+    def run(root, stop, every, ckpt_path=None):
+        seed_everything(3)
+        survival = QuantizationSurvival(every_n_steps=every, schemes=("nf4",), functional=False)
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)
+        trainer = make_trainer(root, stop, [survival, checkpoint], enable_checkpointing=True, logger=False)
+        trainer.fit(Unlearner(optimizer="sgd", lr=0.5), forget_retain_batches(4, repeat=True), ckpt_path=ckpt_path)
+        return survival
+
+    assert QuantizationSurvival(every_n_steps=2).state_key == QuantizationSurvival(every_n_steps=3).state_key
+    assert QuantizationSurvival(schemes=("nf4",)).state_key != QuantizationSurvival(schemes=("fp4",)).state_key
+    straight = run(tmp_path / "straight", 6, every=3)
+    first = run(tmp_path / "resumed", 4, every=2)
+    resumed = run(tmp_path / "resumed", 6, every=3, ckpt_path=tmp_path / "resumed" / "ckpt" / "last.ckpt")
+    assert sorted({r["step"] for r in resumed.history}) == [2, 4, 6]
+    assert resumed.history[: len(first.history)] == first.history
+    assert not [w for w in recwarn if "holds no snapshot" in str(w.message)]
+    # ΔW at step 6 is measured from the original W0, as in the uninterrupted run.
+    last = [r for r in resumed.history if r["step"] == 6]
+    want = [r for r in straight.history if r["step"] == 6]
+    for got, expected in zip(last, want, strict=True):
+        assert got["delta_norm"] == pytest.approx(expected["delta_norm"], rel=1e-6)
+
+
+def test_resume_with_other_schemes_says_it_starts_a_new_history(tmp_path):
+    def run(root, stop, schemes, ckpt_path=None):
+        survival = QuantizationSurvival(every_n_steps=2, schemes=schemes, functional=False)
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0)
+        trainer = make_trainer(root, stop, [survival, checkpoint], enable_checkpointing=True, logger=False)
+        trainer.fit(Unlearner(optimizer="sgd", lr=0.5), forget_retain_batches(4, repeat=True), ckpt_path=ckpt_path)
+        return survival
+
+    run(tmp_path, 2, ("nf4",))
+    with pytest.warns(UserWarning, match=r"other schemes or layers.*starts a new history.*same `schemes`"):
+        resumed = run(tmp_path, 4, ("fp4",), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert sorted({r["step"] for r in resumed.history}) == [4]
+
+
+def test_sharding_error_is_one_type_for_both_callbacks():
+    from lit_unlearn.callbacks.quantized_evaluation import QuantizedEvaluation
+    from lit_unlearn.deployment import UnsupportedStrategyError
+
+    trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(UnsupportedStrategyError) as survival_error:
+        QuantizationSurvival().setup(trainer, None, "fit")
+    with pytest.raises(UnsupportedStrategyError) as evaluation_error:
+        QuantizedEvaluation().setup(trainer, None, "test")
+    for error in (survival_error.value, evaluation_error.value):
+        assert isinstance(error, MisconfigurationException) and isinstance(error, ValueError)
+        assert "FSDPStrategy shards" in str(error)

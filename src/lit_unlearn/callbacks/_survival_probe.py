@@ -19,7 +19,6 @@ from torch import nn
 from lit_unlearn._modes import eval_mode
 
 ProbeLoss = Callable[[Any], torch.Tensor]
-ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
 PROBE_HOOK = "quantization_probe_loss"
 
@@ -47,43 +46,6 @@ def isolated_eval(module: nn.Module) -> Iterator[None]:
     devices = [torch.cuda.current_device()] if cuda else []
     with torch.random.fork_rng(devices=devices), eval_mode(module):
         yield
-
-
-@contextlib.contextmanager
-def around_forward(contexts: Mapping[nn.Module, ContextFactory]) -> Iterator[None]:
-    """While active, every call of each module runs inside a fresh context from its factory.
-
-    The swap-in/measure/swap-back of :mod:`lit_unlearn.swap`, narrowed to the duration of one module's
-    forward: a replacement weight exists only while its own layer runs, so a probe through a quantized
-    model holds one layer's quantized weight at a time rather than a quantized copy of the model. Layers
-    must be called as modules, as every ``transformers`` model does.
-    """
-    open_contexts: dict[int, list[contextlib.AbstractContextManager]] = {}
-
-    def enter(factory: ContextFactory) -> Callable:
-        def hook(module: nn.Module, args: Any) -> None:
-            context = factory()
-            context.__enter__()
-            open_contexts.setdefault(id(module), []).append(context)
-
-        return hook
-
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
-        open_contexts[id(module)].pop().__exit__(None, None, None)
-
-    handles = []
-    try:
-        for module, factory in contexts.items():
-            handles.append(module.register_forward_pre_hook(enter(factory)))
-            handles.append(module.register_forward_hook(leave))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        # A forward that raised leaves its layer swapped; put every original back before re-raising.
-        for stack in open_contexts.values():
-            while stack:
-                stack.pop().__exit__(None, None, None)
 
 
 def resolve_probe_loss(pl_module: nn.Module, model: nn.Module, batch: Any) -> ProbeLoss | None:

@@ -19,38 +19,30 @@ import csv
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lit_unlearn.callbacks._survival_layers import (
-    WatchedLayer,
-    adapters_disabled,
-    computing_as,
     delta_buffer,
-    forward_module,
-    lora_owners,
     model_of,
     prepare_references,
     select_linear_layers,
 )
 from lit_unlearn.callbacks._survival_probe import (
     ProbeLoss,
-    around_forward,
     isolated_eval,
     resolve_probe_loss,
     split_probe,
     to_device,
 )
+from lit_unlearn.deployment import DeployedLayer, check_strategy, deployed_model
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_heatmap
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
@@ -73,7 +65,6 @@ _CHECKPOINT_KEY = "quantization_survival"
 # In the low-survival warning: a layer whose update is mostly rounding noise or mostly rounded away.
 _POOR = 0.5
 _NAMED_LAYERS = 5
-_SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
 class QuantizationSurvival(Callback):
@@ -145,7 +136,8 @@ class QuantizationSurvival(Callback):
     Raises:
         ValueError: If an argument is out of range or an unknown scheme is named (the message lists the
             valid ones); at fit start, if ``modules`` selects no trainable or adapted linear layer.
-        MisconfigurationException: If the strategy shards weights (FSDP, DeepSpeed, model parallel).
+        lit_unlearn.deployment.UnsupportedStrategyError: If the strategy shards weights (FSDP, DeepSpeed,
+            model parallel); a ``MisconfigurationException``.
 
     Example::
 
@@ -212,7 +204,7 @@ class QuantizationSurvival(Callback):
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
-        self._layers: list[WatchedLayer] = []
+        self._layers: list[DeployedLayer] = []
         self._probe: list[dict[str, Any]] = []
         self._probe_ready = False
         self._probe_loss: ProbeLoss | None = None
@@ -225,10 +217,10 @@ class QuantizationSurvival(Callback):
     @property
     @override
     def state_key(self) -> str:
-        # Unique per configuration, so that differently configured instances can share a Trainer.
+        # What identifies the measurement: the schemes (with their block sizes) and the watched layers.
+        # Not the interval: a resumed run that checks more or less often continues the same history.
         return self._generate_state_key(
-            every_n_steps=self.every_n_steps, schemes=[s.name for s in self.schemes],
-            block_size=self.schemes[0].block_size, modules=self.modules,
+            schemes=[(s.name, s.block_size) for s in self.schemes], modules=_modules_key(self.modules),
         )
 
     @property
@@ -242,11 +234,10 @@ class QuantizationSurvival(Callback):
     # ------------------------------------------------------------------ Trainer hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and isinstance(trainer.strategy, _SHARDING_STRATEGIES):
-            raise MisconfigurationException(
-                f"QuantizationSurvival needs whole weights on every process, but `strategy`="
-                f"{type(trainer.strategy).__name__} shards them. Use a single device or a data-parallel "
-                "strategy ('ddp', 'ddp_spawn', 'ddp_notebook')."
+        if stage == "fit":
+            check_strategy(
+                trainer.strategy, "QuantizationSurvival", "needs whole weights on every process",
+                "Use a single device or a data-parallel strategy ('ddp', 'ddp_spawn', 'ddp_notebook').",
             )
 
     @override
@@ -259,7 +250,7 @@ class QuantizationSurvival(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After checkpoint restoration: the weights here are the ones this fit starts from.
         saved = self._restored.get("snapshot", {})
-        snapshots = [layer.name for layer in self._layers if layer.kind == "snapshot"]
+        snapshots = [layer.name for layer in self._layers if layer.source == "snapshot" and layer.quantized]
         if self.history and any(name not in saved for name in snapshots):
             rank_zero_warn(
                 "QuantizationSurvival: this run continues a previous one, but the checkpoint holds no "
@@ -357,7 +348,17 @@ class QuantizationSurvival(Callback):
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._restored = dict(checkpoint.get(_CHECKPOINT_KEY, {}).get(self.state_key, {}))
+        saved = checkpoint.get(_CHECKPOINT_KEY, {})
+        self._restored = dict(saved.get(self.state_key, {}))
+        others = [key for key in {*saved, *checkpoint.get("callbacks", {})}
+                  if key.startswith(type(self).__qualname__) and key != self.state_key]
+        if others and self.state_key not in checkpoint.get("callbacks", {}):
+            rank_zero_warn(
+                f"QuantizationSurvival: the checkpoint was written by a survival check of other schemes or "
+                f"layers ({others[0]}), so this one ({self.state_key}) starts a new history and takes W0 from "
+                "the weights the resumed fit starts with. Resume with the same `schemes`, `block_size` and "
+                "`modules` to continue it."
+            )
 
     # ------------------------------------------------------------------ the check
     def _finish_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -390,7 +391,7 @@ class QuantizationSurvival(Callback):
         rows = []
         buffer = delta_buffer(self._layers)
         for layer in self._layers:
-            if layer.kind == "frozen":
+            if layer.source == "frozen" or not layer.quantized:
                 continue
             for scheme, stats in layer.survival(self.schemes, buffer).items():
                 per_scheme[scheme].append(stats)
@@ -460,23 +461,19 @@ class QuantizationSurvival(Callback):
                 totals.setdefault(split, []).append(float(self._probe_loss(data)))
         return {split: sum(values) / len(values) for split, values in totals.items()}
 
-    @contextlib.contextmanager
-    def _model_as(self, model: torch.nn.Module, scheme: Scheme | None, original: bool) -> Iterator[None]:
-        """The model computing as the original (before unlearning) or current one, quantized with ``scheme``.
+    def _model_as(
+        self, model: torch.nn.Module, scheme: Scheme | None, original: bool
+    ) -> contextlib.AbstractContextManager:
+        """The deployed model (:func:`~lit_unlearn.deployment.deployed_model`), one layer at a time.
 
         Original: every adapter off and each watched layer at ``W0`` or ``Q(W0)``. Current quantized: each
-        watched layer at ``Q(W0 + ΔW)`` with its own adapter off; layers outside ``modules`` keep theirs.
+        LoRA layer merged, each watched layer at ``Q(W0 + ΔW)``, adapters off.
         """
-        owners = lora_owners(model) if original else []
+        layers = self._layers
         if scheme is None:
             # Full precision: only snapshot layers need W0 swapped in; LoRA layers are bare with adapters off.
-            layers = [layer for layer in self._layers if layer.kind == "snapshot"]
-        else:
-            layers = self._layers
-        contexts = {forward_module(layer, original): partial(computing_as, layer, scheme, original)
-                    for layer in layers}
-        with adapters_disabled(owners), around_forward(contexts):
-            yield
+            layers = [layer for layer in layers if layer.source == "snapshot" and layer.quantized]
+        return deployed_model(model, layers, scheme, original=original, lazy=True)
 
     # ------------------------------------------------------------------ reporting
     def _maybe_warn(self, scheme: str, step: int, effect: float, rows: list[dict[str, Any]]) -> None:
@@ -541,6 +538,13 @@ def _log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) ->
         logger.log_metrics(metrics, step=step)
 
 
+def _modules_key(modules: object) -> object:
+    # A state key must not hold a function's address, which changes between processes.
+    if callable(modules):
+        return f"{getattr(modules, '__module__', '')}.{getattr(modules, '__qualname__', type(modules).__name__)}"
+    return modules
+
+
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -548,10 +552,10 @@ def _check_positive_int(name: str, value: object) -> None:
 
 def _check_modules(modules: object) -> None:
     fix = (
-        "Pass a regex searched in each layer name, a list of layer names, or None for every linear layer but "
-        "the output head."
+        "Pass a regex searched in each layer name, a list of layer names, a `filter_fn(name, module)`, or None "
+        "for every linear layer but the output head."
     )
-    if modules is None:
+    if modules is None or callable(modules):
         return
     if isinstance(modules, str):
         try:

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
 from lit_unlearn.adapters import is_peft_model
+from lit_unlearn.deployment import UnsupportedStrategyError, shards_weights
 from lit_unlearn.evaluation import (
     EvalData,
     Precision,
@@ -91,6 +91,10 @@ class QuantizedEvaluation(Callback):
         tokenizer: Tokenizer path or hub id, used only when the module carries no tokenizer.
         quantizer: ``fake`` (exact simulation on any device) or ``bitsandbytes`` (CUDA: the merged model
             is reloaded with ``BitsAndBytesConfig``; no ``int4``).
+        block_size: Block (group) size of every quantized precision; ``None`` takes each scheme's default
+            (as ``QuantizationSurvival``'s ``block_size``). Only the ``fake`` quantizer takes another.
+        modules: The linear layers the deployment quantizes, as ``QuantizationSurvival``'s ``modules``: a
+            regex, a list of names, or ``None`` for every linear layer but the output head.
         tasks: Subset of ``verbmem_forget``, ``knowmem_forget``, ``knowmem_retain``, ``privleak``;
             ``None`` runs all.
         verbmem_max_new_tokens: Greedy tokens per VerbMem prompt; MUSE uses 128. Lower values only make
@@ -101,7 +105,8 @@ class QuantizedEvaluation(Callback):
     Raises:
         ValueError: If an argument is out of range or unknown (the message names it and the valid values);
             in ``setup``, for ``quantizer="bitsandbytes"`` without CUDA, or a test run under a strategy that
-            shards weights (FSDP, DeepSpeed, model parallel). A sharded *fit* only warns and turns the
+            shards weights (FSDP, DeepSpeed, model parallel: ``lit_unlearn.deployment.UnsupportedStrategyError``,
+            a ``ValueError`` and a ``MisconfigurationException``). A sharded *fit* only warns and turns the
             callback off for that fit: full-parameter 7B runs train sharded and are evaluated afterwards
             with ``lit-unlearn test`` on one device.
         TypeError: At evaluation, if the module holds no causal LM where the model is looked up.
@@ -135,6 +140,8 @@ class QuantizedEvaluation(Callback):
         method: str | None = None,
         tokenizer: str | None = None,
         quantizer: Quantizer = "fake",
+        block_size: int | None = None,
+        modules: str | Sequence[str] | None = None,
         tasks: Sequence[Task] | None = None,
         verbmem_max_new_tokens: int = 128,
         knowmem_max_new_tokens: int = 32,
@@ -153,6 +160,17 @@ class QuantizedEvaluation(Callback):
             )
         for precision in precisions:
             check_precision(precision, quantizer)
+        if quantizer == "bitsandbytes" and (block_size is not None or modules is not None):
+            raise ValueError(
+                "`block_size` and `modules` choose what the fake quantizer deploys; quantizer='bitsandbytes' "
+                "reloads the model with transformers' fixed choice (block 64, every linear layer but the "
+                "head). Drop them, or use quantizer='fake'."
+            )
+        from lit_unlearn.deployment import Deployment
+
+        for precision in precisions:
+            if precision != "full":
+                Deployment(precision, block_size, modules)  # a block size the scheme refuses fails here
         for name, value in (("every_n_steps", every_n_steps), ("max_items", max_items)):
             if value is not None and not _positive_int(value):
                 raise ValueError(f"`{name}`={value!r} must be a positive integer, or None to turn it off.")
@@ -182,6 +200,8 @@ class QuantizedEvaluation(Callback):
         self.method = method
         self.tokenizer = tokenizer
         self.quantizer = quantizer
+        self.block_size = block_size
+        self.modules = modules
         self.tasks = check_tasks(tasks)
         self.verbmem_max_new_tokens = verbmem_max_new_tokens
         self.knowmem_max_new_tokens = knowmem_max_new_tokens
@@ -210,13 +230,13 @@ class QuantizedEvaluation(Callback):
             # which is restored after `setup`.
             self._curve = []
             self._step_results = None
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        if shards_weights(trainer.strategy):
             message = (
                 "QuantizedEvaluation swaps whole weight matrices and generates with the unwrapped model, "
                 f"which {type(trainer.strategy).__name__} shards across processes."
             )
             if stage != "fit":
-                raise ValueError(
+                raise UnsupportedStrategyError(
                     f"{message} Run `lit-unlearn test` on one device (`--trainer.devices 1 "
                     "--trainer.strategy auto`) or with strategy='ddp', where each rank evaluates a shard of "
                     "the items."
@@ -355,6 +375,8 @@ class QuantizedEvaluation(Callback):
             tasks=tasks or self.tasks,
             batch_size=self.batch_size,
             quantizer=self.quantizer,
+            block_size=None if precision == "full" else self.block_size,
+            filter_fn=self.modules,
             verbmem_max_new_tokens=self.verbmem_max_new_tokens,
             knowmem_max_new_tokens=self.knowmem_max_new_tokens,
             progress=self.progress,

@@ -19,13 +19,9 @@ import torch
 from torch import nn
 
 from lit_unlearn._modes import eval_mode as evaluation_mode
+from lit_unlearn.deployment import Deployment, Modules, as_deployment
 from lit_unlearn.evaluation.data import QA, EvalData
-from lit_unlearn.evaluation.deployment import (
-    FilterFn,
-    check_precision,
-    deployed_weights,
-    load_bitsandbytes,
-)
+from lit_unlearn.evaluation.deployment import check_precision, deployed_weights, load_bitsandbytes
 from lit_unlearn.evaluation.generation import generate_greedy, min_k_scores, model_device, truncate_tokens
 from lit_unlearn.metrics import (
     MIN_K,
@@ -80,7 +76,7 @@ def evaluate(
     model: nn.Module,
     tokenizer: Any,
     data: EvalData | str = "world:data",
-    precision: str = "full",
+    precision: str | Deployment = "full",
     convention: str = "muse",
     auc_retrain: float | str | None = None,
     *,
@@ -89,7 +85,7 @@ def evaluate(
     batch_size: int = 8,
     quantizer: str = "fake",
     block_size: int | None = None,
-    filter_fn: FilterFn | None = None,
+    filter_fn: Modules = None,
     verbmem_max_new_tokens: int = 128,
     knowmem_max_new_tokens: int = 32,
     k: float = MIN_K,
@@ -104,7 +100,8 @@ def evaluate(
         tokenizer: The model's tokenizer.
         data: An :class:`EvalData`, or a MUSE-layout source to load (hub id, local dir, ``world:data``).
         precision: ``"full"``, ``"int8"`` (LLM.int8 row-wise), ``"nf4"``, ``"fp4"`` or ``"int4"``
-            (round-to-nearest, group 128).
+            (round-to-nearest, group 128), or a :class:`~lit_unlearn.deployment.Deployment` (precision,
+            block size and layers in one; then leave ``block_size`` and ``filter_fn`` unset).
         convention: ``"muse"`` or ``"open-unlearning"`` (see :mod:`lit_unlearn.metrics.conventions`).
         auc_retrain: AUC of the retrain model for PrivLeak: a number, ``"news"``/``"books"`` (published
             values), or ``None`` (``muse``: PrivLeak is NaN; ``open-unlearning``: 0.5).
@@ -114,7 +111,8 @@ def evaluate(
         quantizer: ``"fake"`` (exact simulation with ``lit_unlearn.quantization``, any device) or
             ``"bitsandbytes"`` (CUDA only: the merged model is reloaded with ``BitsAndBytesConfig``).
         block_size: Block (group) size of the fake quantizer; ``None`` takes the scheme's default.
-        filter_fn: Which linear layers the fake quantizer quantizes; ``None``: all but the output head.
+        filter_fn: Which linear layers the fake quantizer quantizes (``(name, module) -> bool``, a regex or
+            a list of names; see :data:`~lit_unlearn.deployment.Modules`); ``None``: all but the output head.
         verbmem_max_new_tokens: Greedy tokens per VerbMem prompt (MUSE: 128).
         knowmem_max_new_tokens: Greedy tokens per KnowMem question (MUSE: 32).
         k: Min-K% share (MUSE: 0.4).
@@ -129,6 +127,10 @@ def evaluate(
             ``auc_retrain``, or data that is not in MUSE layout.
     """
     conv = get_convention(convention)
+    if not isinstance(precision, Deployment):
+        check_precision(precision, quantizer)
+    deployment = as_deployment(precision, block_size, filter_fn)
+    precision, block_size, filter_fn = deployment.precision, deployment.block_size, deployment.modules
     check_precision(precision, quantizer)
     selected = check_tasks(tasks)
     reference_auc = resolve_auc_retrain(auc_retrain)
@@ -160,7 +162,7 @@ def evaluate(
 
 @contextlib.contextmanager
 def _deployed(
-    model: nn.Module, precision: str, quantizer: str, block_size: int | None, filter_fn: FilterFn | None
+    model: nn.Module, precision: str, quantizer: str, block_size: int | None, filter_fn: Modules
 ) -> Iterator[nn.Module]:
     if quantizer == "bitsandbytes" and precision != "full":
         deployed = load_bitsandbytes(model, precision)

@@ -55,9 +55,9 @@ __all__ = [
     "cpu_decoder",
     "cpu_deviation",
     "cpu_has_avx512",
-    "describe_cpu_dispatch",
     "dequantize_4bit_as_cpu",
     "dequantize_4bit_as_cuda",
+    "describe_cpu_dispatch",
 ]
 
 CpuDecoder = Literal["torch", "avx512-rows", "scalar"]

@@ -102,7 +102,9 @@ def codec_for(scheme: Scheme, device: torch.device) -> Codec:
         return Bnb4Codec(scheme, device)
     if scheme.family == "llm_int8":
         return LlmInt8Codec(scheme, device)
-    return RtnCodec(scheme, device)
+    if scheme.family == "rtn":
+        return RtnCodec(scheme, device)
+    raise ValueError(f"Scheme {scheme.name!r} has family {scheme.family!r}, which no codec implements.")
 
 
 def check_weight(weight: Tensor, what: str = "weight") -> None:

@@ -1,8 +1,11 @@
 """Fake-quantize a whole model in place: ``quantize_model_(model, scheme, filter_fn=...)``.
 
-torchao's grammar: the trailing ``_`` says the model is modified, the *what* is the scheme, the
-*where* is ``filter_fn(name, module) -> bool``. The default *where* is what transformers'
-``load_in_4bit`` / ``load_in_8bit`` converts: every plain ``nn.Linear`` except the output head.
+The shape of torchao's ``quantize_(model, config, filter_fn)``: the trailing ``_`` says the model is
+modified, the *what* is the scheme, the *where* a filter. Unlike torchao's ``filter_fn(module, fqn)``, the
+filter here is ``filter_fn(name, module)``, the order of every lit-unlearn layer selection
+(:data:`lit_unlearn.deployment.Modules`). The default *where* is what transformers' ``load_in_4bit`` /
+``load_in_8bit`` converts: every plain ``nn.Linear`` except the output head
+(:func:`lit_unlearn.deployment.output_head`).
 
 Example::
 
@@ -16,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +57,7 @@ def default_filter(name: str, module: nn.Module) -> bool:
 @torch.no_grad()
 def quantize_model_(
     model: nn.Module,
-    scheme: str | Scheme,
+    scheme: str | Scheme | Any,
     block_size: int | None = None,
     filter_fn: FilterFn | None = None,
 ) -> list[str]:
@@ -65,10 +69,11 @@ def quantize_model_(
 
     Args:
         model: The network to modify.
-        scheme: A name from :data:`~lit_unlearn.quantization.SCHEMES` or a :class:`Scheme`.
+        scheme: A name from :data:`~lit_unlearn.quantization.SCHEMES`, a :class:`Scheme`, or a
+            :class:`lit_unlearn.deployment.Deployment` (scheme, block size and layers in one).
         block_size: Overrides the scheme's block (group) size.
-        filter_fn: ``(qualified_name, module) -> bool`` choosing among the ``nn.Linear`` modules;
-            ``None`` uses :func:`default_filter` and also skips ``model.get_output_embeddings()``.
+        filter_fn: ``(qualified_name, module) -> bool`` choosing among the ``nn.Linear`` modules (or a
+            regex or list of names); ``None`` uses :func:`default_filter` and also skips the output head.
 
     Returns:
         The qualified names of the modules whose weights were quantized, in ``named_modules`` order.
@@ -77,15 +82,18 @@ def quantize_model_(
         ValueError: for an unknown scheme or a block size that does not fit a selected weight (the model is
             then left untouched), or for non-finite weights (layers before the bad one stay quantized).
     """
+    from lit_unlearn.deployment import Deployment, as_deployment, deployed_layers
+
+    if isinstance(scheme, Deployment):
+        deployment = as_deployment(scheme, block_size, filter_fn)
+        if deployment.scheme is None:
+            return []
+        scheme, filter_fn = deployment.scheme, deployment.modules
     scheme = get_scheme(scheme, block_size)
-    if filter_fn is None:
-        getter = getattr(model, "get_output_embeddings", None)
-        head = getter() if callable(getter) else None
-
-        def filter_fn(name: str, module: nn.Module) -> bool:
-            return module is not head and default_filter(name, module)
-
-    selected = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and filter_fn(n, m)]
+    # Names as ``named_modules`` gives them (for a plain model, the deployed names).
+    names = {id(m): n for n, m in model.named_modules()}
+    selected = [(names[id(layer.linear)], layer.linear) for layer in deployed_layers(model, filter_fn)
+                if layer.quantized]
     # Check every shape first, so that a block size that does not fit leaves the model untouched.
     for name, module in selected:
         check_weight(module.weight, f"{name}.weight")

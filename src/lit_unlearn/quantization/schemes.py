@@ -41,6 +41,9 @@ SCHEMES: tuple[str, ...] = (*BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMME
 _BITS = {"nf4": 4, "fp4": 4, "int8": 8, "rtn8": 8} | {f"int{b}": b for b in range(2, 8)}
 
 
+_RTN_BASES = frozenset({f"int{b}" for b in range(2, 8)} | {"rtn8"})
+
+
 def _base(name: str) -> str:
     return name.removesuffix("-asym")
 
@@ -48,7 +51,12 @@ def _base(name: str) -> str:
 def _family(name: str) -> str:
     if name in BNB4_SCHEMES:
         return "bnb4"
-    return "llm_int8" if name == "int8" else "rtn"
+    if name == "int8":
+        return "llm_int8"
+    if _base(name) in _RTN_BASES:
+        return "rtn"
+    # A name that reaches here was added to SCHEMES without a family: fail, never fall back to RTN.
+    raise ValueError(_unknown_name_message(name))
 
 
 _DEFAULT_BLOCK_SIZE = {"bnb4": BNB4_DEFAULT_BLOCK_SIZE, "llm_int8": None, "rtn": RTN_DEFAULT_GROUP_SIZE}

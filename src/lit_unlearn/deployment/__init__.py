@@ -1,0 +1,115 @@
+"""The deployed weight, in one place: what a deployment of the model holds, for every measurement.
+
+* :class:`DeployedLayer` and :func:`deployed_layers` (``layers.py``): the deployed layers, their names,
+  ``W0`` and ``ΔW`` sources, the one :func:`merge`, cached ``Q(W0)``, the deployed weight per scheme;
+  :func:`output_head` is the one rule for the layer a deployment keeps in full precision.
+* :func:`deployed_model` (``model.py``): the model computing with those weights (eagerly or one layer at
+  a time); :func:`deployed_weights` its public form for a precision; :func:`merged_state_dict`.
+* :class:`Deployment` (``config.py``): precision + block size + layer selection, the vocabulary every entry
+  point shares.
+* :class:`UnsupportedStrategyError` (``strategy.py``): the one error for a strategy that shards weights.
+
+The survival check (weight space and function space), ``QuantizedEvaluation``/``evaluate`` and
+``lit-unlearn export`` all read weights through this package, so a new source of ``W0`` or a new scheme
+is added here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from lit_unlearn.deployment.config import FULL, Deployment
+from lit_unlearn.deployment.layers import (
+    DeployedLayer,
+    Modules,
+    Source,
+    deployed_layers,
+    deployed_name,
+    merge,
+    output_head,
+)
+from lit_unlearn.deployment.model import around_forward, base_dtype, deployed_model, merged_state_dict
+from lit_unlearn.deployment.strategy import (
+    SHARDING_STRATEGIES,
+    UnsupportedStrategyError,
+    check_strategy,
+    shards_weights,
+)
+
+__all__ = [
+    "FULL",
+    "SHARDING_STRATEGIES",
+    "DeployedLayer",
+    "Deployment",
+    "Modules",
+    "Source",
+    "UnsupportedStrategyError",
+    "around_forward",
+    "as_deployment",
+    "base_dtype",
+    "check_strategy",
+    "deployed_layers",
+    "deployed_model",
+    "deployed_name",
+    "deployed_weights",
+    "merge",
+    "merged_state_dict",
+    "output_head",
+    "shards_weights",
+]
+
+
+def as_deployment(
+    precision: str | Deployment,
+    block_size: int | None = None,
+    modules: Modules = None,
+) -> Deployment:
+    """A :class:`Deployment` from one, or from its three parts (the keyword form of every entry point)."""
+    if isinstance(precision, Deployment):
+        if block_size is not None or modules is not None:
+            raise ValueError(
+                "Pass either a `Deployment` or `block_size`/`modules`, not both: the Deployment already "
+                f"says them ({precision})."
+            )
+        return precision
+    return Deployment(precision, block_size, modules)
+
+
+@contextlib.contextmanager
+@torch.no_grad()
+def deployed_weights(
+    model: nn.Module,
+    precision: str | Deployment,
+    block_size: int | None = None,
+    filter_fn: Modules | Callable[[str, nn.Module], bool] = None,
+) -> Iterator[nn.Module]:
+    """Run ``model`` inside this context as it would be deployed at ``precision`` (fake-quantized).
+
+    For a peft model the adapter is merged first, as ``merge_and_unload`` would (in the base's dtype):
+    each adapted base weight becomes ``Q(W0 + ΔW)`` and the adapter is disabled. Every other selected
+    linear weight becomes ``Q(W)``. At ``"full"`` the model runs unchanged (a LoRA model computes
+    ``W0 x + ΔW x``, equal to the merged model up to float rounding). All weights are restored exactly on
+    exit, also when the body raises.
+
+    Args:
+        model: A Hugging Face causal LM or a peft model wrapping one.
+        precision: ``"full"``, a scheme name, or a :class:`Deployment`.
+        block_size: Quantization block (group) size; ``None`` takes the scheme's default.
+        filter_fn: The layers to quantize: ``(deployed_name, module) -> bool`` or any
+            :data:`Modules` selection; names are those of the merged model. ``None``: every linear layer
+            except the output head, as bitsandbytes does.
+
+    Raises:
+        ValueError: for an unknown ``precision``, a LoRA layer merged in place, or a DoRA adapter.
+    """
+    deployment = as_deployment(precision, block_size, filter_fn)
+    if deployment.scheme is None:
+        yield model
+        return
+    layers = deployment.layers(model)
+    with deployed_model(model, layers, deployment.scheme) as deployed:
+        yield deployed

@@ -1,0 +1,237 @@
+"""The deployed layer: which linear layers a deployment holds and quantizes, and each one's weight.
+
+A deployment merges the LoRA update into the base and then quantizes every plain ``nn.Linear`` but the
+output head (transformers' ``load_in_4bit``/``load_in_8bit``). Everything lit-unlearn measures reads that
+weight through :class:`DeployedLayer`:
+
+* its name in the merged model (:func:`deployed_name`: no peft prefix, no ``.base_layer``);
+* where ``W0`` comes from (``source``): the frozen base under a LoRA adapter (``"lora"``, never copied), a
+  snapshot of a trainable weight (``"snapshot"``, host RAM, or the base read from disk by ``export``), or
+  the frozen weight itself (``"frozen"``, which has no update);
+* where ``ΔW`` comes from: ``scaling · B @ A`` (:func:`lit_unlearn.adapters.lora_delta`), or ``W − W0``;
+* the one merge, :func:`merge`: ``W0 + ΔW`` rounded once to the base's dtype, as peft merges;
+* ``Q(W0)`` cached per scheme, and the deployed weight per scheme (:meth:`DeployedLayer.weight`).
+
+:func:`deployed_layers` is the one selector of those layers, and :func:`output_head` the one rule for
+the layer a deployment keeps in full precision.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lit_unlearn.adapters import adapter_internals, check_mergeable, lora_delta, lora_layers
+from lit_unlearn.quantization import (
+    QuantizedTensor,
+    Scheme,
+    SurvivalStats,
+    default_filter,
+    fake_quantize,
+    quantize,
+    survival_stats,
+    survival_stats_delta,
+)
+
+__all__ = [
+    "DeployedLayer",
+    "Modules",
+    "Source",
+    "deployed_layers",
+    "deployed_name",
+    "merge",
+    "output_head",
+]
+
+Source = Literal["lora", "snapshot", "frozen"]
+#: A layer selection: ``None`` (what a deployment quantizes), a regex searched in each deployed name, a
+#: list of names (each a full name or its trailing components), or ``filter_fn(name, module) -> bool``.
+Modules = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def deployed_name(module_name: str) -> str:
+    """The name a module has in the merged model: no peft ``base_model.model.`` prefix, no ``.base_layer``."""
+    return module_name.removeprefix(_PEFT_PREFIX).removesuffix(".base_layer")
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The output head a deployment keeps in full precision: ``get_output_embeddings()``, unwrapped from a
+    peft layer if one wraps it; ``None`` for a model without one."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return getattr(head, "base_layer", head)
+
+
+def merge(w0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``W0 + ΔW`` as peft's ``merge_and_unload`` stores it: summed in the promoted dtype, rounded once to
+    ``W0``'s dtype (a bf16 base stays bf16, so a sub-ulp update can vanish here, before any quantizer)."""
+    return torch.add(w0, delta).to(w0.dtype)
+
+
+@dataclass
+class DeployedLayer:
+    """One linear layer of the deployed model.
+
+    Attributes:
+        name: Its name in the merged model (``model.layers.0.self_attn.q_proj``).
+        linear: The ``nn.Linear`` holding ``W0`` (a LoRA layer's base layer).
+        source: Where ``W0`` and ``ΔW`` come from (see the module docstring).
+        lora: The peft LoRA layer wrapping ``linear``, if any.
+        quantized: Whether the deployment quantizes it (selected); an unselected LoRA layer is still merged.
+        snapshot: ``W0`` of a ``snapshot`` layer (host RAM, or any tensor of the weight's shape).
+        reference_codes: ``Q(W0)`` per scheme name, once :meth:`cache_references` ran.
+    """
+
+    name: str
+    linear: nn.Linear
+    source: Source
+    lora: nn.Module | None = None
+    quantized: bool = True
+    snapshot: torch.Tensor | None = None
+    reference_codes: dict[str, QuantizedTensor] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return self.linear.weight.numel()
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module whose call computes this layer: the LoRA wrapper if any, else the linear layer."""
+        return self.lora if self.lora is not None else self.linear
+
+    def w0(self) -> torch.Tensor:
+        """``W0`` on the weight's device (a transfer from host RAM for ``snapshot`` layers)."""
+        weight = self.linear.weight
+        if self.snapshot is None:
+            return weight.detach()
+        return self.snapshot.to(weight.device, non_blocking=True)
+
+    def delta(self, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """``ΔW``: ``scaling · B @ A`` summed over the active adapters (into ``buffer`` when given, zero when
+        none is active) for a LoRA layer, ``W − W0`` for a snapshot, zero for a frozen layer."""
+        if self.lora is not None:
+            delta = lora_delta(self.lora, out=buffer)
+            return torch.zeros_like(self.linear.weight) if delta is None else delta
+        if self.snapshot is not None:
+            return self.linear.weight.detach().float() - self.w0().float()
+        return torch.zeros_like(self.linear.weight)
+
+    def merged(self) -> torch.Tensor:
+        """The current full-precision deployed weight: :func:`merge` of ``W0`` and ``ΔW`` for LoRA (read
+        while the adapter is active), else the weight itself."""
+        weight = self.linear.weight.detach()
+        if self.lora is None:
+            return weight
+        delta = lora_delta(self.lora)
+        return weight if delta is None else merge(weight, delta)
+
+    def weight(self, scheme: Scheme | None, original: bool = False) -> torch.Tensor:
+        """The deployed weight: ``Q(merged)`` for the current model, ``Q(W0)`` for the original one.
+
+        ``scheme=None``, or a layer the deployment does not quantize, gives the full-precision weight.
+        ``Q(W0)`` decodes the cached codes when there are any (equal to ``fake_quantize(W0)`` exactly).
+        """
+        if original:
+            if scheme is None or not self.quantized:
+                return self.w0()
+            cached = self.reference_codes.get(scheme.name)
+            if cached is not None:
+                return cached.to(self.linear.weight.device).dequantize()
+            return fake_quantize(self.w0(), scheme)
+        merged = self.merged()
+        return merged if scheme is None or not self.quantized else fake_quantize(merged, scheme)
+
+    @torch.no_grad()
+    def cache_references(self, schemes: Sequence[Scheme], snapshot: torch.Tensor | None = None) -> None:
+        """Keep ``W0`` (a host copy, for trainable layers) and ``Q(W0)`` per scheme in host RAM.
+
+        ``snapshot`` is a saved ``W0`` (from a checkpoint); without one, or with another shape, a trainable
+        layer copies its current weight.
+        """
+        if self.source == "frozen":
+            return
+        weight = self.linear.weight.detach()
+        if self.source == "snapshot":
+            saved = snapshot if snapshot is not None and snapshot.shape == weight.shape else weight
+            # Pinned host memory makes the per-check transfer back to an accelerator asynchronous.
+            host = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=weight.device.type == "cuda")
+            self.snapshot = host.copy_(saved)
+        w0 = self.w0()
+        self.reference_codes = {s.name: quantize(w0, s).to("cpu") for s in schemes}
+
+    def survival(self, schemes: Sequence[Scheme], buffer: torch.Tensor | None = None) -> dict[str, SurvivalStats]:
+        """Weight-space statistics of ``Q(merged) − Q(W0)`` against ``ΔW`` under each scheme.
+
+        For LoRA the merged weight is formed chunk by chunk, rounded once to the base dtype as
+        :func:`merge` does, so no weight-sized temporary exists besides ``ΔW`` (in ``buffer`` when given).
+        """
+        codes = self.reference_codes
+        if self.lora is not None:
+            w0, delta = self.linear.weight.detach(), self.delta(buffer)
+            return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
+        w0, w1 = self.w0(), self.linear.weight.detach()
+        return {s.name: survival_stats(w0, w1, s, reference=codes.get(s.name)) for s in schemes}
+
+
+def _matcher(modules: Modules, model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    if modules is None:
+        head = output_head(model)
+        return lambda name, module: module is not head and default_filter(name, module)
+    if callable(modules):
+        return modules
+    if isinstance(modules, str):
+        pattern = re.compile(modules)
+        return lambda name, module: pattern.search(name) is not None
+    wanted = tuple(modules)
+    return lambda name, module: any(name == w or name.endswith("." + w) for w in wanted)
+
+
+def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedLayer]:
+    """The linear layers of the deployed ``model`` that matter to a measurement, in ``named_modules`` order:
+    every layer ``modules`` selects for quantization, and every LoRA layer (merged, quantized or not).
+
+    Adapter matrices are not layers of a deployed model, and already-quantized layers (bitsandbytes'
+    ``Linear4bit`` holds uint8 weights) have nothing left to quantize; both are skipped.
+
+    Raises:
+        ValueError: for a LoRA layer merged in place (its adapter cannot be switched off without changing
+            the weights), a DoRA adapter (its merge is not ``W0 + ΔW``), or a LoRA layer whose base weight
+            is trainable (``W0`` must be the frozen base).
+    """
+    owners = {id(layer.get_base_layer()): (name, layer) for name, layer in lora_layers(model)}
+    internal = adapter_internals(model)
+    matches = _matcher(modules, model)
+    layers: list[DeployedLayer] = []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or id(module) in internal or not module.weight.is_floating_point():
+            continue
+        name = deployed_name(module_name)
+        selected = bool(matches(name, module))
+        owner = owners.get(id(module))
+        if owner is None:
+            if selected:
+                source: Source = "snapshot" if module.weight.requires_grad else "frozen"
+                layers.append(DeployedLayer(name, module, source))
+            continue
+        lora_name, lora = owner
+        if getattr(lora, "merged", False):
+            raise ValueError(
+                f"LoRA layer {lora_name!r} is merged into its base weight in place, so the adapter cannot be "
+                "disabled without changing the weights. Call `model.unmerge_adapter()` first, or measure the "
+                "merged model (`merge_and_unload()`) as a plain model."
+            )
+        check_mergeable(lora, name)
+        if module.weight.requires_grad:
+            raise ValueError(
+                f"Layer {name!r} has a LoRA adapter but its base weight is trainable. The deployed weight is "
+                "W0 + scaling·B·A over a frozen base W0; freeze the base weights."
+            )
+        layers.append(DeployedLayer(name, module, "lora", lora=lora, quantized=selected))
+    return layers

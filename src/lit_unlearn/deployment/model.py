@@ -1,0 +1,138 @@
+"""A model computing as its deployment: the deployed weights of :class:`DeployedLayer` swapped in.
+
+:func:`deployed_model` is the one way lit-unlearn runs a model as deployed, for the functional survival
+check and for evaluation alike. Two ways to swap, one weight: ``lazy=False`` computes every deployed
+weight first and swaps them all in (fast for generation, one quantized copy of the selected layers in
+memory); ``lazy=True`` swaps each layer's weight in only while that layer runs (one layer's copy at a
+time, for a few probe passes). Either way ``ΔW`` is read before any adapter is switched off — the code
+order below enforces it — and every weight is restored exactly on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_unlearn.adapters import adapters_disabled, is_peft_model, lora_layers
+from lit_unlearn.deployment.layers import DeployedLayer, deployed_layers, deployed_name
+from lit_unlearn.quantization import Scheme
+from lit_unlearn.swap import swapped_weights
+
+__all__ = ["around_forward", "base_dtype", "deployed_model", "merged_state_dict"]
+
+ContextFactory = Callable[[], contextlib.AbstractContextManager]
+
+
+@contextlib.contextmanager
+@torch.no_grad()
+def deployed_model(
+    model: nn.Module,
+    layers: Sequence[DeployedLayer],
+    scheme: Scheme | None,
+    original: bool = False,
+    lazy: bool = False,
+) -> Iterator[nn.Module]:
+    """Run ``model`` as the deployment of its current (or original) weights quantized with ``scheme``.
+
+    Current: each LoRA layer among ``layers`` computes with its merged weight (quantized where the layer
+    is selected) and its adapter off; each other selected layer with ``Q(W)``. Original: every adapter of
+    the model off, and each layer at ``W0`` or ``Q(W0)``. ``scheme=None`` is full precision: the original
+    model, or the current one with its LoRA layers merged.
+    """
+    owners = [m for _, m in lora_layers(model)] if original and is_peft_model(model) else []
+    if not lazy:
+        param_names = {id(p): n for n, p in model.named_parameters()}
+        weights: dict[str, torch.Tensor] = {}
+        for layer in layers:
+            # A weight shared by several modules (tied) has one parameter name and is deployed once.
+            key = param_names[id(layer.linear.weight)]
+            if key not in weights:
+                weights[key] = layer.weight(scheme, original)
+        # Every ΔW has been read above; only now are the adapters switched off.
+        current_owners = [] if original else [layer.lora for layer in layers if layer.lora is not None]
+        with adapters_disabled(owners + current_owners), swapped_weights(model, weights):
+            yield model
+        return
+
+    def computing(layer: DeployedLayer) -> contextlib.AbstractContextManager:
+        @contextlib.contextmanager
+        def context() -> Iterator[None]:
+            weight = layer.weight(scheme, original)  # ΔW read while this layer's adapter is still on
+            mine = [layer.lora] if layer.lora is not None and not original else []
+            with adapters_disabled(mine), swapped_weights(layer.linear, {"weight": weight}):
+                yield
+
+        return context()
+
+    contexts = {(layer.linear if original else layer.forward_module): (lambda layer=layer: computing(layer))
+                for layer in layers}
+    with adapters_disabled(owners), around_forward(contexts):
+        yield model
+
+
+@contextlib.contextmanager
+def around_forward(contexts: Mapping[nn.Module, ContextFactory]) -> Iterator[None]:
+    """While active, every call of each module runs inside a fresh context from its factory.
+
+    The swap-in/measure/swap-back of :mod:`lit_unlearn.swap`, narrowed to the duration of one module's
+    forward: a replacement weight exists only while its own layer runs. Layers must be called as
+    modules, as every ``transformers`` model does.
+    """
+    open_contexts: dict[int, list[contextlib.AbstractContextManager]] = {}
+
+    def enter(factory: ContextFactory) -> Callable:
+        def hook(module: nn.Module, args: Any) -> None:
+            context = factory()
+            context.__enter__()
+            open_contexts.setdefault(id(module), []).append(context)
+
+        return hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        open_contexts[id(module)].pop().__exit__(None, None, None)
+
+    handles = []
+    try:
+        for module, factory in contexts.items():
+            handles.append(module.register_forward_pre_hook(enter(factory)))
+            handles.append(module.register_forward_hook(leave))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        # A forward that raised leaves its layer swapped; put every original back before re-raising.
+        for stack in open_contexts.values():
+            while stack:
+                stack.pop().__exit__(None, None, None)
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of the plain (non-peft) model that ``merge_and_unload`` would produce, without changing
+    ``model``: adapted weights merged as :func:`~lit_unlearn.deployment.merge` does (in the base dtype),
+    LoRA matrices dropped, names without peft's wrappers."""
+    if not is_peft_model(model):
+        return dict(model.state_dict())
+    merged = {layer.name: layer.merged() for layer in deployed_layers(model) if layer.lora is not None}
+    lora_names = [name for name, _ in lora_layers(model)]
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        module_name, _, leaf = key.rpartition(".")
+        inside_lora = any(module_name == n or module_name.startswith(f"{n}.") for n in lora_names)
+        if inside_lora and not module_name.endswith(".base_layer"):
+            continue
+        name = deployed_name(module_name)
+        state[f"{name}.{leaf}"] = merged[name] if leaf == "weight" and name in merged else value
+    return state
+
+
+def base_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a deployed copy of ``model`` has: that of its frozen weights (LoRA runs keep the trainable
+    adapter in float32 over a possibly bf16 base), else of most of its weights."""
+    frozen = [p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    dtypes = frozen or [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32

@@ -1,0 +1,205 @@
+"""One deployed weight: the functional check's, evaluation's, export's and peft's merge + quantize_model_
+are the same tensors, bit for bit, for LoRA (fp32 and bf16 bases) and full-parameter models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lit_unlearn.adapters import LoRA, apply_lora
+from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+from lit_unlearn.deployment import (
+    Deployment,
+    deployed_layers,
+    deployed_model,
+    deployed_weights,
+    merge,
+    merged_state_dict,
+    output_head,
+)
+from lit_unlearn.quantization import get_scheme, quantize_model_
+from tests.conftest import build_tiny_llama
+
+SCHEMES = ["nf4", "int4", "int8"]
+IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2]])
+
+
+def _lora_model(dtype: torch.dtype):
+    model = build_tiny_llama(360).to(dtype)
+    model = apply_lora(model, LoRA(r=4, alpha=8.0, dropout=0.0))
+    generator = torch.Generator().manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data = (torch.randn(param.shape, generator=generator) * 0.05).to(param.dtype)
+    return model.eval()
+
+
+def _full_model():
+    model = build_tiny_llama(360)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 1e-3)
+    return model.eval()
+
+
+def _weights_seen(model: nn.Module, context) -> dict[str, torch.Tensor]:
+    """The weight every linear layer computes with during one forward inside ``context``."""
+    seen: dict[str, torch.Tensor] = {}
+    names = {id(m): n.removeprefix("base_model.model.").removesuffix(".base_layer")
+             for n, m in model.named_modules()}
+    with context:
+        handles = [m.register_forward_pre_hook(lambda m, a: seen.__setitem__(names[id(m)], m.weight.detach().clone()))
+                   for m in model.modules() if type(m) is nn.Linear and "lora_" not in names[id(m)]]
+        try:
+            model(input_ids=IDS)
+        finally:
+            for h in handles:
+                h.remove()
+    return seen
+
+
+def _reference(model: nn.Module, scheme: str) -> dict[str, torch.Tensor]:
+    """peft's merge_and_unload on a copy, then quantize_model_: what a deployment holds."""
+    merged = copy.deepcopy(model)
+    merged = merged.merge_and_unload() if hasattr(merged, "merge_and_unload") else merged
+    quantize_model_(merged, scheme)
+    head = output_head(merged)
+    return {n: m.weight.detach() for n, m in merged.named_modules() if type(m) is nn.Linear and m is not head}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("kind", ["lora-fp32", "lora-bf16", "full"])
+def test_every_path_deploys_the_same_weights(kind, scheme):
+    model = _full_model() if kind == "full" else _lora_model(torch.bfloat16 if kind == "lora-bf16" else torch.float32)
+    want = _reference(model, scheme)
+    s = get_scheme(scheme)
+
+    # Evaluation's path (every layer swapped at once).
+    evaluation = _weights_seen(model, deployed_weights(model, scheme))
+    # The functional survival check's path (one layer at a time, as the callback selects and caches).
+    layers = select_linear_layers(model, None) if kind != "full" else deployed_layers(model)
+    prepare_references(layers, [s], {})
+    check = _weights_seen(model, deployed_model(model, layers, s, lazy=True))
+    # The merged state dict export and load_bitsandbytes start from, quantized.
+    plain = copy.deepcopy(model) if kind == "full" else build_tiny_llama(360).to(model.dtype)
+    plain.load_state_dict(merged_state_dict(model))
+    quantize_model_(plain, Deployment(scheme))
+    exported = {n: m.weight.detach() for n, m in plain.named_modules() if n in want}
+
+    head = "lm_head"
+    for name, weight in want.items():
+        for path, got in (("evaluation", evaluation), ("survival check", check), ("merged state dict", exported)):
+            assert got[name].dtype == weight.dtype, (path, name)
+            assert torch.equal(got[name].view(-1).view(torch.uint8), weight.view(-1).view(torch.uint8)), (path, name)
+    assert head not in want and torch.equal(evaluation[head], model.get_output_embeddings().weight)
+
+
+def test_original_weights_are_quantized_base_and_adapters_off():
+    model = _lora_model(torch.float32)
+    s = get_scheme("nf4")
+    layers = select_linear_layers(model, None)
+    prepare_references(layers, [s], {})
+    original = _weights_seen(model, deployed_model(model, layers, s, original=True, lazy=True))
+    unmerged = copy.deepcopy(model)
+    for _, layer in [(n, m) for n, m in unmerged.named_modules() if hasattr(m, "lora_B")]:
+        for b in layer.lora_B.values():
+            b.weight.data.zero_()
+    want = _reference(unmerged, "nf4")
+    for name, weight in want.items():
+        assert torch.equal(original[name], weight), name
+
+
+def test_bf16_merge_is_peft_merge_and_rounds_sub_ulp_updates_away():
+    w0 = torch.full((4, 64), 1.0, dtype=torch.bfloat16)
+    tiny = torch.full((4, 64), 2.0**-10)  # a quarter of bf16's ulp at 1.0
+    assert torch.equal(merge(w0, tiny), w0), "a sub-ulp update vanishes in the bf16 merge"
+    model = _lora_model(torch.bfloat16)
+    merged = copy.deepcopy(model).merge_and_unload()
+    for layer in deployed_layers(model):
+        if layer.lora is not None:
+            assert layer.merged().dtype == torch.bfloat16
+            assert torch.equal(layer.merged(), merged.get_submodule(layer.name).weight), layer.name
+
+
+def test_dora_adapters_are_refused_with_the_fix():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_tiny_llama(360), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with pytest.raises(ValueError, match=r"q_proj.*DoRA.*not W0 \+ ΔW.*use_dora=False"):
+        deployed_layers(model)
+    with pytest.raises(ValueError, match="DoRA"), deployed_weights(model, "nf4"):
+        pass
+
+
+def test_output_head_is_found_through_a_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_tiny_llama(360), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    head = output_head(model)
+    assert type(head) is nn.Linear and head is model.get_output_embeddings().base_layer
+    layers = {layer.name: layer for layer in deployed_layers(model)}
+    assert not layers["lm_head"].quantized, "an adapted head is merged, never quantized"
+    assert all(layer.quantized for name, layer in layers.items() if name != "lm_head")
+
+
+def test_deployment_names_its_parts_and_refuses_bad_ones():
+    d = Deployment("int4", 64, ["q_proj"])
+    assert d.scheme == get_scheme("int4", 64)
+    assert [layer.name for layer in d.layers(build_tiny_llama(360))][:2] == [
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert Deployment("full").scheme is None
+    with pytest.raises(ValueError, match=r"'nf5'.*'full', 'nf4'"):
+        Deployment("nf5")
+    with pytest.raises(ValueError, match="block_size"):
+        Deployment("full", 64)
+    with pytest.raises(ValueError, match="either a `Deployment` or"), deployed_weights(build_tiny_llama(360), d, 64):
+        pass
+
+
+def test_unknown_scheme_family_raises_instead_of_rounding_to_nearest(monkeypatch):
+    from lit_unlearn.quantization import schemes
+
+    with pytest.raises(ValueError, match=r"Unknown quantization scheme 'mx4'"):
+        schemes._family("mx4")
+    scheme = get_scheme("int4")
+    monkeypatch.setattr(type(scheme), "family", property(lambda self: "mx"))
+    from lit_unlearn.quantization.functional import codec_for
+
+    with pytest.raises(ValueError, match="family 'mx'"):
+        codec_for(scheme, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_export_writes_the_weights_its_report_describes(tmp_path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    from lit_unlearn.export import export
+    from lit_unlearn.quantization import survival_stats
+    from tests.conftest import build_tokenizer, make_texts
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    build_tiny_llama(360).to(dtype).save_pretrained(base_dir)
+    build_tokenizer(make_texts(50, seed=0)).save_pretrained(base_dir)
+    model = _lora_model(dtype)
+    model.save_pretrained(adapter_dir)
+    config = adapter_dir / "adapter_config.json"
+    config.write_text(config.read_text().replace('"base_model_name_or_path": null', f'"base_model_name_or_path": "{base_dir}"'))
+    report = export(str(adapter_dir), str(tmp_path / "out"), base=str(base_dir), schemes=["nf4", "int4"],
+                    progress=False)
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=dtype)
+    for scheme in ("nf4", "int4"):
+        want = _reference(model, scheme)
+        deployed = copy.deepcopy(written)
+        quantize_model_(deployed, scheme)
+        for name, weight in want.items():
+            assert torch.equal(deployed.get_submodule(name).weight, weight), (scheme, name)
+        # The report's statistics are those of the written weights against the base, exactly.
+        for name, stats in report.layers[scheme].items():
+            w0 = model.get_base_model().get_submodule(name).base_layer.weight
+            direct = survival_stats(w0, written.get_submodule(name).weight, scheme)
+            assert stats.n_changed == direct.n_changed and stats.n_below_half_step == direct.n_below_half_step
+            assert stats.dot == pytest.approx(direct.dot, rel=1e-5, abs=1e-12), (scheme, name)
