@@ -2,9 +2,12 @@
 
 - :class:`QuantizationSurvival`: every N steps, does the update survive nf4/fp4/int4/int8 rounding?
 - :class:`QuantizedEvaluation`: MUSE metrics at full precision, 8-bit and 4-bit (adapter merged first).
+- :class:`PreserveQuantization`: train inside the quantization cells of the original model, so its
+  quantized deployment stays bit-identical (the reversion, by construction).
 """
 
+from lit_unlearn.callbacks.preserve_quantization import PreserveQuantization
 from lit_unlearn.callbacks.quantization_survival import QuantizationSurvival
 from lit_unlearn.callbacks.quantized_evaluation import QuantizedEvaluation
 
-__all__ = ["QuantizationSurvival", "QuantizedEvaluation"]
+__all__ = ["PreserveQuantization", "QuantizationSurvival", "QuantizedEvaluation"]

@@ -1,0 +1,124 @@
+"""Quantization cells: per weight, the interval of values that keep its code and its group's scale.
+
+Every format here quantizes a group (block, row) of weights with a scale computed from the group's
+extremes — ``max |w|`` for the absmax formats (nf4, fp4, LLM.int8, symmetric RTN), ``min(w, 0)`` and
+``max(w, 0)`` for zero-point RTN — and then each weight on its own, by a rounding that is monotone in the
+weight. Hold the extremes where they are and the scale cannot change; then each other weight keeps its
+code exactly on an interval around its value, the *cell*:
+
+    lo ≤ w ≤ hi   ⇔   code(w) = code(w0)  and  the scale is unchanged,
+
+computed here in the weight's own dtype, by bisection over its representable values, with the scheme's
+own quantizer as the oracle (its rounding and tie rules, not a re-derivation of them). A weight that sets
+its group's scale gets the one-point cell ``[w0, w0]``.
+
+Projecting a weight into its cell after every optimizer step (:class:`~lit_unlearn.callbacks.PreserveQuantization`)
+trains a model whose full-precision weights move while ``quantize(W)`` stays bit-identical to
+``quantize(W0)`` (Egashira et al., NeurIPS 2024, arXiv 2405.18137).
+
+Example::
+
+    >>> import torch
+    >>> from lit_unlearn.quantization import quantize
+    >>> from lit_unlearn.quantization.cells import quantization_cell
+    >>> w0 = torch.randn(4, 64)
+    >>> lo, hi = quantization_cell(w0, "nf4")
+    >>> w1 = torch.maximum(torch.minimum(w0 + 0.1 * torch.randn_like(w0), hi), lo)
+    >>> torch.equal(quantize(w1, "nf4").codes, quantize(w0, "nf4").codes)
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lit_unlearn.quantization.functional import check_weight, codec_for, quantize
+from lit_unlearn.quantization.schemes import Scheme, get_scheme
+
+__all__ = ["quantization_cell", "scale_setters"]
+
+_INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
+           torch.float64: torch.int64}
+
+
+def _key(t: Tensor) -> Tensor:
+    """Each value's rank among the dtype's representable values (monotone; ``-0.0`` and ``+0.0`` tie)."""
+    bits = t.contiguous().view(_INT_OF[t.dtype]).long()
+    width = torch.iinfo(_INT_OF[t.dtype]).bits
+    return torch.where(bits < 0, -(bits + 2 ** (width - 1)), bits)
+
+
+def _value(key: Tensor, dtype: torch.dtype) -> Tensor:
+    width = torch.iinfo(_INT_OF[dtype]).bits
+    bits = torch.where(key < 0, -key - 2 ** (width - 1), key)
+    return bits.to(_INT_OF[dtype]).view(dtype)
+
+
+def _groups(w: Tensor, group_len: int) -> tuple[Tensor, int]:
+    flat = w.reshape(-1)
+    pad = (-flat.numel()) % group_len
+    # Zeros change neither max |w| nor min(w, 0) / max(w, 0): the padded tail block keeps its scale.
+    return torch.cat([flat, flat.new_zeros(pad)]).view(-1, group_len), flat.numel()
+
+
+def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(pinned, lower, upper)``: which weights set their group's scale, and the range the others must
+    stay in for it to hold (``[-max|w|, max|w|]``, or ``[min(w, 0), max(w, 0)]`` with a zero point)."""
+    scheme = get_scheme(scheme, block_size)
+    check_weight(w0, "w0")
+    groups, n = _groups(w0.detach(), codec_for(scheme, w0.device).group_len(w0.shape))
+    rows = torch.arange(groups.shape[0], device=w0.device)
+    pinned = torch.zeros(groups.shape, dtype=torch.bool, device=w0.device)
+    if scheme.family == "rtn" and not scheme.symmetric:
+        low, at_low = groups.min(dim=1)
+        high, at_high = groups.max(dim=1)
+        pinned[rows, at_low] = low < 0
+        pinned[rows, at_high] |= high > 0
+        lower = low.clamp(max=0)[:, None].expand_as(groups)
+        upper = high.clamp(min=0)[:, None].expand_as(groups)
+    else:
+        magnitude, at_max = groups.abs().max(dim=1)
+        pinned[rows, at_max] = True
+        upper = magnitude[:, None].expand_as(groups)
+        lower = -upper
+    shape = w0.shape
+    return tuple(t.reshape(-1)[:n].reshape(shape) for t in (pinned, lower, upper))  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def quantization_cell(w0: Tensor, scheme: str | Scheme, block_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(lo, hi)`` in ``w0``'s dtype and shape: the weights ``W`` with ``lo ≤ W ≤ hi`` quantize to exactly
+    the codes and scales of ``quantize(w0)`` (for every element at once), and no wider interval does.
+
+    Cost: about ``2 · (bits of the dtype)`` quantizations of ``w0`` (64 for fp32), once.
+    """
+    scheme = get_scheme(scheme, block_size)
+    pinned, lower, upper = scale_setters(w0, scheme)
+    w0 = w0.detach().contiguous()
+    codes0 = quantize(w0, scheme).codes
+    key0 = _key(w0)
+
+    def keeps(key: Tensor) -> Tensor:
+        candidate = torch.where(pinned, w0, _value(key, w0.dtype))
+        return quantize(candidate, scheme).codes == codes0
+
+    bounds = []
+    for limit in (upper.to(w0.dtype), lower.to(w0.dtype)):
+        good = key0.clone()
+        bad = _key(limit.contiguous())
+        at_limit = keeps(bad)
+        good = torch.where(at_limit, bad, good)
+        # Invariant: `good` keeps the code, `bad` does not (or equals good); halve the gap until they meet.
+        while True:
+            gap = (bad - good).abs()
+            open_ = (gap > 1) & ~at_limit
+            if not bool(open_.any()):
+                break
+            middle = good + (bad - good) // 2
+            ok = keeps(middle)
+            good = torch.where(open_ & ok, middle, good)
+            bad = torch.where(open_ & ~ok, middle, bad)
+        bounds.append(torch.where(pinned, w0, _value(good, w0.dtype)))
+    hi, lo = bounds
+    return lo, hi

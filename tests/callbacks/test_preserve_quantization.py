@@ -1,0 +1,119 @@
+"""PreserveQuantization: the full-precision model trains, its quantized copy stays bit-identical, and
+QuantizationSurvival, watching the same run, calls it: no code changed, no forgetting survives."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+from torch import nn
+
+from lit_unlearn.adapters import LoRA, apply_lora
+from lit_unlearn.callbacks import PreserveQuantization, QuantizationSurvival
+from lit_unlearn.quantization import SCHEMES, quantize, quantize_model_
+from tests.callbacks.test_quantization_survival import Unlearner, forget_retain_batches, make_trainer
+
+
+def _linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear and n != "lm_head"}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_codes_and_scales_never_change_while_the_weights_move(tmp_path, scheme):
+    seed_everything(0)
+    module = Unlearner(optimizer="adam", lr=5e-3)
+    before = _linears(module.model)
+    preserve = PreserveQuantization(scheme, freeze_others=True)
+    trainer = make_trainer(tmp_path, 6, [preserve], logger=False)
+    trainer.fit(module, forget_retain_batches(6))
+    assert preserve.projections == 6
+    after = _linears(module.model)
+    moved = sum(int((after[n] != before[n]).sum()) for n in before)
+    assert moved > 0.5 * sum(w.numel() for w in before.values()), "the full-precision weights moved"
+    for name, w0 in before.items():
+        q0, q1 = quantize(w0, scheme), quantize(after[name], scheme)
+        assert torch.equal(q1.codes, q0.codes), name
+        assert torch.equal(q1.scales.view(-1).view(torch.uint8), q0.scales.view(-1).view(torch.uint8)), name
+        if q0.zero_points is not None:
+            assert torch.equal(q1.zero_points, q0.zero_points), name
+
+
+def test_fake_quantized_logits_equal_the_fake_quantized_originals(tmp_path):
+    seed_everything(0)
+    module = Unlearner(optimizer="adam", lr=5e-3)
+    target = copy.deepcopy(module.model)
+    trainer = make_trainer(tmp_path, 6, [PreserveQuantization("nf4", freeze_others=True)], logger=False)
+    trainer.fit(module, forget_retain_batches(6))
+    ids = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full_changed = not torch.equal(module.model(input_ids=ids).logits, target(input_ids=ids).logits)
+        quantize_model_(module.model, "nf4")
+        quantize_model_(target, "nf4")
+        torch.testing.assert_close(module.model(input_ids=ids).logits, target(input_ids=ids).logits, rtol=0, atol=0)
+    assert full_changed, "the full-precision model computes something else"
+
+
+def test_survival_check_calls_the_reversion(tmp_path):
+    """Listed *before* PreserveQuantization, the survival check still sees projected weights (the projection
+    runs as the optimizer's post-step hook): nf4 codes changed exactly 0, the effect does not survive."""
+    seed_everything(0)
+    module = Unlearner(optimizer="adam", lr=1e-2)
+    survival = QuantizationSurvival(every_n_steps=2, schemes=("nf4", "fp4"), warn_below=0.5)
+    trainer = make_trainer(tmp_path, 8, [survival, PreserveQuantization("nf4", freeze_others=True)], logger=False)
+    with pytest.warns(UserWarning, match=r"only -?\d+% of the forgetting survives nf4"):
+        trainer.fit(module, forget_retain_batches(8, repeat=True))
+    nf4 = [r for r in survival.history if r["scheme"] == "nf4"]
+    assert nf4 and all(r["changed"] == 0.0 for r in nf4)
+    rows = [r for r in survival.functional_history if r["scheme"] == "nf4"]
+    assert all(r["forget_q"] == r["forget_q_original"] for r in rows), "the nf4 model is the original"
+    assert any(abs(r["forget_fp"] - r["forget_fp_original"]) > 0.05 for r in rows), "full precision moved"
+    measured = [r["effect_retained"] for r in rows if r["effect_retained"] is not None]
+    assert measured and all(e == 0.0 for e in measured)
+    assert float(trainer.callback_metrics["survival/nf4/changed"]) == 0.0
+    assert float(trainer.callback_metrics["survival/fp4/changed"]) > 0.0, "fp4's grid is another"
+
+
+def test_trainable_parameters_outside_the_cells_are_refused_or_frozen(tmp_path):
+    module = Unlearner()
+    trainer = make_trainer(tmp_path, 1, [PreserveQuantization("nf4")], logger=False)
+    with pytest.raises(ValueError, match=r"other trainable parameters \(model.model.embed_tokens.weight.*freeze_others=True"):
+        trainer.fit(module, forget_retain_batches(1))
+    module = Unlearner()
+    trainer = make_trainer(tmp_path, 1, [PreserveQuantization("nf4", freeze_others=True)], logger=False)
+    trainer.fit(module, forget_retain_batches(1))
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("proj.weight") for n in trainable)
+
+
+def test_lora_and_bad_arguments_are_refused(tmp_path):
+    module = Unlearner(lora=True)
+    trainer = make_trainer(tmp_path, 1, [PreserveQuantization("nf4")], logger=False)
+    with pytest.raises(ValueError, match=r"LoRA update scaling·B·A cannot follow.*`lora: null`"):
+        trainer.fit(module, forget_retain_batches(1))
+    with pytest.raises(ValueError, match=r"'nf5'.*'nf4'"):
+        PreserveQuantization("nf5")
+    with pytest.raises(ValueError, match="block_size"):
+        PreserveQuantization("nf4", block_size=48)
+
+
+def test_resume_projects_into_the_original_cells(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(stop, ckpt_path=None):
+        seed_everything(0)
+        module = Unlearner(optimizer="sgd", lr=0.5)
+        if ckpt_path is None:
+            run.w0 = _linears(module.model)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+        preserve = PreserveQuantization("int4", freeze_others=True)
+        trainer = make_trainer(tmp_path, stop, [preserve, checkpoint], enable_checkpointing=True, logger=False)
+        trainer.fit(module, forget_retain_batches(4, repeat=True), ckpt_path=ckpt_path)
+        return module, preserve
+
+    run(2)
+    module, preserve = run(4, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert preserve.projections == 2
+    for name, w in _linears(module.model).items():
+        assert torch.equal(quantize(w, "int4").codes, quantize(run.w0[name], "int4").codes), name
