@@ -7,6 +7,7 @@ reference only when the objective reads one, and saves the result as safetensors
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from typing_extensions import override
 from lit_unlearn._modes import eval_mode
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.deployment import DeployedLayer, deployed_layers
+from lit_unlearn.deployment.qat import quantization_aware
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
@@ -28,11 +31,29 @@ from lit_unlearn.objectives import (
     mean_token_nll,
     sure_row_masks,
 )
+from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
 
 __all__ = ["UnlearningModule"]
 
 Method = Literal["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+def _qat_scheme(spec: str | None) -> Scheme | None:
+    """``"nf4"`` or ``"int4:64"`` → the scheme (block size after the colon); ``None`` → ``None``."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"`quantization_aware`={spec!r} must be a scheme name such as 'nf4' or 'int4:64'.")
+    name, _, block = spec.partition(":")
+    if name not in SCHEMES:
+        raise ValueError(
+            f"`quantization_aware`={spec!r} names no quantization scheme; choose one of "
+            f"{', '.join(map(repr, SCHEMES))}, optionally with a block size ('int4:64')."
+        )
+    if block and not block.isdigit():
+        raise ValueError(f"`quantization_aware`={spec!r}: the block size after ':' must be an integer.")
+    return get_scheme(name, int(block) if block else None)
+
 
 # Paper learning rates: full fine-tuning 1e-5 (P2, MUSE); LoRA 1e-4 and up (P1).
 _DEFAULT_LR = {True: 1e-4, False: 1e-5}
@@ -72,9 +93,18 @@ class UnlearningModule(LightningModule):
         optimizer: Optimizer factory (from YAML: ``class_path``/``init_args``). ``None`` uses the papers'
             AdamW, weight decay 0, lr 1e-4 with LoRA and 1e-5 for full-parameter runs.
         lr_scheduler: Scheduler factory; ``None`` keeps the learning rate constant, as the papers do.
+        quantization_aware: Quantization-aware unlearning: a scheme name (``"nf4"``), optionally with a
+            block size (``"int4:64"``). The losses then see the *deployed* model — every linear layer but
+            the output head computing with the fake-quantized merged weight ``Q(W0 + ΔW)`` — and a
+            straight-through estimator carries the gradient to the trainable weights or the LoRA factors
+            (:mod:`lit_unlearn.deployment.qat`). The NPO/KLR reference stays the full-precision original.
+            ``None`` (default) trains the full-precision model, exactly as without the option.
+        quantization_aware_retain: With ``quantization_aware``, whether the retain term also sees the
+            quantized model (default: the deployment's utility is the one to keep).
 
     Raises:
-        ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA.
+        ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
+            unknown ``quantization_aware`` scheme or block size.
 
     Example::
 
@@ -105,8 +135,13 @@ class UnlearningModule(LightningModule):
         log_artifact: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        quantization_aware: str | None = None,
+        quantization_aware_retain: bool = True,
     ) -> None:
         super().__init__()
+        self.qat_scheme = _qat_scheme(quantization_aware)
+        if not isinstance(quantization_aware_retain, bool):
+            raise ValueError(f"`quantization_aware_retain` must be True or False, got {quantization_aware_retain!r}.")
         if isinstance(lora, dict):
             lora = LoRA(**lora)
         if sure_percentile is not None:
@@ -145,6 +180,8 @@ class UnlearningModule(LightningModule):
         self.reference: nn.Module | None = None
         self.tokenizer: Any = None
         self._sure_masks: dict[str, torch.Tensor] | None = None
+        self.quantization_aware_retain = quantization_aware_retain
+        self._qat_layers: list[DeployedLayer] = []
         # Checkpoints of LoRA runs hold only the adapter (see `on_save_checkpoint`), so loading them
         # must not demand the frozen base weights.
         self.strict_loading = lora is None
@@ -203,6 +240,8 @@ class UnlearningModule(LightningModule):
                 param.data = param.data.float()
         # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
         self.model = model.train()
+        if self.qat_scheme is not None:
+            self._qat_layers = deployed_layers(self.model)
 
     def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -216,6 +255,12 @@ class UnlearningModule(LightningModule):
             return self._forward(self.model, batch)
 
     # ------------------------------------------------------------------ steps
+    def _deployed(self, on: bool) -> contextlib.AbstractContextManager:
+        """The model computing as its quantized deployment (straight-through), when quantization-aware."""
+        if self.qat_scheme is None or not on:
+            return contextlib.nullcontext()
+        return quantization_aware(self._qat_layers, self.qat_scheme)
+
     def _split_batch(self, batch: Any) -> tuple[dict, dict | None]:
         if isinstance(batch, dict) and "forget" in batch:
             return batch["forget"], batch.get("retain")
@@ -231,11 +276,13 @@ class UnlearningModule(LightningModule):
                 "DataModule a `retain` set, or pick a forget-only objective (ga, npo, simnpo)."
             )
         objective = self.objective
-        forget_logits = self._forward(self.model, forget)
+        with self._deployed(True):
+            forget_logits = self._forward(self.model, forget)
         forget_ref = self._reference_logits(forget) if objective.forget.needs_reference else None
         retain_logits = retain_ref = None
         if objective.retain is not None:
-            retain_logits = self._forward(self.model, retain)
+            with self._deployed(self.quantization_aware_retain):
+                retain_logits = self._forward(self.model, retain)
             if objective.retain.needs_reference:
                 retain_ref = self._reference_logits(retain)
         out = objective(

@@ -240,3 +240,42 @@ def test_reference_runs_without_dropout_while_training_keeps_it(tiny_model_dir, 
     assert all(m.training for model in models for m in model.modules())  # and modes come back
     policy = module._forward(module.model, batch)
     assert not torch.equal(policy, module._forward(module.model, batch))  # training sees dropout
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_quantization_aware_losses_see_the_deployed_model(tiny_model_dir, lora):
+    from lit_unlearn.quantization import quantize_model_
+
+    module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora, quantization_aware="nf4")
+    batch = combined(module)
+    deployed = UnlearningModule(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora)
+    deployed.configure_model()
+    deployed.model.load_state_dict(module.model.state_dict())
+    net = deployed.model.merge_and_unload() if lora is not None else deployed.model
+    quantize_model_(net, "nf4")
+    deployed.model = net
+    with torch.no_grad():
+        want = deployed._forward(net, batch["forget"])
+        with module._deployed(True):
+            got = module._forward(module.model, batch["forget"])
+        plain = module._forward(module.model, batch["forget"])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, plain)
+
+
+def test_quantization_aware_fit_trains_and_none_is_the_plain_run(tiny_model_dir, text_files, tmp_path):
+    def fit(**kwargs):
+        seed_everything(0)
+        module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=LORA,
+                       optimizer=lambda p: torch.optim.AdamW(p, lr=2e-2), **kwargs)
+        dm = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], max_length=32,
+                                    batch_size=4)
+        make_trainer(tmp_path / str(len(kwargs)), max_steps=3).fit(module, dm)
+        return {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+
+    plain = fit()
+    explicit = fit(quantization_aware=None)
+    aware = fit(quantization_aware="nf4")
+    assert all(torch.equal(plain[n], explicit[n]) for n in plain), "the option off is the plain run"
+    assert any(not torch.equal(plain[n], aware[n]) for n in plain), "quantization-aware steps differ"
+    assert all(torch.isfinite(p).all() for p in aware.values())
