@@ -80,7 +80,10 @@ class QuantizedEvaluation(Callback):
             The full-precision AUC of a reference named ``retrain`` is AUC_retrain unless ``auc_retrain``
             is set.
         every_n_steps: Also evaluate every N optimizer steps (scalars only); ``None`` evaluates only at
-            the end.
+            the end. Periodic results go to the loggers and into ``trainer.callback_metrics``, with
+            ``eval/<precision>/knowmem_vs_retrain`` (KnowMem forget minus the ``retrain`` reference's) when
+            there is a retrain reference, so ``EarlyStopping``/``ModelCheckpoint`` can act on them
+            (``configs/examples/``).
         max_items: Items per evaluated set (MUSE has 100); ``None`` keeps all. Small values make periodic
             evaluation cheap.
         batch_size: Prompts or texts per forward pass.
@@ -282,6 +285,12 @@ class QuantizedEvaluation(Callback):
             scalars.update(
                 {f"eval/{precision}/{scalar_name(k)}": v for k, v in results.items() if not math.isnan(v)}
             )
+        scalars.update(self._gaps_to_retrain(model, tokenizer, auc_retrain, evaluated))
+        # Into `callback_metrics` too (every rank holds the same values), so EarlyStopping and ModelCheckpoint
+        # can monitor them: ModelCheckpoint(every_n_train_steps=every_n_steps) right after this hook,
+        # EarlyStopping at the end of the epoch.
+        device = trainer.strategy.root_device
+        trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in scalars.items()})
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=logging_step(trainer))
         self._add_curve_point(step, scalars)
@@ -381,6 +390,20 @@ class QuantizedEvaluation(Callback):
             knowmem_max_new_tokens=self.knowmem_max_new_tokens,
             progress=self.progress,
         )
+
+    def _gaps_to_retrain(
+        self, model: nn.Module, tokenizer: Any, auc_retrain: float | None, evaluated: Mapping[str, dict[str, float]]
+    ) -> dict[str, float]:
+        """``eval/<precision>/knowmem_vs_retrain``: the model's KnowMem on the forget set minus the retrain
+        model's at the same precision (≤ 0 once MUSE's stopping rule is met), when a ``retrain`` reference
+        is given. The reference is evaluated once, at the first periodic evaluation."""
+        if _RETRAIN not in self.references or "knowmem_forget" not in self.tasks:
+            return {}
+        rows = self._reference(_RETRAIN, self.references[_RETRAIN], model, tokenizer, auc_retrain)
+        return {
+            f"eval/{precision}/knowmem_vs_retrain": results["knowmem_forget"] - rows[precision]["knowmem_forget"]
+            for precision, results in evaluated.items()
+        }
 
     def _data(self) -> EvalData:
         if self._eval_data is None:
