@@ -24,7 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HEATMAP_METRICS", "PRECISION_STYLES", "precision_curves", "short_layer_names", "survival_heatmap"]
+__all__ = [
+    "HEATMAP_METRICS",
+    "PRECISION_STYLES",
+    "precision_curves",
+    "short_layer_names",
+    "survival_curves",
+    "survival_heatmap",
+]
 
 #: Per-layer statistics :func:`survival_heatmap` can draw: (colour-bar label, colormap). All are shares
 #: in [0, 1]. ``retained`` and ``cosine`` are green where the update survives; ``below_half_step`` is
@@ -254,6 +261,69 @@ def precision_curves(
     for ax in list(axes.flat)[len(order):]:
         ax.set_visible(False)
     fig.suptitle("MUSE metrics of the trained model at each precision")
+    return _save(fig, path)
+
+
+_SURVIVAL_KEY = re.compile(r"^survival/([^/]+)/(effect_retained|changed)$")
+
+
+def survival_curves(
+    runs: Mapping[str, str | os.PathLike | Iterable[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    title: str = "What quantization keeps of the unlearning, during training",
+) -> Path:
+    """Draw the survival check's verdict over training steps for one or more runs, as PNG.
+
+    Left: ``survival/<scheme>/effect_retained`` — the share of the full-precision forgetting (forget-probe
+    loss change) that the quantized model keeps; 1 = it all survives, 0 = the quantized model is the
+    original. Right: ``survival/<scheme>/changed`` — the share of quantization codes the update changed.
+    One colour per scheme, one line style per run.
+
+    Args:
+        runs: Run label → ``metrics.csv`` path or logged rows (each with a ``step``).
+        path: PNG file to write.
+
+    Raises:
+        ValueError: if no run holds a ``survival/<scheme>/effect_retained`` or ``changed`` value.
+    """
+    curves: dict[str, dict[tuple[str, str], dict[int, float]]] = {"effect_retained": {}, "changed": {}}
+    for label, metrics in runs.items():
+        for row in _read_rows(metrics):
+            step = _float(row.get("step"))
+            if step is None:
+                continue
+            for key, raw in row.items():
+                match = _SURVIVAL_KEY.match(key) if isinstance(key, str) else None
+                value = _float(raw)
+                if match and value is not None:
+                    scheme, stat = match.groups()
+                    curves[stat].setdefault((label, scheme), {})[int(step) + 1] = value
+    if not any(curves.values()):
+        raise ValueError("`runs` hold no survival/<scheme>/effect_retained or changed values; log them with "
+                         "QuantizationSurvival.")
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(11, 3.8)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    labels = list(runs)
+    styles = ["-", "--", ":", "-."]
+    titles = {"effect_retained": "effect_retained: share of the forgetting the quantized model keeps",
+              "changed": "changed: share of quantization codes the update flipped"}
+    for ax, stat in zip(axes, ("effect_retained", "changed")):
+        for (label, scheme), points in sorted(curves[stat].items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1])):
+            colour = PRECISION_STYLES.get(scheme, {}).get("color")
+            xs, ys = zip(*sorted(points.items()))
+            ax.plot(xs, ys, linestyle=styles[labels.index(label) % len(styles)], marker="o", markersize=3,
+                    color=colour, label=f"{label}: {scheme}")
+        if stat == "effect_retained":
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(titles[stat], fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -4,6 +4,7 @@ QuantizationSurvival, watching the same run, calls it: no code changed, no forge
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,19 @@ def test_resume_projects_into_the_original_cells(tmp_path):
     assert preserve.projections == 2
     for name, w in _linears(module.model).items():
         assert torch.equal(quantize(w, "int4").codes, quantize(run.w0[name], "int4").codes), name
+
+
+def test_survival_curves_are_written_with_the_table(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_unlearn.callbacks.quantization_survival import CURVES_NAME
+
+    seed_everything(0)
+    survival = QuantizationSurvival(every_n_steps=2, schemes=("nf4",), warn_below=float("-inf"))
+    trainer = make_trainer(tmp_path, 4, [survival, PreserveQuantization("nf4", freeze_others=True)],
+                           logger=CSVLogger(tmp_path, name="logs"))
+    trainer.fit(Unlearner(optimizer="adam", lr=1e-2), forget_retain_batches(4, repeat=True))
+    rows = survival.curve_rows()
+    assert [r["step"] for r in rows] == [1, 3], "Lightning's logging step, as metrics.csv holds it"
+    assert all(r["survival/nf4/changed"] == 0.0 for r in rows)
+    assert (Path(trainer.log_dir) / CURVES_NAME).read_bytes()[:4] == b"\x89PNG"

@@ -96,3 +96,14 @@ def test_precision_curves_from_a_csv_logger_file(tmp_path):
 def test_precision_curves_without_evaluations_says_how_to_log_them(tmp_path):
     with pytest.raises(ValueError, match="every_n_steps"):
         precision_curves([{"step": 1, "train/loss": 2.0}, {"eval/full/verbmem": 3.0}], tmp_path / "c.png")
+
+
+def test_survival_curves_draw_the_verdict_of_several_runs(tmp_path):
+    from lit_unlearn.plots import survival_curves
+
+    preserved = [{"step": s - 1, "survival/nf4/effect_retained": 0.0, "survival/nf4/changed": 0.0} for s in (10, 20)]
+    plain = [{"step": s - 1, "survival/nf4/effect_retained": 0.9, "survival/fp4/changed": 0.3} for s in (10, 20)]
+    path = survival_curves({"preserved": preserved, "plain": plain}, tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no survival/<scheme>/effect_retained"):
+        survival_curves({"empty": [{"step": 1, "train/loss": 0.3}]}, tmp_path / "none.png")

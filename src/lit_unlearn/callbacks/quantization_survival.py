@@ -44,7 +44,7 @@ from lit_unlearn.callbacks._survival_probe import (
 )
 from lit_unlearn.deployment import DeployedLayer, check_strategy, deployed_model
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
-from lit_unlearn.plots import survival_heatmap
+from lit_unlearn.plots import survival_curves, survival_heatmap
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
 
 __all__ = ["QuantizationSurvival"]
@@ -61,6 +61,8 @@ _LOGGED_STATS = ("changed", "below_half_step", "retained", "cosine", "rel_error"
 MIN_FORGET_EFFECT = 1e-3
 # Per-layer rows go next to the logger's metrics; checkpoint tensors (snapshot, probe) under this key.
 TABLE_NAME = "quantization_survival.csv"
+#: Picture of the verdict over steps (effect_retained and changed per scheme), next to the table.
+CURVES_NAME = "survival_curves.png"
 _CHECKPOINT_KEY = "quantization_survival"
 # In the low-survival warning: a layer whose update is mostly rounding noise or mostly rounded away.
 _POOR = 0.5
@@ -223,6 +225,23 @@ class QuantizationSurvival(Callback):
             schemes=[(s.name, s.block_size) for s in self.schemes], modules=_modules_key(self.modules),
         )
 
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """One row per check, as the loggers got it: ``step`` (Lightning's logging step, the optimizer step
+        minus one), the verdict ``survival/<scheme>/effect_retained`` and the pooled ``changed``."""
+        rows: dict[int, dict[str, Any]] = {}
+        pooled: dict[tuple[int, str], list[float]] = {}
+        for r in self.history:
+            n_changed, numel = pooled.setdefault((r["step"], r["scheme"]), [0.0, 0.0])
+            pooled[(r["step"], r["scheme"])] = [n_changed + r["changed"] * r["numel"], numel + r["numel"]]
+        for (step, scheme), (n_changed, numel) in pooled.items():
+            rows.setdefault(step, {"step": step - 1})[f"survival/{scheme}/changed"] = n_changed / max(numel, 1)
+        for r in self.functional_history:
+            if r["effect_retained"] is not None:
+                rows.setdefault(r["step"], {"step": r["step"] - 1})[f"survival/{r['scheme']}/effect_retained"] = (
+                    r["effect_retained"]
+                )
+        return [rows[step] for step in sorted(rows)]
+
     @property
     def layer_table(self) -> list[dict[str, Any]]:
         """The rows of :attr:`history` from the latest check: one per watched layer and scheme."""
@@ -298,6 +317,10 @@ class QuantizationSurvival(Callback):
         if not self.history or self._table_path is None:
             return
         step = logging_step(trainer)
+        curves = self.curve_rows()
+        if curves:
+            path = os.path.join(os.path.dirname(self._table_path), CURVES_NAME)
+            log_image(trainer, "survival/curves", survival_curves({"this run": curves}, path), step=step)
         for scheme in (s.name for s in self.schemes):
             path = os.path.join(os.path.dirname(self._table_path), f"survival_{scheme}.png")
             log_image(trainer, f"survival/{scheme}/heatmap", survival_heatmap(self.history, scheme, path), step=step)
