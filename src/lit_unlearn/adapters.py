@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,9 +25,11 @@ __all__ = [
     "default_target_modules",
     "is_peft_model",
     "linear_module_names",
+    "load_adapter",
     "lora_delta",
     "lora_deltas",
     "lora_layers",
+    "merge_adapter",
     "reference_mode",
 ]
 
@@ -109,6 +112,21 @@ def apply_lora(model: nn.Module, lora: LoRA) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """``model`` with the saved peft adapter of ``directory`` applied (peft's ``PeftModel.from_pretrained``)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(directory))
+
+
+def merge_adapter(model: nn.Module, progress: bool = False) -> nn.Module:
+    """The plain model with the adapter merged in, as peft's ``merge_and_unload`` writes it (in the base
+    dtype, :func:`lit_unlearn.deployment.merge`)."""
+    for name, layer in lora_layers(model):
+        check_mergeable(layer, _clean_name(name))
+    return model.merge_and_unload(progressbar=progress)
 
 
 def is_peft_model(model: nn.Module) -> bool:

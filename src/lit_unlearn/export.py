@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lit_unlearn.adapters import lora_delta
+from lit_unlearn.adapters import load_adapter, lora_delta, merge_adapter
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import DeployedLayer, deployed_layers
 from lit_unlearn.quantization import SCHEMES, SurvivalStats, get_scheme
@@ -206,6 +206,12 @@ def _read_adapter_config(directory: Path) -> dict[str, Any]:
         raise ValueError(
             f"{str(directory)!r} holds a {peft_type} adapter; export merges LoRA adapters only (what "
             "UnlearningModule trains). Merge it with peft's own `merge_and_unload` instead."
+        )
+    if config.get("use_dora"):
+        raise ValueError(
+            f"{str(directory)!r} holds a DoRA adapter (`use_dora: true`): its merged weight is "
+            "m · (W0 + ΔW) / ‖W0 + ΔW‖, not W0 + ΔW, which export's statistics describe. Merge it with peft's "
+            "`merge_and_unload`, save the merged model, and export that as a full-parameter model with `--base`."
         )
     return config
 
@@ -526,13 +532,12 @@ def _load_lora(
     source: Path, base: str, dtype: Any, schemes: list[str], trust_remote_code: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
     """The base with the adapter merged, and the statistics of each adapted layer taken before the merge."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    peft_model = PeftModel.from_pretrained(model, str(source)).eval()
+    peft_model = load_adapter(model, source).eval()
     layers = _lora_statistics(peft_model, schemes, progress)
-    return peft_model.merge_and_unload(progressbar=progress), layers
+    return merge_adapter(peft_model, progress), layers
 
 
 def _load_full(

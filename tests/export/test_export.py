@@ -237,3 +237,12 @@ def test_command_line(adapter, tmp_path, capsys):
         main(["no/such/adapter", str(tmp_path / "other")])
     assert exit_info.value.code == 2
     assert "no/such/adapter" in capsys.readouterr().err
+
+
+def test_dora_adapter_is_refused_before_any_model_loads(tmp_path):
+    adapter = tmp_path / "dora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "use_dora": True, "base_model_name_or_path": "/does/not/exist"}))
+    with pytest.raises(ValueError, match=r"DoRA adapter.*not W0 \+ ΔW"):
+        export(str(adapter), str(tmp_path / "out"), progress=False)
