@@ -7,10 +7,13 @@ adapter into its base for deployment.
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_unlearn.data import ForgetRetainDataModule
 from lit_unlearn.module import UnlearningModule
@@ -36,13 +39,63 @@ class UnlearnCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
+        # The description's lines are a table of commands: keep them as written.
+        kwargs.setdefault(
+            "parser_kwargs", {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
+        )
         super().__init__(UnlearningModule, ForgetRetainDataModule, args=args, **kwargs)
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "prepare", "export")
+#: Errors a user's input causes (a bad value, path or name); printed as one message, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               MisconfigurationException)
+_DEBUG_ENV = "LIT_UNLEARN_DEBUG"
+
+
+def _usage_error(message: str) -> None:
+    print(f"usage: lit-unlearn {{{','.join(SUBCOMMANDS)}}} ...\n"
+          "tip: lit-unlearn --help lists what each does\n"
+          f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lit-unlearn`` console script."""
+    """Entry point of the ``lit-unlearn`` console script.
+
+    An error caused by the input (a bad value, a missing file, an unknown name) is printed as one message
+    and exits with status 1; set ``LIT_UNLEARN_DEBUG=1`` to see the traceback instead.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if not argv:
+        _usage_error(f"give a subcommand: one of {', '.join(SUBCOMMANDS)}.")
+    if first is not None and first not in SUBCOMMANDS and argv[0] == first:
+        _usage_error(f"unknown subcommand {first!r}; choose one of {', '.join(SUBCOMMANDS)}.")
+    try:
+        _dispatch(argv, args is None)
+    except USER_ERRORS as err:
+        if os.environ.get(_DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"lit-unlearn: error: {_one_message(str(err))}\n(set {_DEBUG_ENV}=1 to see the traceback)",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _one_message(message: str) -> str:
+    """The user's own error out of jsonargparse's report on a union-typed value (e.g. a callback list),
+    which lists every subtype it tried: the first reason that is not "not this type"."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return message
+    generic = ("Not a valid subclass", "Expected a ", "Given value", "Subclass types", "- a ")
+    for line in message.splitlines():
+        reason = line.strip().removeprefix("- ").strip()
+        if line.startswith("  - ") and not reason.startswith(generic):
+            return reason
+    return message
+
+
+def _dispatch(argv: list[str], from_sys_argv: bool) -> None:
     if argv[:1] == ["prepare"]:
         from lit_unlearn.world.__main__ import main as prepare
 
@@ -54,7 +107,7 @@ def main(args: Sequence[str] | None = None) -> None:
         export(argv[1:])
         return
     # `args=None` lets LightningCLI read sys.argv itself (it warns when given both).
-    UnlearnCLI(args=None if args is None else argv)
+    UnlearnCLI(args=None if from_sys_argv else argv)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,39 @@ def test_unknown_objective_is_rejected_before_loading(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model.objective=npo_kl", f"--trainer.default_root_dir={tmp_path}"])
     assert "npo_gdr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"]])
+def test_missing_or_unknown_subcommand_lists_all_six(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    for name in ("fit", "validate", "test", "predict", "prepare", "export"):
+        assert name in err
+    if argv:
+        assert "'frobnicate'" in err
+
+
+def test_user_error_inside_a_class_is_one_message(tmp_path, capsys, monkeypatch):
+    config = Path(__file__).parents[2] / "configs" / "npo_gdr.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("every_n_steps: 10", "every_n_steps: 0"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIT_UNLEARN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(bad)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "lit-unlearn: error: `every_n_steps` must be a positive integer, got 0." in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+    monkeypatch.setenv("LIT_UNLEARN_DEBUG", "1")
+    with pytest.raises(Exception, match="every_n_steps"):
+        main(["fit", "-c", str(bad)])
+
+
+def test_help_keeps_the_command_table(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "\n  lit-unlearn prepare [--size default]" in out and "\n  lit-unlearn export --help" in out
