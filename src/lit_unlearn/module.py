@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -385,9 +387,23 @@ class UnlearningModule(LightningModule):
         directory = Path(directory) if directory is not None else self.resolve_output_dir()
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
+        self._record_portable_base(directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
         return directory
+
+    def _record_portable_base(self, directory: Path) -> None:
+        # peft records the base as the path it was loaded from: for the toy world an absolute cache path
+        # of this machine. `world:target` resolves on any machine (export and peft users pass it through
+        # lit_unlearn.data.sources.resolve_path), so the adapter stays portable.
+        config_path = directory / "adapter_config.json"
+        if self.lora is None or not config_path.is_file() or not self.model_name_or_path.startswith("world:"):
+            return
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = self.model_name_or_path
+        partial = config_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, config_path)
 
     @override
     def on_fit_end(self) -> None:

@@ -99,6 +99,14 @@ def test_best_at_4bit_keeps_and_reloads_the_best_quantized_checkpoint(test_world
     best = Path(checkpoint.best_model_path)
     assert best.is_file() and best.name.startswith("best-nf4-step=")
     assert logged[int(best.stem.split("=")[1])] == min(logged.values()), "named after the best step"
+    # The saved adapter names its base portably, and export finds it from that name.
+    import json
+
+    from lit_unlearn.export import _resolve_inputs
+
+    adapter = Path(cli.trainer.log_dir) / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "world:target"
+    assert _resolve_inputs(str(adapter), None)[2] == str(test_world.target)
     # Reload it: the test run evaluates the restored weights; nf4 KnowMem is the best one's.
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(best))
     table = _callback(cli, "QuantizedEvaluation").table
