@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -44,6 +45,29 @@ class UnlearnCLI(LightningCLI):
             "parser_kwargs", {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
         )
         super().__init__(UnlearningModule, ForgetRetainDataModule, args=args, **kwargs)
+
+    def _check_last_checkpoint(self) -> None:
+        # Lightning only warns when `ckpt_path="last"` finds nothing and goes on with the untrained model,
+        # which would write a results table under the method's name; refuse instead.
+        subcommand = self.config.get("subcommand")
+        if subcommand is None or self.config[subcommand].get("ckpt_path") != "last":
+            return
+        dirs = [Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        if not any(path.is_file() for d in dirs for path in d.glob("last*.ckpt")):
+            where = ", ".join(map(str, dirs)) or "(no ModelCheckpoint in this config)"
+            raise FileNotFoundError(
+                f"`--ckpt_path last`: no last.ckpt in {where}. Run `lit-unlearn fit` with this config first "
+                "(its ModelCheckpoint saves last.ckpt), or pass the checkpoint's path to --ckpt_path."
+            )
+
+    def before_test(self) -> None:
+        self._check_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._check_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._check_last_checkpoint()
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "prepare", "export")

@@ -88,3 +88,19 @@ def test_help_keeps_the_command_table(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "\n  lit-unlearn prepare [--size default]" in out and "\n  lit-unlearn export --help" in out
+
+
+def test_test_with_ckpt_path_last_and_no_checkpoint_is_refused(tiny_model_dir, text_files, tmp_path, capsys):
+    args = [
+        "test", f"--model.model_name_or_path={tiny_model_dir}", "--model.objective=ga_gdr",
+        f"--data.forget={text_files['forget']}", f"--data.retain={text_files['retain']}",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "`--ckpt_path last`: no last.ckpt in" in err and str(tmp_path / "ckpt") in err
+    assert not (tmp_path / "results.md").exists(), "nothing evaluated the untrained model"
