@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lit_unlearn._atomic import atomic_directory
 from lit_unlearn._modes import eval_mode
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
@@ -385,12 +386,16 @@ class UnlearningModule(LightningModule):
     def save_pretrained(self, directory: str | Path | None = None) -> Path:
         """Save the adapter (LoRA) or the full model, with the tokenizer, as safetensors; return the path."""
         directory = Path(directory) if directory is not None else self.resolve_output_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
-        self._record_portable_base(directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        return directory
+
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self._record_portable_base(tmp)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+
+        # Saved into a sibling directory and renamed into place: a crash or a full disk mid-save leaves the
+        # previous save (or none), never a directory that looks complete.
+        return atomic_directory(directory, write)
 
     def _record_portable_base(self, directory: Path) -> None:
         # peft records the base as the path it was loaded from: for the toy world an absolute cache path

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_unlearn._atomic import atomic_write_text, atomic_writer
+
 __all__ = ["COLUMNS", "RESULTS_TABLE_KEY", "ResultsTable", "scalar_name"]
 
 #: Key of the ``wandb.Table`` that :meth:`ResultsTable.log_to` logs to a ``WandbLogger``.
@@ -115,14 +117,15 @@ class ResultsTable:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = {ext: directory / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
-        paths["md"].write_text(self.to_markdown() + "\n", encoding="utf-8")
+        # Each file is written beside itself and renamed into place: a crash never leaves a half table.
+        atomic_write_text(paths["md"], self.to_markdown() + "\n")
         records = self._records()
         fieldnames = list(dict.fromkeys(k for rec in records for k in rec)) or ["method", "precision"]
-        with paths["csv"].open("w", newline="", encoding="utf-8") as f:
+        with atomic_writer(paths["csv"], newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(records)
-        paths["json"].write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(paths["json"], json.dumps(records, indent=2) + "\n")
         return paths
 
     def scalars(self, primary: str | None = None) -> dict[str, float]:
