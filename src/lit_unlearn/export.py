@@ -42,9 +42,10 @@ from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512
 
 __all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
 
-Quantize = Literal["none", "nf4", "fp4", "int8"]
+Quantize = Literal["none", "full", "nf4", "fp4", "int8"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-QUANTIZE_CHOICES: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
+# "full" is the unquantized precision's name everywhere else in lit-unlearn; "none" says the same here.
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", "full", "nf4", "fp4", "int8")
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 # The two 4-bit formats of P1's deployments (fp4 in its first runs, nf4 later).
 DEFAULT_SCHEMES: tuple[str, ...] = ("nf4", "fp4")
@@ -465,7 +466,7 @@ def export(
             ``base_model_name_or_path`` of ``adapter_config.json``; for a full model it is required. Its
             weights are ``W0``; for a full model they are read from its safetensors files.
         quantize: Also save a bitsandbytes copy: ``nf4``/``fp4`` (``load_in_4bit``, block 64) or ``int8``
-            (LLM.int8, ``load_in_8bit``); ``none`` saves only the merged model. Its scheme is added to
+            (LLM.int8, ``load_in_8bit``); ``none`` (or ``full``) saves only the merged model. Its scheme is added to
             ``schemes`` so the report covers the deployed format.
         schemes: Schemes of :data:`lit_unlearn.quantization.SCHEMES` to report, each at its default block
             size.
@@ -494,6 +495,7 @@ def export(
         print(report.total("nf4").cosine)
     """
     _check_choice("quantize", quantize, QUANTIZE_CHOICES)
+    quantize = "none" if quantize == "full" else quantize
     _check_choice("dtype", dtype, DTYPE_CHOICES)
     if worst < 1:
         raise ValueError(f"`worst` must be a positive number of layers, got {worst}.")

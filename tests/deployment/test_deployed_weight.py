@@ -203,3 +203,30 @@ def test_export_writes_the_weights_its_report_describes(tmp_path, dtype):
             direct = survival_stats(w0, written.get_submodule(name).weight, scheme)
             assert stats.n_changed == direct.n_changed and stats.n_below_half_step == direct.n_below_half_step
             assert stats.dot == pytest.approx(direct.dot, rel=1e-5, abs=1e-12), (scheme, name)
+
+
+def test_callbacks_take_deployments_in_the_same_vocabulary(tmp_path, monkeypatch):
+    from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
+
+    survival = QuantizationSurvival(schemes=["nf4", Deployment("int4", 64)], block_size=128)
+    assert survival.schemes == (get_scheme("nf4", 128), get_scheme("int4", 64))
+    evaluation = QuantizedEvaluation(precisions=["full", Deployment("int4", 64)], modules=["q_proj"])
+    assert evaluation.precisions == ["full", "int4"]
+    assert evaluation._deployments["int4"] == Deployment("int4", 64, ["q_proj"])
+    with pytest.raises(ValueError, match="selects other layers than `modules`"):
+        QuantizationSurvival(schemes=[Deployment("nf4", modules=["v_proj"])], modules=["q_proj"])
+    with pytest.raises(ValueError, match="twice"):
+        QuantizedEvaluation(precisions=["nf4", Deployment("nf4", 128)])
+
+    # From YAML: a scheme with its own block size is a mapping.
+    from lit_unlearn.cli import UnlearnCLI
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lit_unlearn.callbacks.QuantizationSurvival\n"
+        "      init_args:\n        schemes: [nf4, {precision: int4, block_size: 64}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cli = UnlearnCLI(args=["-c", str(config)], run=False)
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, QuantizationSurvival)]
+    assert callback.schemes == (get_scheme("nf4"), get_scheme("int4", 64))

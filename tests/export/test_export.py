@@ -246,3 +246,8 @@ def test_dora_adapter_is_refused_before_any_model_loads(tmp_path):
         {"peft_type": "LORA", "use_dora": True, "base_model_name_or_path": "/does/not/exist"}))
     with pytest.raises(ValueError, match=r"DoRA adapter.*not W0 \+ ΔW"):
         export(str(adapter), str(tmp_path / "out"), progress=False)
+
+
+def test_full_is_the_unquantized_name_here_too(adapter, tmp_path):
+    report = export(adapter[0], str(tmp_path), quantize="full", schemes=["nf4"], progress=False, overwrite=True)
+    assert report.quantized_dir is None and report.quantize == "none"

@@ -42,10 +42,10 @@ from lit_unlearn.callbacks._survival_probe import (
     split_probe,
     to_device,
 )
-from lit_unlearn.deployment import DeployedLayer, check_strategy, deployed_model
+from lit_unlearn.deployment import DeployedLayer, Deployment, as_deployments, check_strategy, deployed_model
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
-from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
+from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats
 
 __all__ = ["QuantizationSurvival"]
 
@@ -120,10 +120,12 @@ class QuantizationSurvival(Callback):
         every_n_steps: Optimizer steps between checks. A weight-space check costs about as much as a
             training step on a few hundred tokens (``benchmarks/results/survival.md``), so checking every
             50 steps of a realistic batch adds well under 1% to a run.
-        schemes: Quantization formats to check, names from :data:`lit_unlearn.quantization.SCHEMES`. The
-            default pair are bitsandbytes' 4-bit formats of ``load_in_4bit``.
-        block_size: Block (group) size for every scheme; ``None`` takes each format's default (64 for
-            nf4/fp4, as transformers' ``BitsAndBytesConfig`` uses).
+        schemes: Quantization formats to check, names from :data:`lit_unlearn.quantization.SCHEMES` or
+            :class:`~lit_unlearn.deployment.Deployment` s (a scheme with its own block size; YAML:
+            ``{precision: int4, block_size: 64}``). The default pair are bitsandbytes' 4-bit formats of
+            ``load_in_4bit``.
+        block_size: Block (group) size for every scheme given by name; ``None`` takes each format's
+            default (64 for nf4/fp4, as transformers' ``BitsAndBytesConfig`` uses).
         modules: Which linear layers to watch: ``None`` for every ``nn.Linear`` but the output head (what a
             4-bit deployment quantizes), a regex searched in each layer name, or a list of names, each
             matching a full name or its last components (``["q_proj", "v_proj"]``). Names are those of the
@@ -156,7 +158,7 @@ class QuantizationSurvival(Callback):
     def __init__(
         self,
         every_n_steps: int = 50,
-        schemes: Sequence[str] = ("nf4", "fp4"),
+        schemes: Sequence[str | Deployment] = ("nf4", "fp4"),
         block_size: int | None = None,
         modules: str | Sequence[str] | None = None,
         probe_batches: int = 1,
@@ -166,18 +168,19 @@ class QuantizationSurvival(Callback):
     ) -> None:
         _check_positive_int("every_n_steps", every_n_steps)
         _check_positive_int("probe_batches", probe_batches)
-        names = (schemes,) if isinstance(schemes, str) else tuple(schemes)
+        listed = (schemes,) if isinstance(schemes, (str, Deployment)) else tuple(schemes)
         choices = ", ".join(map(repr, SCHEMES))
-        if not names:
+        if not listed:
             raise ValueError(f"`schemes` must name at least one quantization scheme; choose from {choices}.")
-        for name in names:
+        for item in listed:
+            name = item.precision if isinstance(item, Deployment) else item
             if name not in SCHEMES:
                 raise ValueError(
                     f"`schemes` contains {name!r}, which is not a quantization scheme; choose from {choices}."
                 )
-        if len(set(names)) != len(names):
-            raise ValueError(f"`schemes`={list(names)} names a scheme twice; list each once.")
         _check_modules(modules)
+        # get_scheme validates `block_size` against each format (its messages name `block_size`).
+        deployments = as_deployments(listed, block_size, modules)
         if isinstance(warn_below, bool) or not isinstance(warn_below, (int, float)) or math.isnan(warn_below):
             raise ValueError(
                 f"`warn_below` must be a number (a share such as 0.5, or -inf to never warn), "
@@ -188,8 +191,7 @@ class QuantizationSurvival(Callback):
                 raise ValueError(f"`{flag}` must be True or False, got {value!r}.")
 
         self.every_n_steps = every_n_steps
-        # get_scheme validates `block_size` against each format (its messages name `block_size`).
-        self.schemes: tuple[Scheme, ...] = tuple(get_scheme(name, block_size) for name in names)
+        self.schemes: tuple[Scheme, ...] = tuple(d.scheme for d in deployments)
         self.modules = modules
         self.probe_batches = probe_batches
         self.functional = functional

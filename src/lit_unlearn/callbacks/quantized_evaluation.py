@@ -19,7 +19,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.deployment import UnsupportedStrategyError, shards_weights
+from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments, shards_weights
 from lit_unlearn.evaluation import (
     EvalData,
     Precision,
@@ -69,7 +69,8 @@ class QuantizedEvaluation(Callback):
     Args:
         data: MUSE-layout evaluation data: a hub id (``muse-bench/MUSE-News``), a local dataset directory,
             or ``world:data`` (the embedded toy world).
-        precisions: Precisions to evaluate, from ``full``, ``int8``, ``nf4``, ``fp4``, ``int4``.
+        precisions: Precisions to evaluate, from ``full``, ``int8``, ``nf4``, ``fp4``, ``int4``, or
+            :class:`~lit_unlearn.deployment.Deployment` s (a scheme with its own block size).
         convention: ``muse`` (MUSE's code: 128-token VerbMem ground truth, no stemming) or
             ``open-unlearning`` (whole ground truth, stemming, AUC_retrain 0.5 by default).
         auc_retrain: AUC of the retrain model for PrivLeak: a number, ``news``/``books`` for the published
@@ -132,7 +133,7 @@ class QuantizedEvaluation(Callback):
     def __init__(
         self,
         data: str = "world:data",
-        precisions: Sequence[Precision] = ("full", "int8", "nf4", "fp4"),
+        precisions: Sequence[Precision | Deployment] = ("full", "int8", "nf4", "fp4"),
         convention: ConventionName = "muse",
         auc_retrain: float | str | None = None,
         references: Mapping[str, str] | None = None,
@@ -155,25 +156,23 @@ class QuantizedEvaluation(Callback):
                 f"`data`={data!r} must name a MUSE-layout dataset, e.g. 'world:data' or "
                 "'muse-bench/MUSE-News'."
             )
-        if isinstance(precisions, str):
+        if isinstance(precisions, (str, Deployment)):
             precisions = [precisions]
         if not precisions:
             raise ValueError(
                 "`precisions` is empty; give at least one of 'full', 'int8', 'nf4', 'fp4', 'int4'."
             )
         for precision in precisions:
-            check_precision(precision, quantizer)
-        if quantizer == "bitsandbytes" and (block_size is not None or modules is not None):
+            check_precision(precision.precision if isinstance(precision, Deployment) else precision, quantizer)
+        custom = any(isinstance(p, Deployment) and p.block_size is not None for p in precisions)
+        if quantizer == "bitsandbytes" and (block_size is not None or modules is not None or custom):
             raise ValueError(
                 "`block_size` and `modules` choose what the fake quantizer deploys; quantizer='bitsandbytes' "
                 "reloads the model with transformers' fixed choice (block 64, every linear layer but the "
                 "head). Drop them, or use quantizer='fake'."
             )
-        from lit_unlearn.deployment import Deployment
-
-        for precision in precisions:
-            if precision != "full":
-                Deployment(precision, block_size, modules)  # a block size the scheme refuses fails here
+        # One Deployment per precision; a block size a scheme refuses fails here, before any model loads.
+        deployments = as_deployments(list(dict.fromkeys(precisions)), block_size, modules, what="precisions")
         for name, value in (("every_n_steps", every_n_steps), ("max_items", max_items)):
             if value is not None and not _positive_int(value):
                 raise ValueError(f"`{name}`={value!r} must be a positive integer, or None to turn it off.")
@@ -192,7 +191,8 @@ class QuantizedEvaluation(Callback):
                     "e.g. {'retrain': 'world:retrain'}."
                 )
         self.data = data
-        self.precisions = list(dict.fromkeys(precisions))
+        self.precisions = [d.precision for d in deployments]
+        self._deployments = {d.precision: d for d in deployments}
         self.convention = get_convention(convention).name
         self.auc_retrain = resolve_auc_retrain(auc_retrain)
         self.references = references
@@ -374,6 +374,8 @@ class QuantizedEvaluation(Callback):
         auc_retrain: float | None,
         tasks: Sequence[str] | None = None,
     ) -> dict[str, float]:
+        # The fake quantizer deploys with this precision's block size and layers; bitsandbytes has its own.
+        deployment = self._deployments.get(precision) if self.quantizer == "fake" else None
         return evaluate(
             model,
             tokenizer,
@@ -384,8 +386,8 @@ class QuantizedEvaluation(Callback):
             tasks=tasks or self.tasks,
             batch_size=self.batch_size,
             quantizer=self.quantizer,
-            block_size=None if precision == "full" else self.block_size,
-            filter_fn=self.modules,
+            block_size=deployment.block_size if deployment is not None else None,
+            filter_fn=deployment.modules if deployment is not None else None,
             verbmem_max_new_tokens=self.verbmem_max_new_tokens,
             knowmem_max_new_tokens=self.knowmem_max_new_tokens,
             progress=self.progress,

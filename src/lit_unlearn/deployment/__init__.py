@@ -17,7 +17,7 @@ is added here once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from lit_unlearn.deployment.strategy import (
     check_strategy,
     shards_weights,
 )
+from lit_unlearn.quantization import SCHEMES
 
 __all__ = [
     "FULL",
@@ -50,6 +51,7 @@ __all__ = [
     "UnsupportedStrategyError",
     "around_forward",
     "as_deployment",
+    "as_deployments",
     "base_dtype",
     "check_strategy",
     "deployed_layers",
@@ -77,6 +79,44 @@ def as_deployment(
             )
         return precision
     return Deployment(precision, block_size, modules)
+
+
+def as_deployments(
+    items: str | Deployment | Sequence[str | Deployment],
+    block_size: int | None = None,
+    modules: Modules = None,
+    *,
+    what: str = "schemes",
+) -> list[Deployment]:
+    """One :class:`Deployment` per item: a name (with ``block_size`` and ``modules``) or a Deployment.
+
+    The shared vocabulary of the callbacks' ``schemes``/``precisions`` arguments. Each name may appear
+    once (its metrics are keyed by it), and a Deployment's ``modules`` must be those of the callback.
+
+    Raises:
+        ValueError: for an empty list, an unknown name, a repeated one, or a Deployment that selects other
+            layers than ``modules``.
+    """
+    listed = [items] if isinstance(items, (str, Deployment)) else list(items)
+    if not listed:
+        raise ValueError(f"`{what}` is empty; name at least one of {', '.join(map(repr, (FULL, *SCHEMES)))}.")
+    out = []
+    for item in listed:
+        if isinstance(item, Deployment):
+            if item.modules is not None and item.modules != modules:
+                raise ValueError(
+                    f"`{what}` holds {item}, which selects other layers than `modules`={modules!r}; one "
+                    "callback quantizes one set of layers. Leave the Deployment's `modules` unset."
+                )
+            out.append(Deployment(item.precision, item.block_size, modules))
+        elif isinstance(item, str):
+            out.append(Deployment(item, None if item == FULL else block_size, modules))
+        else:
+            raise TypeError(f"`{what}` holds {item!r}; give scheme names or `Deployment`s.")
+    names = [d.precision for d in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"`{what}`={names} names a precision twice; list each once.")
+    return out
 
 
 @contextlib.contextmanager
