@@ -466,8 +466,8 @@ def export(
             ``base_model_name_or_path`` of ``adapter_config.json``; for a full model it is required. Its
             weights are ``W0``; for a full model they are read from its safetensors files.
         quantize: Also save a bitsandbytes copy: ``nf4``/``fp4`` (``load_in_4bit``, block 64) or ``int8``
-            (LLM.int8, ``load_in_8bit``); ``none`` (or ``full``) saves only the merged model. Its scheme is added to
-            ``schemes`` so the report covers the deployed format.
+            (LLM.int8, ``load_in_8bit``); ``none`` (or ``full``) saves only the merged model. Its scheme
+            is added to ``schemes`` so the report covers the deployed format.
         schemes: Schemes of :data:`lit_unlearn.quantization.SCHEMES` to report, each at its default block
             size.
         dtype: Dtype to load and save the model in; ``auto`` keeps the base's stored dtype.
