@@ -52,8 +52,15 @@ class UnlearnCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is None or self.config[subcommand].get("ckpt_path") != "last":
             return
-        dirs = [Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-        if not any(path.is_file() for d in dirs for path in d.glob("last*.ckpt")):
+        callbacks = self.trainer.checkpoint_callbacks
+        dirs = [Path(cb.dirpath) for cb in callbacks if getattr(cb, "dirpath", None)]
+        found = any(path.is_file() for d in dirs for path in d.glob("last*.ckpt"))
+        if not found and any(getattr(cb, "dirpath", None) is None for cb in callbacks):
+            # Lightning puts such a callback's checkpoints under the run directory when it sets up.
+            root = Path(self.trainer.default_root_dir)
+            dirs.append(root)
+            found = any(path.is_file() for path in root.rglob("last*.ckpt"))
+        if not found:
             where = ", ".join(map(str, dirs)) or "(no ModelCheckpoint in this config)"
             raise FileNotFoundError(
                 f"`--ckpt_path last`: no last.ckpt in {where}. Run `lit-unlearn fit` with this config first "
