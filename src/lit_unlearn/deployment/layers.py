@@ -37,6 +37,7 @@ from lit_unlearn.quantization import (
     survival_stats,
     survival_stats_delta,
 )
+from lit_unlearn.quantization.merge import merge
 
 __all__ = [
     "DeployedLayer",
@@ -67,12 +68,6 @@ def output_head(model: nn.Module) -> nn.Module | None:
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     return getattr(head, "base_layer", head)
-
-
-def merge(w0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``W0 + ΔW`` as peft's ``merge_and_unload`` stores it: summed in the promoted dtype, rounded once to
-    ``W0``'s dtype (a bf16 base stays bf16, so a sub-ulp update can vanish here, before any quantizer)."""
-    return torch.add(w0, delta).to(w0.dtype)
 
 
 @dataclass

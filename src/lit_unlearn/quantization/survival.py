@@ -59,6 +59,7 @@ from lit_unlearn.quantization.functional import (
     load_chunk,
     load_reference,
 )
+from lit_unlearn.quantization.merge import merge
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
 
@@ -245,7 +246,7 @@ def _survival(
             # rounded once to w0's dtype, then read in fp32.
             part = slice(chunk.start, chunk.stop)
             raw1 = ws.get("w1.raw", w0.dtype, chunk)
-            torch.add(flat0[part].view_as(x0), flat_other[part].view_as(x0), out=raw1)
+            merge(flat0[part].view_as(x0), flat_other[part].view_as(x0), out=raw1)
             x1 = raw1 if raw1.dtype == torch.float32 else ws.get("w1.x", torch.float32, chunk).copy_(raw1)
         d = torch.sub(x1, x0, out=ws.get("delta", torch.float32, chunk))
 
