@@ -134,3 +134,48 @@ def test_survival_curves_are_written_with_the_table(tmp_path):
     assert [r["step"] for r in rows] == [1, 3], "Lightning's logging step, as metrics.csv holds it"
     assert all(r["survival/nf4/changed"] == 0.0 for r in rows)
     assert (Path(trainer.log_dir) / CURVES_NAME).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int4"])
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_verdict_equals_an_independent_computation(tmp_path, scheme, lora):
+    """effect_retained and retain_shift recomputed another way: deepcopies of the original and trained
+    models, peft's merge_and_unload, quantize_model_, and the probe loss (model(**batch).loss) on the
+    first training batch; weight statistics against survival_stats on the merged weights."""
+    from lit_unlearn.quantization import survival_stats
+
+    seed_everything(0)
+    module = Unlearner(lora=lora, optimizer="adam", lr=1e-2)
+    original = copy.deepcopy(module.model)
+    survival = QuantizationSurvival(every_n_steps=3, schemes=(scheme,), warn_below=float("-inf"))
+    data = forget_retain_batches(3)
+    trainer = make_trainer(tmp_path, 3, [survival], logger=False)
+    trainer.fit(module, data)
+    probe = next(iter(data))
+
+    def deployed(model, quantized):
+        model = copy.deepcopy(model).eval()
+        model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        if quantized:
+            quantize_model_(model, scheme)
+        return model
+
+    def loss(model, split):
+        with torch.no_grad():
+            return float(model(**probe[split]).loss)
+
+    cur_fp, cur_q = deployed(module.model, False), deployed(module.model, True)
+    orig_fp, orig_q = deployed(original, False), deployed(original, True)
+    (row,) = [r for r in survival.functional_history if r["step"] == 3]
+    expected = (loss(cur_q, "forget") - loss(orig_q, "forget")) / (loss(cur_fp, "forget") - loss(orig_fp, "forget"))
+    assert row["effect_retained"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert row["retain_shift"] == pytest.approx(loss(cur_q, "retain") - loss(cur_fp, "retain"), abs=1e-5)
+    assert row["forget_q_original"] == pytest.approx(loss(orig_q, "forget"), abs=1e-6)
+
+    rows = {r["layer"]: r for r in survival.history if r["step"] == 3}
+    for name, merged in ((n, m) for n, m in cur_fp.named_modules() if type(m) is nn.Linear and n in rows):
+        w0 = original.get_submodule(name).weight if not lora else orig_fp.get_submodule(name).weight
+        direct = survival_stats(w0, merged.weight, scheme)
+        assert rows[name]["changed"] == direct.changed, name
+        assert rows[name]["cosine"] == pytest.approx(direct.cosine, rel=1e-4, abs=1e-6), name
+        assert rows[name]["retained"] == pytest.approx(direct.retained, rel=1e-4, abs=1e-6), name

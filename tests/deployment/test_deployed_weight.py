@@ -230,3 +230,20 @@ def test_callbacks_take_deployments_in_the_same_vocabulary(tmp_path, monkeypatch
     cli = UnlearnCLI(args=["-c", str(config)], run=False)
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, QuantizationSurvival)]
     assert callback.schemes == (get_scheme("nf4"), get_scheme("int4", 64))
+
+
+def test_full_precision_lora_model_runs_merged_in_the_base_dtype():
+    model = _lora_model(torch.bfloat16)
+    merged = copy.deepcopy(model).merge_and_unload()
+    with torch.no_grad():
+        want = merged(input_ids=IDS).logits
+        unmerged = model(input_ids=IDS).logits
+        with deployed_weights(model, "full") as deployed:
+            got = deployed(input_ids=IDS).logits
+        after = model(input_ids=IDS).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(unmerged, want), "bf16: the unmerged adapter computes something else"
+    assert torch.equal(after, unmerged)
+    plain = build_tiny_llama(360)
+    with deployed_weights(plain, "full") as deployed:
+        assert deployed is plain

@@ -131,8 +131,8 @@ def deployed_weights(
 
     For a peft model the adapter is merged first, as ``merge_and_unload`` would (in the base's dtype):
     each adapted base weight becomes ``Q(W0 + ΔW)`` and the adapter is disabled. Every other selected
-    linear weight becomes ``Q(W)``. At ``"full"`` the model runs unchanged (a LoRA model computes
-    ``W0 x + ΔW x``, equal to the merged model up to float rounding). All weights are restored exactly on
+    linear weight becomes ``Q(W)``. At ``"full"`` a LoRA model runs merged (``W0 + ΔW`` in the base's
+    dtype, the model export writes) and any other model unchanged. All weights are restored exactly on
     exit, also when the body raises.
 
     Args:
@@ -147,9 +147,12 @@ def deployed_weights(
         ValueError: for an unknown ``precision``, a LoRA layer merged in place, or a DoRA adapter.
     """
     deployment = as_deployment(precision, block_size, filter_fn)
-    if deployment.scheme is None:
-        yield model
-        return
     layers = deployment.layers(model)
+    if deployment.scheme is None:
+        # Full precision: a LoRA model runs merged, as export writes it; anything else as it is.
+        layers = [layer for layer in layers if layer.lora is not None]
+        if not layers:
+            yield model
+            return
     with deployed_model(model, layers, deployment.scheme) as deployed:
         yield deployed
