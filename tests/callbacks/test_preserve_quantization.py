@@ -179,3 +179,15 @@ def test_verdict_equals_an_independent_computation(tmp_path, scheme, lora):
         assert rows[name]["changed"] == direct.changed, name
         assert rows[name]["cosine"] == pytest.approx(direct.cosine, rel=1e-4, abs=1e-6), name
         assert rows[name]["retained"] == pytest.approx(direct.retained, rel=1e-4, abs=1e-6), name
+
+
+def test_survival_reports_when_an_update_dies_in_the_bf16_copy(tmp_path):
+    """A learning rate far below bf16's resolution: the fp32 weights move, the bf16 copy does not."""
+    seed_everything(0)
+    survival = QuantizationSurvival(every_n_steps=2, schemes=("bf16", "fp16"), functional=False)
+    trainer = make_trainer(tmp_path, 2, [survival], logger=False)
+    trainer.fit(Unlearner(optimizer="sgd", lr=1e-7), forget_retain_batches(2, repeat=True))
+    bf16 = [r for r in survival.history if r["scheme"] == "bf16" and r["delta_norm"] > 0]
+    assert bf16 and all(r["changed"] < 0.01 and r["below_half_step"] > 0.99 for r in bf16)
+    assert float(trainer.callback_metrics["survival/bf16/changed"]) < 0.01
+    assert float(trainer.callback_metrics["survival/fp16/changed"]) > float(trainer.callback_metrics["survival/bf16/changed"])

@@ -251,3 +251,9 @@ def test_dora_adapter_is_refused_before_any_model_loads(tmp_path):
 def test_full_is_the_unquantized_name_here_too(adapter, tmp_path):
     report = export(adapter[0], str(tmp_path), quantize="full", schemes=["nf4"], progress=False, overwrite=True)
     assert report.quantized_dir is None and report.quantize == "none"
+
+
+def test_bf16_copy_is_a_reported_scheme(adapter, tmp_path):
+    report = export(adapter[0], str(tmp_path), schemes=["bf16", "nf4"], progress=False, overwrite=True)
+    assert report.schemes == ["bf16", "nf4"]
+    assert 0.0 < report.total("bf16").changed <= 1.0 and "| bf16 |" in (tmp_path / "survival.md").read_text()

@@ -37,6 +37,15 @@ def test_anything_inside_the_cell_keeps_codes_and_scales(scheme, dtype):
         if q0.zero_points is not None:
             assert torch.equal(q1.zero_points, q0.zero_points)
         assert torch.equal(fake_quantize(w1, scheme), fake_quantize(w0, scheme))
+    if (scheme, dtype) in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        assert torch.equal(lo, w0) and torch.equal(hi, w0), "a weight already in the cast's dtype cannot move"
+        return
+    if (scheme, dtype) == ("fp16", torch.bfloat16):
+        # bf16's 7 mantissa bits fit in fp16's 10: only weights below fp16's normal range share a code —
+        # here the zero row (1/12 of the weights), free to take bf16's tiny values that round to fp16's 0.
+        moving = hi > lo
+        assert bool(moving[3].all()) and int(moving.sum()) < w0.numel() / 12 + 16
+        return
     # The zero group cannot move (any value would set its scale); bf16 has few values inside an 8-bit cell.
     assert bool((hi > lo).float().mean() > 0.8), "most weights can move"
 

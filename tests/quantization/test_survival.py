@@ -184,3 +184,18 @@ def test_argument_errors():
         survival_stats(w, w, "nf4", reference=w)
     with pytest.raises(ValueError, match="`delta` must be a floating-point tensor"):
         survival_stats_delta(w, torch.ones(8, 128, dtype=torch.long), "nf4")
+
+
+@pytest.mark.parametrize(("scheme", "ulp_at_one"), [("bf16", 2.0**-7), ("fp16", 2.0**-10)])
+def test_half_precision_copy_rounds_sub_ulp_updates_away(scheme, ulp_at_one):
+    w0 = torch.ones(4, 64) + torch.arange(64) * 0.0  # every weight 1.0: ulp 2^-7 (bf16), 2^-10 (fp16)
+    below = survival_stats(w0, w0 + 0.45 * ulp_at_one, scheme)
+    assert below.changed == 0.0 and below.qdelta_norm == 0.0 and below.below_half_step == 1.0
+    assert below.retained == 0.0 and below.delta_norm > 0
+    above = survival_stats(w0, w0 + 0.55 * ulp_at_one, scheme)
+    assert above.changed == 1.0 and above.below_half_step == 0.0
+    assert above.qdelta_norm == pytest.approx(ulp_at_one * 16, rel=1e-6)  # one ulp on each of 256 weights
+    q = quantize(w0 + 0.55 * ulp_at_one, scheme)
+    dtype = torch.bfloat16 if scheme == "bf16" else torch.float16
+    assert q.codes.dtype == torch.int16
+    assert torch.equal(q.codes, (w0 + 0.55 * ulp_at_one).to(dtype).view(torch.int16)), "codes are bit patterns"

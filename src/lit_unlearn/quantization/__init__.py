@@ -2,8 +2,9 @@
 
 Formats (:data:`SCHEMES`): bitsandbytes' ``"nf4"`` and ``"fp4"`` (codes and scales bit-identical to
 ``quantize_4bit``, values to what its CUDA kernel decodes; :mod:`~lit_unlearn.quantization.bnb_decode`
-says where its CPU kernels decode otherwise), LLM.int8's row-wise ``"int8"`` (bit-identical to
-``Int8Params``), and round-to-nearest ``"int2"`` … ``"int7"``, ``"rtn8"`` with ``-asym`` variants.
+says where its CPU kernels decode otherwise), LLM.int8's row-wise ``"int8"`` weights (bit-identical to
+``Int8Params``), round-to-nearest ``"int2"`` … ``"int7"``, ``"rtn8"`` with ``-asym`` variants, and the
+half-precision casts ``"bf16"``, ``"fp16"``.
 
 Example::
 

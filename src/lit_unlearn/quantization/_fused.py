@@ -62,6 +62,7 @@ def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int, has_reference
     """
     return (
         numel >= MIN_ELEMENTS
+        and scheme.family in ("bnb4", "llm_int8", "rtn")  # casts (bf16/fp16) are checked eagerly
         and not (scheme.family == "rtn" and has_reference)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES

@@ -1,7 +1,7 @@
 """Quantization cells: per weight, the interval of values that keep its code and its group's scale.
 
-Every format here quantizes a group (block, row) of weights with a scale computed from the group's
-extremes — ``max |w|`` for the absmax formats (nf4, fp4, LLM.int8, symmetric RTN), ``min(w, 0)`` and
+Every format here but the bf16/fp16 casts (which have no scale) quantizes a group (block, row) of
+weights with a scale computed from the group's extremes — ``max |w|`` for the absmax formats (nf4, fp4, LLM.int8, symmetric RTN), ``min(w, 0)`` and
 ``max(w, 0)`` for zero-point RTN — and then each weight on its own, by a rounding that is monotone in the
 weight. Hold the extremes where they are and the scale cannot change; then each other weight keeps its
 code exactly on an interval around its value, the *cell*:
@@ -70,7 +70,12 @@ def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = Non
     groups, n = _groups(w0.detach(), codec_for(scheme, w0.device).group_len(w0.shape))
     rows = torch.arange(groups.shape[0], device=w0.device)
     pinned = torch.zeros(groups.shape, dtype=torch.bool, device=w0.device)
-    if scheme.family == "rtn" and not scheme.symmetric:
+    if scheme.family == "half":
+        # A cast has no scale: nothing is pinned, and only the dtype's range bounds the search.
+        largest = torch.finfo(w0.dtype).max
+        upper = torch.full_like(groups, largest)
+        lower = -upper
+    elif scheme.family == "rtn" and not scheme.symmetric:
         low, at_low = groups.min(dim=1)
         high, at_high = groups.max(dim=1)
         pinned[rows, at_low] = low < 0

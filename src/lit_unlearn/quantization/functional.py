@@ -24,6 +24,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization._chunks import Chunk, Codec, Encoded, Workspace
 from lit_unlearn.quantization.bnb4 import Bnb4Codec, to_bitsandbytes
+from lit_unlearn.quantization.half import HalfCodec
 from lit_unlearn.quantization.rtn import LlmInt8Codec, RtnCodec
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
@@ -104,6 +105,8 @@ def codec_for(scheme: Scheme, device: torch.device) -> Codec:
         return LlmInt8Codec(scheme, device)
     if scheme.family == "rtn":
         return RtnCodec(scheme, device)
+    if scheme.family == "half":
+        return HalfCodec(scheme, device)
     raise ValueError(f"Scheme {scheme.name!r} has family {scheme.family!r}, which no codec implements.")
 
 

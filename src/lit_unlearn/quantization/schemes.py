@@ -1,6 +1,6 @@
 """Quantization schemes: which weight format a deployment would use, as a small frozen config.
 
-Three families, all "one scale per run of consecutive weights":
+Four families; the first three are "one scale per run of consecutive weights":
 
 * ``"nf4"``, ``"fp4"``: bitsandbytes' 4-bit formats (``load_in_4bit``). The weight is flattened and cut
   into blocks of ``block_size`` consecutive elements (default 64, the last block may be shorter); each
@@ -11,6 +11,10 @@ Three families, all "one scale per run of consecutive weights":
   ``block_size`` consecutive weights along the input dimension (default 128), or per output row
   (``block_size=-1``). Symmetric by default; the ``-asym`` names (or ``symmetric=False``) add a zero
   point. Group-wise 8-bit is ``"rtn8"`` because ``"int8"`` is taken by LLM.int8.
+* ``"bf16"``, ``"fp16"``: the half-precision copy a deployment stores (``save_pretrained(dtype=...)``, a
+  bf16 merge): each weight rounded to the nearest value of that dtype, ties to even. The code is the bit
+  pattern; there is no scale. An update under half an ulp of its weight vanishes here, before any 4-bit
+  step.
 
 Example::
 
@@ -36,9 +40,12 @@ _RTN_ASYMMETRIC: tuple[str, ...] = tuple(f"{name}-asym" for name in _RTN_SYMMETR
 # Group 128 is the common choice of weight-only RTN/GPTQ/AWQ deployments; P2 used it for int4.
 RTN_DEFAULT_GROUP_SIZE = 128
 
-SCHEMES: tuple[str, ...] = (*BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMMETRIC)
+#: Half-precision casts: the dtype a deployed copy is stored in.
+HALF_SCHEMES: tuple[str, ...] = ("bf16", "fp16")
 
-_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "rtn8": 8} | {f"int{b}": b for b in range(2, 8)}
+SCHEMES: tuple[str, ...] = (*BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMMETRIC, *HALF_SCHEMES)
+
+_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "rtn8": 8, "bf16": 16, "fp16": 16} | {f"int{b}": b for b in range(2, 8)}
 
 
 _RTN_BASES = frozenset({f"int{b}" for b in range(2, 8)} | {"rtn8"})
@@ -53,13 +60,17 @@ def _family(name: str) -> str:
         return "bnb4"
     if name == "int8":
         return "llm_int8"
+    if name in HALF_SCHEMES:
+        return "half"
     if _base(name) in _RTN_BASES:
         return "rtn"
     # A name that reaches here was added to SCHEMES without a family: fail, never fall back to RTN.
     raise ValueError(_unknown_name_message(name))
 
 
-_DEFAULT_BLOCK_SIZE = {"bnb4": BNB4_DEFAULT_BLOCK_SIZE, "llm_int8": None, "rtn": RTN_DEFAULT_GROUP_SIZE}
+_DEFAULT_BLOCK_SIZE = {
+    "bnb4": BNB4_DEFAULT_BLOCK_SIZE, "llm_int8": None, "rtn": RTN_DEFAULT_GROUP_SIZE, "half": None,
+}
 
 
 def _choices() -> str:
@@ -98,7 +109,8 @@ class Scheme:
 
     @property
     def family(self) -> str:
-        """``"bnb4"`` (nf4/fp4), ``"llm_int8"`` (int8) or ``"rtn"`` (int-k round-to-nearest)."""
+        """``"bnb4"`` (nf4/fp4), ``"llm_int8"`` (int8), ``"rtn"`` (int-k round-to-nearest) or ``"half"``
+        (bf16/fp16 casts)."""
         return _family(self.name)
 
     @property
@@ -137,6 +149,12 @@ def _check_block_size(name: str, block_size: int | None) -> None:
             raise ValueError(
                 f"`block_size`={block_size!r} is not a bitsandbytes 4-bit block size for {name!r}; "
                 f"choose one of {sizes} (default {BNB4_DEFAULT_BLOCK_SIZE})."
+            )
+    elif name in HALF_SCHEMES:
+        if block_size is not None:
+            raise ValueError(
+                f"`block_size`={block_size!r} does not apply to {name!r}: a half-precision cast rounds each "
+                "weight on its own. Pass block_size=None."
             )
     elif name == "int8":
         if block_size is not None:
