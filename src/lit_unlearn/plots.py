@@ -38,7 +38,8 @@ __all__ = [
 #: red where most of it is under half a quantization step; ``changed`` has no good or bad side.
 HEATMAP_METRICS: dict[str, tuple[str, str]] = {
     "retained": ("share of the update that survives (retained)", "RdYlGn"),
-    "cosine": ("cosine of the quantized update with ΔW", "RdYlGn"),
+    "cosine": ("cosine of Q(W1)−Q(W0) with ΔW: 1 = the quantized update is the update, 0 = rounding noise",
+               "RdYlGn"),
     "below_half_step": ("share of the update below half a step", "RdYlGn_r"),
     "changed": ("share of weights whose code changes", "viridis"),
 }
@@ -92,13 +93,16 @@ def survival_heatmap(
     history: Iterable[Mapping[str, Any]],
     scheme: str,
     path: str | os.PathLike,
-    metric: str = "retained",
+    metric: str = "cosine",
 ) -> Path:
     """Draw one quantization scheme's per-layer survival as a layers × steps heatmap and save it as PNG.
 
-    Each cell is the value of ``metric`` for one watched layer at one check, clipped to [0, 1]; with the
-    default ``retained`` (``⟨Q(W1) − Q(W0), ΔW⟩ / ‖ΔW‖²``) a red row is a layer whose update the scheme
-    rounds away, and the column where it turns red is when. Layers keep the order they have in the
+    Each cell is the value of ``metric`` for one watched layer at one check, clipped to [0, 1]. The
+    default ``cosine`` separates signal from noise: a green row is a layer whose quantized update points
+    where ``ΔW`` does, a red row one whose update the scheme rounds into noise or away, and the column where
+    it turns red is when. ``retained`` (``⟨Q(W1) − Q(W0), ΔW⟩ / ‖ΔW‖²``) reads ≈ 1 over a population even
+    when few codes change, so it explains rather than decides; the verdict is the functional
+    ``effect_retained`` (:func:`survival_curves`). Layers keep the order they have in the
     model; layers missing at a check are grey.
 
     Args:

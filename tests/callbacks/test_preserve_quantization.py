@@ -191,3 +191,19 @@ def test_survival_reports_when_an_update_dies_in_the_bf16_copy(tmp_path):
     assert bf16 and all(r["changed"] < 0.01 and r["below_half_step"] > 0.99 for r in bf16)
     assert float(trainer.callback_metrics["survival/bf16/changed"]) < 0.01
     assert float(trainer.callback_metrics["survival/fp16/changed"]) > float(trainer.callback_metrics["survival/bf16/changed"])
+
+
+def test_fit_ends_with_where_the_outputs_are_and_the_last_verdict(tmp_path, caplog):
+    import logging
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    seed_everything(0)
+    survival = QuantizationSurvival(every_n_steps=2, schemes=("nf4", "fp4"), warn_below=float("-inf"))
+    trainer = make_trainer(tmp_path, 4, [survival, PreserveQuantization("nf4", freeze_others=True)],
+                           logger=CSVLogger(tmp_path, name="logs"))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(Unlearner(optimizer="adam", lr=1e-2), forget_retain_batches(4, repeat=True))
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("QuantizationSurvival: table")]
+    assert "quantization_survival.csv" in summary and "survival_curves.png" in summary
+    assert "optimizer step 4" in summary and "nf4 effect_retained 0.00, 0% of codes changed" in summary

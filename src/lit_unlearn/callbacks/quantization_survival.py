@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from lit_unlearn.callbacks._survival_layers import (
@@ -328,6 +328,25 @@ class QuantizationSurvival(Callback):
             log_image(trainer, f"survival/{scheme}/heatmap", survival_heatmap(self.history, scheme, path), step=step)
             rows = [r for r in self.layer_table if r["scheme"] == scheme]
             log_table(trainer, f"survival/{scheme}/layers", HISTORY_KEYS, rows, step=step)
+        rank_zero_info(self._summary())
+
+    def _summary(self) -> str:
+        """Two lines for the end of a fit: where the table and pictures are, and the last verdict per scheme."""
+        directory = os.path.dirname(self._table_path or "") or "."
+        verdicts = []
+        last = self.curve_rows()[-1] if self.curve_rows() else {}
+        for scheme in (s.name for s in self.schemes):
+            effect = last.get(f"survival/{scheme}/effect_retained")
+            changed = last.get(f"survival/{scheme}/changed")
+            parts = [f"effect_retained {effect:.2f}" if effect is not None else "effect_retained not measured"]
+            if changed is not None:
+                parts.append(f"{changed:.0%} of codes changed")
+            verdicts.append(f"{scheme} {', '.join(parts)}")
+        step = self.history[-1]["step"] if self.history else self._last_step
+        return (
+            f"QuantizationSurvival: table {self._table_path}, pictures {CURVES_NAME} and survival_<scheme>.png "
+            f"in {directory}.\nLast check (optimizer step {step}): " + "; ".join(verdicts) + "."
+        )
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
