@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import seed_everything
+from tests.callbacks.test_quantization_survival import Unlearner, forget_retain_batches, make_trainer
 from torch import nn
 
-from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.callbacks import PreserveQuantization, QuantizationSurvival
 from lit_unlearn.quantization import SCHEMES, quantize, quantize_model_
-from tests.callbacks.test_quantization_survival import Unlearner, forget_retain_batches, make_trainer
 
 
 def _linears(model: nn.Module) -> dict[str, torch.Tensor]:

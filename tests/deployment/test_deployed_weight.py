@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from tests.conftest import build_tiny_llama
 from torch import nn
 
 from lit_unlearn.adapters import LoRA, apply_lora
@@ -21,7 +22,6 @@ from lit_unlearn.deployment import (
     output_head,
 )
 from lit_unlearn.quantization import get_scheme, quantize_model_
-from tests.conftest import build_tiny_llama
 
 SCHEMES = ["nf4", "int4", "int8"]
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2]])
@@ -175,11 +175,11 @@ def test_unknown_scheme_family_raises_instead_of_rounding_to_nearest(monkeypatch
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_export_writes_the_weights_its_report_describes(tmp_path, dtype):
+    from tests.conftest import build_tokenizer, make_texts
     from transformers import AutoModelForCausalLM
 
     from lit_unlearn.export import export
     from lit_unlearn.quantization import survival_stats
-    from tests.conftest import build_tokenizer, make_texts
 
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     build_tiny_llama(360).to(dtype).save_pretrained(base_dir)

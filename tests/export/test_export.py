@@ -12,7 +12,11 @@ import torch
 from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.export import export, main
 from lit_unlearn.quantization import fake_quantize, quantize, survival_stats
-from lit_unlearn.quantization.bnb_decode import cpu_has_avx512, dequantize_4bit_as_cpu, dequantize_4bit_as_cuda
+from lit_unlearn.quantization.bnb_decode import (
+    cpu_has_avx512,
+    dequantize_4bit_as_cpu,
+    dequantize_4bit_as_cuda,
+)
 
 STAT_KEYS = {
     "changed", "below_half_step", "retained", "cosine", "rel_error", "delta_norm", "qdelta_norm", "numel"

@@ -16,9 +16,9 @@ from lit_unlearn.quantization.bnb_decode import (
     cpu_decoder,
     cpu_deviation,
     cpu_has_avx512,
-    describe_cpu_dispatch,
     dequantize_4bit_as_cpu,
     dequantize_4bit_as_cuda,
+    describe_cpu_dispatch,
 )
 
 SHAPES = [(64, 256), (33, 96), (4, 160), (16, 32), (3, 98), (7, 9), (2, 64), (3, 5, 64)]

@@ -8,6 +8,7 @@ import torch
 from lit_unlearn.quantization import _fused, dequantize, quantize, survival_stats, survival_stats_delta
 from lit_unlearn.quantization.bnb4 import levels_for
 
+
 def _has_cxx() -> bool:
     import os
     import shutil
