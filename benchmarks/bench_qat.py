@@ -15,13 +15,13 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from bench_survival import _rss_bytes, best_times  # same directory: run as python benchmarks/bench_qat.py
 from lit_unlearn._logging import silence_bitsandbytes
 from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.deployment import deployed_layers
@@ -66,14 +66,6 @@ def make_step(net: torch.nn.Module, model: str, aware: bool) -> Callable[[], Non
     return step
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def memory_child(model: str, mode: str, aware: bool) -> dict:
     """In a child process: the peak RSS a step adds over the model with its optimizer state in place."""
     net = build(model, 2, mode)
@@ -81,9 +73,9 @@ def memory_child(model: str, mode: str, aware: bool) -> dict:
     step()  # optimizer state and allocator pools exist after the first step
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _rss("VmRSS")
+    before = _rss_bytes("VmRSS")
     step()
-    return {"extra_bytes": _rss("VmHWM") - before}
+    return {"extra_bytes": _rss_bytes("VmHWM") - before}
 
 
 def child_memory(model: str, mode: str, aware: bool, threads: int) -> int:
@@ -97,12 +89,7 @@ def bench(model: str, mode: str, repeats: int, threads: int) -> dict:
     steps = {"plain": make_step(net, model, False), "aware": make_step(net, model, True)}
     for fn in steps.values():
         fn()
-    best = dict.fromkeys(steps, float("inf"))
-    for _ in range(repeats):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = best_times(steps, repeats)
     memory = {name: child_memory(model, mode, name == "aware", threads) for name in steps}
     return {
         "model": model, "mode": mode, "plain_step_s": best["plain"], "aware_step_s": best["aware"],
