@@ -80,7 +80,7 @@ class UnlearnCLI(LightningCLI):
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "prepare", "export")
 #: Errors a user's input causes (a bad value, path or name); printed as one message, not a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               MisconfigurationException)
+               MisconfigurationException, FloatingPointError)
 _DEBUG_ENV = "LIT_UNLEARN_DEBUG"
 
 

@@ -296,6 +296,7 @@ class UnlearningModule(LightningModule):
             forget_ref_logits=forget_ref,
             retain_ref_logits=retain_ref,
         )
+        self._check_finite(out.loss, out.metrics)
         if self.sure_percentile is not None:
             self._sure_masks = self._saliency_masks(out.forget_loss)
 
@@ -306,6 +307,23 @@ class UnlearningModule(LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=bs)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=bs)
         return out.loss
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        # Decided on every rank together, so that under DDP all ranks stop, none waits on the others.
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if strategy is not None:
+            bad = strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        step = self.trainer.global_step + 1 if self._trainer is not None else "?"
+        culprits = [f"{k} = {float(v):g}" for k, v in terms.items() if not torch.isfinite(v).all()]
+        shown = ", ".join(culprits) or f"loss = {float(loss.detach()):g} (on another rank)"
+        raise FloatingPointError(
+            f"Non-finite loss at optimizer step {step}: {shown}. Training stopped before the update, so the "
+            "weights and the last checkpoint are those of the steps before. Lower the learning rate (or check "
+            "the data), then resume from that checkpoint (--ckpt_path last)."
+        )
 
     def _saliency_masks(self, forget_loss: torch.Tensor) -> dict[str, torch.Tensor]:
         # SURE ranks rows by the gradient of the forget loss alone, so it needs its own backward pass.

@@ -279,3 +279,30 @@ def test_quantization_aware_fit_trains_and_none_is_the_plain_run(tiny_model_dir,
     assert all(torch.equal(plain[n], explicit[n]) for n in plain), "the option off is the plain run"
     assert any(not torch.equal(plain[n], aware[n]) for n in plain), "quantization-aware steps differ"
     assert all(torch.isfinite(p).all() for p in aware.values())
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(
+    tiny_model_dir, text_files, tmp_path, monkeypatch
+):
+    from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
+
+    seed_everything(0)
+    module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=LORA)
+    real = module.objective.__class__.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if module.trainer.global_step == 2:
+            nan = torch.tensor(float("nan"))
+            return out._replace(loss=out.loss + nan, metrics={**out.metrics, "forget/loss": nan})
+        return out
+
+    monkeypatch.setattr(module.objective.__class__, "__call__", poisoned)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=0)
+    dm = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], max_length=32, batch_size=4)
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[checkpoint], enable_checkpointing=True,
+                           plugins=[SafetensorsCheckpointIO()])
+    with pytest.raises(FloatingPointError, match=r"optimizer step 3: forget/loss = nan.*--ckpt_path last"):
+        trainer.fit(module, dm)
+    saved = SafetensorsCheckpointIO().load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert saved["global_step"] == 2, "the last good step's checkpoint is intact"
