@@ -90,3 +90,37 @@ def test_ddp_fit_writes_the_table_and_curves(tmp_path, muse_dir, tokenizer):
         default_root_dir=tmp_path)
     assert (tmp_path / "results.md").exists()
     assert (tmp_path / CURVES_NAME).exists()
+
+
+def test_reference_rows_come_from_the_cache_on_the_next_run(tmp_path, muse_dir, tokenizer, monkeypatch):
+    """A second fit with the same reference, data and settings loads no reference model; a changed
+    reference file, precision setting or data set misses the cache."""
+    monkeypatch.setenv("LIT_UNLEARN_CACHE", str(tmp_path / "cache"))
+    reference = tmp_path / "reference"
+    build_llama(len(tokenizer)).save_pretrained(reference)
+    loads = []
+    load = QuantizedEvaluation._load_reference
+    monkeypatch.setattr(QuantizedEvaluation, "_load_reference", lambda self, *a: loads.append(a[0]) or load(self, *a))
+
+    def run(name, **overrides):
+        evaluation = QuantizedEvaluation(data=muse_dir, references={"retrain": str(reference)},
+                                         **{**FAST, "auc_retrain": None, **overrides})
+        fit(tmp_path / name, evaluation, tokenizer)
+        return evaluation
+
+    first = run("a")
+    assert len(loads) == 2, "AUC_retrain, then the rows"
+    second = run("b")
+    assert len(loads) == 2, "everything about the reference came from the cache"
+    assert second.table.get("retrain", "nf4") == first.table.get("retrain", "nf4")
+    assert second._computed_auc_retrain == first._computed_auc_retrain
+    run("c", knowmem_max_new_tokens=3)
+    assert len(loads) == 4, "another setting is another key (every setting is in it, relevant or not)"
+    with torch.no_grad():
+        reloaded = type(build_llama(len(tokenizer))).from_pretrained(reference)
+        reloaded.model.norm.weight.add_(1.0)
+        reloaded.save_pretrained(reference)
+    run("d")
+    assert len(loads) == 6, "new reference weights: both cache entries miss"
+    run("e", cache_references=False)
+    assert len(loads) == 8

@@ -95,6 +95,9 @@ class QuantizedEvaluation(Callback):
         tokenizer: Tokenizer path or hub id, used only when the module carries no tokenizer.
         quantizer: ``fake`` (exact simulation on any device) or ``bitsandbytes`` (CUDA: the merged model
             is reloaded with ``BitsAndBytesConfig``; no ``int4``).
+        cache_references: Reuse the reference rows (and AUC_retrain) of earlier runs from the results
+            cache under ``$LIT_UNLEARN_CACHE/eval``, keyed by the reference's file contents, the precision,
+            the data and every evaluation setting (:mod:`lit_unlearn.evaluation.cache`).
         block_size: Block (group) size of every quantized precision; ``None`` takes each scheme's default
             (as ``QuantizationSurvival``'s ``block_size``). Only the ``fake`` quantizer takes another.
         modules: The linear layers the deployment quantizes, as ``QuantizationSurvival``'s ``modules``: a
@@ -109,8 +112,9 @@ class QuantizedEvaluation(Callback):
     Raises:
         ValueError: If an argument is out of range or unknown (the message names it and the valid values);
             in ``setup``, for ``quantizer="bitsandbytes"`` without CUDA, or a test run under a strategy that
-            shards weights (FSDP, DeepSpeed, model parallel: ``lit_unlearn.deployment.UnsupportedStrategyError``,
-            a ``ValueError`` and a ``MisconfigurationException``). A sharded *fit* only warns and turns the
+            shards weights (FSDP, DeepSpeed, model parallel:
+            ``lit_unlearn.deployment.UnsupportedStrategyError``, a ``ValueError`` and a
+            ``MisconfigurationException``). A sharded *fit* only warns and turns the
             callback off for that fit: full-parameter 7B runs train sharded and are evaluated afterwards
             with ``lit-unlearn test`` on one device.
         TypeError: At evaluation, if the module holds no causal LM where the model is looked up.
@@ -144,6 +148,7 @@ class QuantizedEvaluation(Callback):
         method: str | None = None,
         tokenizer: str | None = None,
         quantizer: Quantizer = "fake",
+        cache_references: bool = True,
         block_size: int | None = None,
         modules: str | Sequence[str] | None = None,
         tasks: Sequence[Task] | None = None,
@@ -203,6 +208,12 @@ class QuantizedEvaluation(Callback):
         self.method = method
         self.tokenizer = tokenizer
         self.quantizer = quantizer
+        if not isinstance(cache_references, bool):
+            raise ValueError(f"`cache_references` must be True or False, got {cache_references!r}.")
+        from lit_unlearn.evaluation.cache import ResultsCache
+
+        # Reference models do not change: their rows are reused across fits and tests (see the cache module).
+        self._cache = ResultsCache() if cache_references else None
         self.block_size = block_size
         self.modules = modules
         self.tasks = check_tasks(tasks)
@@ -394,7 +405,11 @@ class QuantizedEvaluation(Callback):
         )
 
     def _gaps_to_retrain(
-        self, model: nn.Module, tokenizer: Any, auc_retrain: float | None, evaluated: Mapping[str, dict[str, float]]
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        auc_retrain: float | None,
+        evaluated: Mapping[str, dict[str, float]],
     ) -> dict[str, float]:
         """``eval/<precision>/knowmem_vs_retrain``: the model's KnowMem on the forget set minus the retrain
         model's at the same precision (≤ 0 once MUSE's stopping rule is met), when a ``retrain`` reference
@@ -403,8 +418,8 @@ class QuantizedEvaluation(Callback):
             return {}
         rows = self._reference(_RETRAIN, self.references[_RETRAIN], model, tokenizer, auc_retrain)
         return {
-            f"eval/{precision}/knowmem_vs_retrain": results["knowmem_forget"] - rows[precision]["knowmem_forget"]
-            for precision, results in evaluated.items()
+            f"eval/{p}/knowmem_vs_retrain": results["knowmem_forget"] - rows[p]["knowmem_forget"]
+            for p, results in evaluated.items()
         }
 
     def _data(self) -> EvalData:
@@ -416,13 +431,21 @@ class QuantizedEvaluation(Callback):
         if self.auc_retrain is not None or "privleak" not in self.tasks or _RETRAIN not in self.references:
             return self.auc_retrain
         if self._computed_auc_retrain is None:
-            reference = self._load_reference(self.references[_RETRAIN], model)
-            try:
-                # Only the attack's AUC is read here; it does not depend on the reference AUC, so any serves.
-                auc = self._evaluate(reference, tokenizer, "full", auc_retrain=1.0, tasks=["privleak"])["auc"]
-            finally:
-                del reference
-                _empty_cache()
+            key = self._cache_key(self.references[_RETRAIN], "full", 1.0, tasks=["privleak"])
+            cached = self._cache.get(key) if self._cache is not None else None
+            if cached is not None:
+                auc = cached["auc"]
+            else:
+                reference = self._load_reference(self.references[_RETRAIN], model)
+                try:
+                    # Only the attack's AUC is read here; it does not depend on the reference AUC: any serves.
+                    results = self._evaluate(reference, tokenizer, "full", auc_retrain=1.0, tasks=["privleak"])
+                finally:
+                    del reference
+                    _empty_cache()
+                auc = results["auc"]
+                if self._cache is not None and _is_rank_zero():
+                    self._cache.put(key, results, {"model": self.references[_RETRAIN], "what": "AUC_retrain"})
             self._computed_auc_retrain = auc
             rank_zero_info(
                 f"AUC_retrain = {auc:.4f} (Min-40% forget vs holdout, retrain model at full precision)."
@@ -433,16 +456,51 @@ class QuantizedEvaluation(Callback):
         self, name: str, path: str, model: nn.Module, tokenizer: Any, auc_retrain: float | None
     ) -> dict[str, dict[str, float]]:
         rows = self._reference_rows.setdefault(name, {})
+        keys = {p: self._cache_key(path, p, auc_retrain) for p in self.precisions if p not in rows}
+        for precision, key in keys.items():
+            cached = self._cache.get(key) if self._cache is not None else None
+            if cached is not None:
+                rows[precision] = cached
         missing = [p for p in self.precisions if p not in rows]
         if missing:
             reference = self._load_reference(path, model)
             try:
                 for precision in missing:
                     rows[precision] = self._evaluate(reference, tokenizer, precision, auc_retrain)
+                    if self._cache is not None and _is_rank_zero():
+                        about = {"model": path, "precision": precision}
+                        self._cache.put(keys[precision], rows[precision], about)
             finally:
                 del reference
                 _empty_cache()
+        elif keys:
+            rank_zero_info(
+                f"Reference {name!r}: {len(keys)} rows from the results cache ({self._cache.directory})."
+            )
         return rows
+
+    def _cache_key(
+        self, path: str, precision: str, auc_retrain: float | None, tasks: Sequence[str] | None = None
+    ) -> str | None:
+        """The results-cache key of reference ``path`` at ``precision`` under this callback's settings."""
+        if self._cache is None:
+            return None
+        from lit_unlearn.data.sources import resolve_path
+        from lit_unlearn.evaluation.cache import data_fingerprint
+
+        deployment = self._deployments.get(precision)
+        modules = None if deployment is None else deployment.modules
+        parts = {
+            "precision": precision,
+            "block_size": None if deployment is None else deployment.block_size,
+            "modules": modules if not callable(modules) else getattr(modules, "__qualname__", repr(modules)),
+            "quantizer": self.quantizer, "convention": self.convention, "auc_retrain": auc_retrain,
+            "tasks": list(tasks or self.tasks), "batch_size": self.batch_size,
+            "verbmem_max_new_tokens": self.verbmem_max_new_tokens,
+            "knowmem_max_new_tokens": self.knowmem_max_new_tokens,
+            "data": data_fingerprint(self._data()),
+        }
+        return self._cache.key(resolve_path(path), parts)
 
     def _load_reference(self, path: str, model: nn.Module) -> nn.Module:
         from transformers import AutoModelForCausalLM
@@ -518,6 +576,12 @@ class QuantizedEvaluation(Callback):
         precision_curves(self._curve, path)
         log_image(trainer, CURVES_IMAGE_KEY, path, step=trainer.global_step)
         rank_zero_info(f"Precision curves of {len(self._curve)} evaluations drawn to {path}.")
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _empty_cache() -> None:
