@@ -16,6 +16,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lit_unlearn.callbacks.progress_log import ProgressLog
 from lit_unlearn.data import ForgetRetainDataModule
 from lit_unlearn.module import UnlearningModule
 
@@ -66,6 +67,11 @@ class UnlearnCLI(LightningCLI):
                 f"`--ckpt_path last`: no last.ckpt in {where}. Run `lit-unlearn fit` with this config first "
                 "(its ModelCheckpoint saves last.ckpt), or pass the checkpoint's path to --ckpt_path."
             )
+
+    def before_fit(self) -> None:
+        # Without a terminal a progress bar shows nothing until the end: print plain lines instead.
+        if not sys.stderr.isatty() and not any(isinstance(c, ProgressLog) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(ProgressLog())
 
     def before_test(self) -> None:
         self._check_last_checkpoint()

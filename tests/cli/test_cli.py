@@ -104,3 +104,26 @@ def test_test_with_ckpt_path_last_and_no_checkpoint_is_refused(tiny_model_dir, t
     err = capsys.readouterr().err
     assert "`--ckpt_path last`: no last.ckpt in" in err and str(tmp_path / "ckpt") in err
     assert not (tmp_path / "results.md").exists(), "nothing evaluated the untrained model"
+
+
+def test_fit_without_a_terminal_prints_progress_lines(tiny_model_dir, text_files, tmp_path, caplog):
+    import logging
+
+    args = [
+        "fit", f"--model.model_name_or_path={tiny_model_dir}", "--model.objective=ga_gdr",
+        f"--data.forget={text_files['forget']}", f"--data.retain={text_files['retain']}",
+        "--data.max_length=32", "--trainer.max_steps=12", "--trainer.accelerator=cpu",
+        "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with caplog.at_level(logging.INFO):
+        main(args)  # pytest's captured stderr is no terminal
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split(" · ")[0] for line in lines] == ["step 10/12", "step 12/12"]
+    assert all(" · loss " in line and line.endswith(" s") for line in lines)
+
+
+def test_progress_log_interval_is_checked():
+    from lit_unlearn.callbacks import ProgressLog
+
+    with pytest.raises(ValueError, match=r"`every_n_steps` must be a positive integer, got 0"):
+        ProgressLog(0)

@@ -4,10 +4,12 @@
 - :class:`QuantizedEvaluation`: MUSE metrics at full precision, 8-bit and 4-bit (adapter merged first).
 - :class:`PreserveQuantization`: train inside the quantization cells of the original model, so its
   quantized deployment stays bit-identical (the reversion, by construction).
+- :class:`ProgressLog`: plain progress lines where no terminal shows a progress bar.
 """
 
 from lit_unlearn.callbacks.preserve_quantization import PreserveQuantization
+from lit_unlearn.callbacks.progress_log import ProgressLog
 from lit_unlearn.callbacks.quantization_survival import QuantizationSurvival
 from lit_unlearn.callbacks.quantized_evaluation import QuantizedEvaluation
 
-__all__ = ["PreserveQuantization", "QuantizationSurvival", "QuantizedEvaluation"]
+__all__ = ["PreserveQuantization", "ProgressLog", "QuantizationSurvival", "QuantizedEvaluation"]
