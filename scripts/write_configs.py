@@ -66,7 +66,6 @@ def render(method: str, full: bool) -> str:
         "  callbacks:",
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint",
         "      init_args:",
-        f"        dirpath: outputs/{out}/{method}/checkpoints",
         "        save_last: true",
         "    - class_path: lit_unlearn.callbacks.QuantizationSurvival",
         "      init_args:",

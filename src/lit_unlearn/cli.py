@@ -42,45 +42,53 @@ class UnlearnCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # The description's lines are a table of commands: keep them as written.
-        kwargs.setdefault(
-            "parser_kwargs", {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
-        )
+        parser_kwargs = {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
         super().__init__(UnlearningModule, ForgetRetainDataModule, args=args, **kwargs)
 
-    def _check_last_checkpoint(self) -> None:
-        # Lightning only warns when `ckpt_path="last"` finds nothing and goes on with the untrained model,
-        # which would write a results table under the method's name; refuse instead.
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` → the newest ``last*.ckpt`` this config's runs wrote, as a path.
+
+        Each run keeps its checkpoints in its own versioned directory (``<run root>/version_N/
+        checkpoints``), where a new ``test`` run would look in a version of its own; so "last" is resolved
+        here, across the runs. Lightning only warns when it finds nothing and goes on with the untrained
+        model, which would write a results table under the method's name: that is refused.
+        """
         subcommand = self.config.get("subcommand")
         if subcommand is None or self.config[subcommand].get("ckpt_path") != "last":
             return
         callbacks = self.trainer.checkpoint_callbacks
         dirs = [Path(cb.dirpath) for cb in callbacks if getattr(cb, "dirpath", None)]
-        found = any(path.is_file() for d in dirs for path in d.glob("last*.ckpt"))
-        if not found and any(getattr(cb, "dirpath", None) is None for cb in callbacks):
+        if any(getattr(cb, "dirpath", None) is None for cb in callbacks):
             # Lightning puts such a callback's checkpoints under the run directory when it sets up.
-            root = Path(self.trainer.default_root_dir)
-            dirs.append(root)
-            found = any(path.is_file() for path in root.rglob("last*.ckpt"))
+            roots = {Path(self.trainer.default_root_dir)}
+            roots.update(Path(lg.save_dir) for lg in self.trainer.loggers if getattr(lg, "save_dir", None))
+            dirs += sorted(roots)
+        found = [p for d in dirs for p in (d.rglob("last*.ckpt") if d.is_dir() else []) if p.is_file()]
         if not found:
             where = ", ".join(map(str, dirs)) or "(no ModelCheckpoint in this config)"
             raise FileNotFoundError(
                 f"`--ckpt_path last`: no last.ckpt in {where}. Run `lit-unlearn fit` with this config first "
                 "(its ModelCheckpoint saves last.ckpt), or pass the checkpoint's path to --ckpt_path."
             )
+        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+        self.config[subcommand]["ckpt_path"] = str(newest)
+        print(f"lit-unlearn: --ckpt_path last is {newest}", file=sys.stderr)
 
     def before_fit(self) -> None:
+        self._resolve_last_checkpoint()  # resuming: `--ckpt_path last` is the newest run's last.ckpt
         # Without a terminal a progress bar shows nothing until the end: print plain lines instead.
         if not sys.stderr.isatty() and not any(isinstance(c, ProgressLog) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(ProgressLog())
 
     def before_test(self) -> None:
-        self._check_last_checkpoint()
+        self._resolve_last_checkpoint()
 
     def before_validate(self) -> None:
-        self._check_last_checkpoint()
+        self._resolve_last_checkpoint()
 
     def before_predict(self) -> None:
-        self._check_last_checkpoint()
+        self._resolve_last_checkpoint()
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "prepare", "export")

@@ -127,3 +127,32 @@ def test_progress_log_interval_is_checked():
 
     with pytest.raises(ValueError, match=r"`every_n_steps` must be a positive integer, got 0"):
         ProgressLog(0)
+
+
+def test_each_fit_keeps_its_checkpoints_and_last_is_the_newest(tiny_model_dir, text_files, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"""trainer:
+  accelerator: cpu
+  max_steps: 2
+  enable_progress_bar: false
+  default_root_dir: {tmp_path / 'out'}
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {tmp_path / 'out'}, name: ""}}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}
+model: {{model_name_or_path: {tiny_model_dir}, objective: ga_gdr}}
+data: {{forget: {text_files['forget']}, retain: {text_files['retain']}, max_length: 32}}
+"""
+    )
+    main(["fit", "-c", str(config)])
+    main(["fit", "-c", str(config), "--trainer.max_steps=3"])
+    out = tmp_path / "out"
+    assert (out / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "version_1" / "checkpoints" / "last.ckpt").is_file()
+    assert not list(out.rglob("last-v1.ckpt")), "no run writes into another run's directory"
+    capsys.readouterr()
+    main(["validate", "-c", str(config), "--ckpt_path", "last"])
+    assert f"--ckpt_path last is {out / 'version_1' / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
