@@ -177,3 +177,35 @@ def test_building_leaves_the_global_rngs_as_it_found_them(tmp_path, monkeypatch)
     prep.prepare_world("test", cache_dir=tmp_path, progress=False)
     got = torch.randn(4), random.random(), np.random.rand()
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+@pytest.mark.slow
+def test_two_fits_started_at_once_on_a_fresh_cache_build_the_world_once(tmp_path):
+    """End to end: two `lit-unlearn fit` processes on an empty cache; the lock lets one build, the other
+    waits, and both train on the same world."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LIT_UNLEARN_CACHE": str(tmp_path / "cache"), "LIT_UNLEARN_WORLD_SIZE": "test"}
+    procs = []
+    for name in ("a", "b"):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(
+            f"""trainer: {{accelerator: cpu, max_steps: 2, logger: false, enable_progress_bar: false,
+  enable_checkpointing: false, default_root_dir: {tmp_path / name}}}
+model: {{model_name_or_path: "world:target", objective: ga_gdr, lora: {{r: 2, alpha: 4, dropout: 0.0}}}}
+data:
+  forget: {{path: "world:data", name: raw, split: forget}}
+  retain: {{path: "world:data", name: raw, split: retain1}}
+  max_length: 32
+  batch_size: 2
+"""
+        )
+        args = [sys.executable, "-c", "from lit_unlearn.cli import main; main()", "fit", "-c", str(config)]
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum(out.count("preparing the toy world") for out in outputs) == 1, "built once"
+    for name in ("a", "b"):
+        assert (tmp_path / name / "adapter" / "adapter_model.safetensors").is_file()
