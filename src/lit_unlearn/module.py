@@ -58,6 +58,19 @@ def _qat_scheme(spec: str | None) -> Scheme | None:
     return get_scheme(name, int(block) if block else None)
 
 
+def _check_writable(directory: Path) -> None:
+    """Raise before any training if ``directory`` (or the nearest parent that exists) cannot be written."""
+    existing = directory.expanduser()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"`output_dir` {str(directory)!r} cannot be written ({str(existing)!r} is not a writable "
+            "directory), so the unlearned weights could not be saved at the end of the fit. Choose another "
+            "`model.output_dir`, or leave it unset to save into the run's log directory."
+        )
+
+
 # Paper learning rates: full fine-tuning 1e-5 (P2, MUSE); LoRA 1e-4 and up (P1).
 _DEFAULT_LR = {True: 1e-4, False: 1e-5}
 
@@ -211,6 +224,8 @@ class UnlearningModule(LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.output_dir is not None:
+            _check_writable(Path(self.output_dir))
         # Checked here, after the data is known and before `configure_model` loads any weights.
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and self.needs_retain and datamodule is not None and getattr(datamodule, "retain", ()) is None:

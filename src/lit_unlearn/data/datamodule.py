@@ -201,6 +201,12 @@ class ForgetRetainDataModule(LightningDataModule):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_path(self._tokenizer_path()))
+            if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+                raise ValueError(
+                    f"Tokenizer {self._tokenizer_path()!r} has neither a pad nor an eos token, so batches "
+                    "cannot be padded. Give it one (`tokenizer.pad_token = ...` and save it), or point "
+                    "`data.tokenizer` at a tokenizer that has one."
+                )
             if tokenizer.pad_token_id is None:
                 tokenizer.pad_token = tokenizer.eos_token
                 rank_zero_info(f"Tokenizer has no pad token; padding with EOS ({tokenizer.eos_token!r}).")

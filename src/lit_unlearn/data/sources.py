@@ -69,16 +69,27 @@ def _content_cache_dir(directory: Path) -> Path:
     return Path(datasets.config.HF_DATASETS_CACHE) / "lit_unlearn" / digest.hexdigest()[:20]
 
 
+def _looks_local(path: str) -> bool:
+    # Hub ids are "owner/name"; a path that starts like a filesystem path is meant as one.
+    return path.startswith(("/", "./", "../", "~")) or Path(path).suffix in (*_TEXT_SUFFIXES, *_JSONL_SUFFIXES)
+
+
 def load_split(path: str, name: str | None, split: str) -> Any:
     """Load one split of a Hugging Face dataset (hub id, local dataset directory or ``world:data``).
 
     Raises:
+        FileNotFoundError: if ``path`` is written as a local path and does not exist.
         ValueError: if the configuration or split does not exist; the message lists what does.
     """
     import datasets
 
     path = resolve_path(path)
     local = Path(path).expanduser()
+    if _looks_local(path) and not local.exists():
+        raise FileNotFoundError(
+            f"Data path {path!r} does not exist. Give an existing dataset directory (MUSE layout), a .txt/.jsonl "
+            "file, a Hugging Face dataset id (owner/name) or world:data."
+        )
     cache_dir = str(_content_cache_dir(local)) if local.is_dir() else None
     try:
         return datasets.load_dataset(str(local) if local.is_dir() else path, name, split=split, cache_dir=cache_dir)
