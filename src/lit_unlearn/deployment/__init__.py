@@ -1,13 +1,16 @@
 """The deployed weight, in one place: what a deployment of the model holds, for every measurement.
 
 * :class:`DeployedLayer` and :func:`deployed_layers` (``layers.py``): the deployed layers, their names,
-  ``W0`` and ``ΔW`` sources, the one :func:`merge`, cached ``Q(W0)``, the deployed weight per scheme;
-  :func:`output_head` is the one rule for the layer a deployment keeps in full precision.
+  ``W0`` and ``ΔW`` sources, the merge (:func:`merge`, peft's arithmetic in the base dtype, defined in
+  ``lit_unlearn.quantization.merge`` so the streamed statistics share it), cached ``Q(W0)``, the deployed
+  weight per scheme; :func:`output_head` is the one rule for the layer a deployment keeps in full precision.
 * :func:`deployed_model` (``model.py``): the model computing with those weights (eagerly or one layer at
   a time); :func:`deployed_weights` its public form for a precision; :func:`merged_state_dict`.
 * :class:`Deployment` (``config.py``): precision + block size + layer selection, the vocabulary every entry
   point shares.
 * :class:`UnsupportedStrategyError` (``strategy.py``): the one error for a strategy that shards weights.
+* :func:`~lit_unlearn.deployment.qat.quantization_aware` (``qat.py``): forward passes through the
+  straight-through deployed weights, for quantization-aware unlearning.
 
 The survival check (weight space and function space), ``QuantizedEvaluation``/``evaluate`` and
 ``lit-unlearn export`` all read weights through this package, so a new source of ``W0`` or a new scheme
