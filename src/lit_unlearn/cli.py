@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_unlearn.callbacks.progress_log import ProgressLog
 from lit_unlearn.data import ForgetRetainDataModule
@@ -44,6 +47,7 @@ class UnlearnCLI(LightningCLI):
         # The description's lines are a table of commands: keep them as written.
         parser_kwargs = {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
         kwargs.setdefault("parser_kwargs", parser_kwargs)
+        self._args = list(args) if args is not None else None
         super().__init__(UnlearningModule, ForgetRetainDataModule, args=args, **kwargs)
 
     def _resolve_last_checkpoint(self) -> None:
@@ -80,6 +84,13 @@ class UnlearnCLI(LightningCLI):
         # Without a terminal a progress bar shows nothing until the end: print plain lines instead.
         if not sys.stderr.isatty() and not any(isinstance(c, ProgressLog) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(ProgressLog())
+        self.trainer.callbacks.append(_ResumeHint(self._argv_for_resume()))
+
+    def _argv_for_resume(self) -> list[str]:
+        argv = [a for a in (self._args or sys.argv[1:]) if a != "fit"]
+        drop = {i for i, a in enumerate(argv) if a.startswith("--ckpt_path")}
+        drop |= {i + 1 for i in drop if argv[i] == "--ckpt_path"}
+        return [a for i, a in enumerate(argv) if i not in drop] + ["--ckpt_path", "last"]
 
     def before_test(self) -> None:
         self._resolve_last_checkpoint()
@@ -125,6 +136,25 @@ def main(args: Sequence[str] | None = None) -> None:
         print(f"lit-unlearn: error: {_one_message(str(err))}\n(set {_DEBUG_ENV}=1 to see the traceback)",
               file=sys.stderr)
         raise SystemExit(1) from None
+
+
+class _ResumeHint(Callback):
+    """On Ctrl-C (or SIGTERM), say where the last checkpoint is and the command that resumes from it."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_rank != 0:
+            return
+        last = [Path(cb.last_model_path) for cb in trainer.checkpoint_callbacks
+                if getattr(cb, "last_model_path", "") and Path(cb.last_model_path).is_file()]
+        where = f"its last checkpoint is {last[0]}" if last else "no checkpoint was saved yet"
+        print(
+            f"lit-unlearn: the fit was interrupted at optimizer step {trainer.global_step}; {where}.\n"
+            f"Resume with: lit-unlearn fit {shlex.join(self.argv)}",
+            file=sys.stderr,
+        )
 
 
 def _one_message(message: str) -> str:

@@ -156,3 +156,39 @@ data: {{forget: {text_files['forget']}, retain: {text_files['retain']}, max_leng
     capsys.readouterr()
     main(["validate", "-c", str(config), "--ckpt_path", "last"])
     assert f"--ckpt_path last is {out / 'version_1' / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
+
+
+def test_interrupted_fit_says_where_the_checkpoint_is_and_how_to_resume(
+    tiny_model_dir, text_files, tmp_path, capsys, monkeypatch
+):
+    from lit_unlearn import UnlearningModule
+
+    real = UnlearningModule.training_step
+
+    def interrupted_at_step_3(self, batch, batch_idx):
+        if self.trainer.global_step == 3:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(UnlearningModule, "training_step", interrupted_at_step_3)
+    args = [
+        "fit", f"--model.model_name_or_path={tiny_model_dir}", "--model.objective=ga_gdr",
+        f"--data.forget={text_files['forget']}", f"--data.retain={text_files['retain']}",
+        "--data.max_length=32", "--data.batch_size=2", "--trainer.max_steps=20", "--trainer.accelerator=cpu",
+        "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.save_last=true",
+        "--trainer.callbacks.every_n_train_steps=2",
+    ]
+    with pytest.raises(SystemExit):  # Lightning exits after its graceful shutdown
+        main(args)
+    err = capsys.readouterr().err
+    assert "the fit was interrupted at optimizer step 3; its last checkpoint is" in err
+    assert "last.ckpt" in err and err.rstrip().endswith("--ckpt_path last")
+    assert "Resume with: lit-unlearn fit --model.model_name_or_path=" in err
+    # The printed command resumes the run.
+    import shlex
+
+    monkeypatch.undo()
+    command = err.rstrip().splitlines()[-1].removeprefix("Resume with: lit-unlearn ")
+    main(shlex.split(command))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
