@@ -14,8 +14,9 @@ NLL, NPO's log-ratio); ``train/lr``.
 ``survival/<scheme>/retained`` (share of ``ΔW`` that ``Q(W0 + ΔW) − Q(W0)`` keeps) with its ``cosine``
 and ``rel_error``, ``changed`` (share of weights whose code flips) and ``below_half_step`` (share of
 the update a round trip can erase). The per-layer picture is the image ``survival/<scheme>/heatmap``
-(layers × steps, red = rounded away) and the table ``survival/<scheme>/layers`` (every layer at the
-last check).
+(layers × steps, the cosine of the quantized update with ``ΔW``: red = noise or rounded away), the
+verdict over steps ``survival/curves`` (``effect_retained`` and ``changed`` per scheme), and the table
+``survival/<scheme>/layers`` (every layer at the last check).
 
 **Does the forgetting survive? (function)** — ``survival/<scheme>/effect_retained``: the share of the
 change of the forget loss that the quantized model keeps (1 = all, 0 = the 4-bit model behaves like
@@ -86,9 +87,12 @@ DASHBOARD_PANELS: tuple[Panel, ...] = (
           (r"^survival/[^/]+/changed$", r"^survival/[^/]+/below_half_step$"),
           "Few codes changed and most of ΔW below half a step is the signature of an update 4 bits erase."),
     Panel("Weights: does the update survive?", "Per-layer heatmap", "image", (r"^survival/[^/]+/heatmap$",),
-          "Layers × steps, red where the layer's update is rounded away: which layers lose it, and when."),
+          "Layers × steps, cosine of the quantized update with ΔW: red where a layer's update becomes "
+          "rounding noise or is rounded away — which layers lose it, and when."),
     Panel("Weights: does the update survive?", "Per-layer table", "table", (r"^survival/[^/]+/layers$",),
           "Every layer's statistics at the last check, sortable: the worst layers at a glance."),
+    Panel("Function: does the forgetting survive?", "Survival curves", "image", (r"^survival/curves$",),
+          "effect_retained and the share of changed codes per scheme over the run, drawn at fit end."),
     Panel("Function: does the forgetting survive?", "Effect retained", "line",
           (r"^survival/[^/]+/effect_retained$",),
           "Share of the change of the forget loss the quantized model keeps; below 0.5 the callback warns."),
