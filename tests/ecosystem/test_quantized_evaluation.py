@@ -124,3 +124,20 @@ def test_reference_rows_come_from_the_cache_on_the_next_run(tmp_path, muse_dir, 
     assert len(loads) == 6, "new reference weights: both cache entries miss"
     run("e", cache_references=False)
     assert len(loads) == 8
+
+
+def test_ddp_fits_share_the_results_cache_without_diverging(tmp_path, muse_dir, tokenizer, monkeypatch):
+    """Two ranks read the cache as one (rank zero's answer), so a cached reference never leaves one rank
+    evaluating (a collective) while the other waits."""
+    monkeypatch.setenv("LIT_UNLEARN_CACHE", str(tmp_path / "cache"))
+    reference = tmp_path / "reference"
+    build_llama(len(tokenizer)).save_pretrained(reference)
+    tables = []
+    for name in ("first", "second"):
+        evaluation = QuantizedEvaluation(data=muse_dir, references={"retrain": str(reference)},
+                                         output_dir=str(tmp_path / name), **FAST)
+        fit(tmp_path / name, evaluation, tokenizer, devices=2, strategy="ddp_notebook", logger=False,
+            default_root_dir=tmp_path / name)
+        tables.append((tmp_path / name / "results.md").read_text())
+    assert tables[0] == tables[1]
+    assert len(list((tmp_path / "cache" / "eval").glob("*.json"))) >= 2

@@ -106,12 +106,21 @@ class ResultsCache:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, key: str | None) -> dict[str, float] | None:
-        if key is None:
-            return None
-        try:
-            return json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))["results"]
-        except (OSError, ValueError, KeyError):
-            return None
+        """The cached results of ``key``, or ``None``. Under ``torch.distributed`` every rank gets rank zero's
+        answer, so all ranks take the same branch (an evaluation is a collective there)."""
+        found = None
+        if key is not None:
+            try:
+                found = json.loads((self.directory / f"{key}.json").read_text(encoding="utf-8"))["results"]
+            except (OSError, ValueError, KeyError):
+                found = None
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shared = [found]
+            dist.broadcast_object_list(shared, src=0)
+            found = shared[0]
+        return found
 
     def put(self, key: str | None, results: Mapping[str, float], about: Mapping[str, Any]) -> None:
         if key is None:
