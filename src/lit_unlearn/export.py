@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from lit_unlearn.adapters import load_adapter, lora_delta, merge_adapter
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import DeployedLayer, deployed_layers
-from lit_unlearn.quantization import SCHEMES, SurvivalStats, get_scheme
+from lit_unlearn.deployment import DeployedLayer, Deployment, deployed_layers
+from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
 from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512
 
 __all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
@@ -181,19 +181,27 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {allowed}.")
 
 
-def _check_schemes(schemes: Sequence[str], quantize: str) -> list[str]:
-    if isinstance(schemes, str):
-        schemes = [schemes]
-    schemes = list(dict.fromkeys(schemes))
+def _check_schemes(schemes: Sequence[str | Deployment], quantize: str) -> list[Scheme]:
+    """The schemes to report: names (each at its default block size) or Deployments (with their own)."""
+    listed = [schemes] if isinstance(schemes, (str, Deployment)) else list(schemes)
+    for item in listed:
+        if isinstance(item, Deployment) and item.modules is not None:
+            raise ValueError(
+                f"`schemes` holds {item} with `modules`: export reports every layer the deployment quantizes. "
+                "Leave the Deployment's `modules` unset."
+            )
+    resolved = [get_scheme(item.precision, item.block_size) if isinstance(item, Deployment) else get_scheme(item)
+                for item in listed]  # raises for unknown names, listing SCHEMES
     # The format the copy is saved in is always reported: it is the one that will be deployed.
-    if quantize != "none" and quantize not in schemes:
-        schemes.append(quantize)
-    if not schemes:
+    if quantize != "none" and quantize not in {s.name for s in resolved}:
+        resolved.append(get_scheme(quantize))
+    if not resolved:
         allowed = ", ".join(map(repr, SCHEMES))
         raise ValueError(f"`schemes` is empty; give at least one of {allowed}, e.g. nf4 fp4.")
-    for scheme in schemes:
-        get_scheme(scheme)  # raises, listing SCHEMES
-    return schemes
+    names = [s.name for s in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"`schemes`={names} names a scheme twice; list each once.")
+    return resolved
 
 
 def _looks_local(path: str) -> bool:
@@ -295,14 +303,14 @@ def _avx512_note(quantize: str, layers: list[str]) -> str:
     )
 
 
-def _layer_stats(layer: DeployedLayer, schemes: list[str]) -> dict[str, SurvivalStats]:
+def _layer_stats(layer: DeployedLayer, schemes: list[Scheme]) -> dict[str, SurvivalStats]:
     stats = {}
     for scheme in schemes:
         try:
-            stats.update(layer.survival([get_scheme(scheme)]))
+            stats.update(layer.survival([scheme]))
         except ValueError as err:
             raise ValueError(
-                f"Scheme {scheme!r} cannot be applied to layer {layer.name!r}: {err} Drop it from `schemes`."
+                f"Scheme {scheme.name!r} cannot be applied to layer {layer.name!r}: {err} Drop it from `schemes`."
             ) from err
     return stats
 
@@ -314,11 +322,11 @@ def _collect(layers: dict[str, dict[str, SurvivalStats]], name: str, stats: dict
 
 @torch.no_grad()
 def _lora_statistics(
-    peft_model: nn.Module, schemes: list[str], progress: bool
+    peft_model: nn.Module, schemes: list[Scheme], progress: bool
 ) -> dict[str, dict[str, SurvivalStats]]:
     """Statistics of each adapted layer's deployed weight, the merge :func:`lit_unlearn.deployment.merge`
     describes (the one ``merge_and_unload`` writes)."""
-    layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
+    layers: dict[str, dict[str, SurvivalStats]] = {scheme.name: {} for scheme in schemes}
     adapted = [layer for layer in deployed_layers(peft_model) if layer.source == "lora"]
     for layer in tqdm(adapted, desc="Survival statistics", unit="layer", disable=not progress):
         if layer.lora is not None and lora_delta(layer.lora) is None:
@@ -371,10 +379,10 @@ class _SafetensorsWeights:
 
 @torch.no_grad()
 def _full_statistics(
-    model: nn.Module, base: str, schemes: list[str], progress: bool
+    model: nn.Module, base: str, schemes: list[Scheme], progress: bool
 ) -> dict[str, dict[str, SurvivalStats]]:
     base_weights = _SafetensorsWeights(base)
-    layers: dict[str, dict[str, SurvivalStats]] = {scheme: {} for scheme in schemes}
+    layers: dict[str, dict[str, SurvivalStats]] = {scheme.name: {} for scheme in schemes}
     deployed = deployed_layers(model)
     for layer in tqdm(deployed, desc="Survival statistics", unit="layer", disable=not progress):
         w0, w1 = base_weights[f"{layer.name}.weight"], layer.linear.weight
@@ -442,7 +450,7 @@ def export(
     output_dir: str,
     base: str | None = None,
     quantize: Quantize = "none",
-    schemes: Sequence[str] = DEFAULT_SCHEMES,
+    schemes: Sequence[str | Deployment] = DEFAULT_SCHEMES,
     dtype: Dtype = "auto",
     worst: int = 5,
     overwrite: bool = False,
@@ -469,7 +477,7 @@ def export(
             (LLM.int8, ``load_in_8bit``); ``none`` (or ``full``) saves only the merged model. Its scheme
             is added to ``schemes`` so the report covers the deployed format.
         schemes: Schemes of :data:`lit_unlearn.quantization.SCHEMES` to report, each at its default block
-            size.
+            size, or :class:`~lit_unlearn.deployment.Deployment` s with their own.
         dtype: Dtype to load and save the model in; ``auto`` keeps the base's stored dtype.
         worst: How many of the worst layers the report lists per scheme.
         overwrite: Write into a non-empty ``output_dir``.
@@ -531,7 +539,7 @@ def export(
 
 
 def _load_lora(
-    source: Path, base: str, dtype: Any, schemes: list[str], trust_remote_code: bool, progress: bool
+    source: Path, base: str, dtype: Any, schemes: list[Scheme], trust_remote_code: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
     """The base with the adapter merged, and the statistics of each adapted layer taken before the merge."""
     from transformers import AutoModelForCausalLM
@@ -543,7 +551,7 @@ def _load_lora(
 
 
 def _load_full(
-    source: Path, base: str, dtype: Any, schemes: list[str], trust_remote_code: bool, progress: bool
+    source: Path, base: str, dtype: Any, schemes: list[Scheme], trust_remote_code: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
     """The full-parameter model, and the statistics of each of its linear layers against ``base``."""
     from transformers import AutoModelForCausalLM

@@ -261,3 +261,16 @@ def test_bf16_copy_is_a_reported_scheme(adapter, tmp_path):
     report = export(adapter[0], str(tmp_path), schemes=["bf16", "nf4"], progress=False, overwrite=True)
     assert report.schemes == ["bf16", "nf4"]
     assert 0.0 < report.total("bf16").changed <= 1.0 and "| bf16 |" in (tmp_path / "survival.md").read_text()
+
+
+def test_schemes_take_deployments_with_their_own_block_size(adapter, tmp_path):
+    from lit_unlearn.deployment import Deployment
+
+    report = export(adapter[0], str(tmp_path / "a"), schemes=[Deployment("int4", 16), "nf4"], progress=False)
+    assert report.schemes == ["int4", "nf4"]
+    default = export(adapter[0], str(tmp_path / "b"), schemes=["int4"], progress=False)
+    assert report.total("int4").as_dict() != default.total("int4").as_dict(), "block 16 is not block 128"
+    with pytest.raises(ValueError, match="`modules`: export reports every layer"):
+        export(adapter[0], str(tmp_path / "c"), schemes=[Deployment("nf4", modules=["q_proj"])], progress=False)
+    with pytest.raises(ValueError, match="twice"):
+        export(adapter[0], str(tmp_path / "d"), schemes=[Deployment("int4", 16), "int4"], progress=False)
