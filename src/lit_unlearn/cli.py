@@ -76,7 +76,9 @@ class UnlearnCLI(LightningCLI):
                 "(its ModelCheckpoint saves last.ckpt), or pass the checkpoint's path to --ckpt_path."
             )
         newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-        self.config[subcommand]["ckpt_path"] = str(newest)
+        # The subcommand's arguments are taken from `config_init`; `config` is what gets saved.
+        for config in (self.config, self.config_init):
+            config[subcommand]["ckpt_path"] = str(newest)
         print(f"lit-unlearn: --ckpt_path last is {newest}", file=sys.stderr)
 
     def before_fit(self) -> None:

@@ -154,7 +154,11 @@ data: {{forget: {text_files['forget']}, retain: {text_files['retain']}, max_leng
     assert (out / "version_1" / "checkpoints" / "last.ckpt").is_file()
     assert not list(out.rglob("last-v1.ckpt")), "no run writes into another run's directory"
     capsys.readouterr()
-    main(["validate", "-c", str(config), "--ckpt_path", "last"])
+    from lit_unlearn.cli import UnlearnCLI
+
+    cli = UnlearnCLI(args=["validate", "-c", str(config), "--ckpt_path", "last"])
+    # The newest run's weights were restored, not the untrained ones.
+    assert cli.trainer.ckpt_path == str(out / "version_1" / "checkpoints" / "last.ckpt")
     assert f"--ckpt_path last is {out / 'version_1' / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
 
 
