@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lit_unlearn._atomic import atomic_directory
+from lit_unlearn._atomic import atomic_directory, atomic_write_text
 from lit_unlearn._modes import eval_mode
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
@@ -439,9 +439,7 @@ class UnlearningModule(LightningModule):
             return
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = self.model_name_or_path
-        partial = config_path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(partial, config_path)
+        atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @override
     def on_fit_end(self) -> None:

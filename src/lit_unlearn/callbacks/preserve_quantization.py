@@ -100,10 +100,7 @@ class PreserveQuantization(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_strategy(
-                trainer.strategy, "PreserveQuantization", "projects whole weight matrices",
-                "Use a single device or a data-parallel strategy ('ddp', 'ddp_spawn', 'ddp_notebook').",
-            )
+            check_strategy(trainer.strategy, "PreserveQuantization", "projects whole weight matrices")
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -256,10 +256,7 @@ class QuantizationSurvival(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_strategy(
-                trainer.strategy, "QuantizationSurvival", "needs whole weights on every process",
-                "Use a single device or a data-parallel strategy ('ddp', 'ddp_spawn', 'ddp_notebook').",
-            )
+            check_strategy(trainer.strategy, "QuantizationSurvival", "needs whole weights on every process")
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -334,7 +331,8 @@ class QuantizationSurvival(Callback):
         """Two lines for the end of a fit: where the table and pictures are, and the last verdict per scheme."""
         directory = os.path.dirname(self._table_path or "") or "."
         verdicts = []
-        last = self.curve_rows()[-1] if self.curve_rows() else {}
+        rows = self.curve_rows()
+        last = rows[-1] if rows else {}
         for scheme in (s.name for s in self.schemes):
             effect = last.get(f"survival/{scheme}/effect_retained")
             changed = last.get(f"survival/{scheme}/changed")

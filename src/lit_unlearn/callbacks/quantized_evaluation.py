@@ -225,6 +225,7 @@ class QuantizedEvaluation(Callback):
         self._reference_rows: dict[str, dict[str, dict[str, float]]] = {}
         self._computed_auc_retrain: float | None = None
         self._eval_data: EvalData | None = None
+        self._data_hash: str | None = None
         self._last_step = -1
         self._active = True
         # One row per evaluated step of this fit: {"step": s, "eval/<precision>/<metric>": value, ...}.
@@ -422,6 +423,13 @@ class QuantizedEvaluation(Callback):
             for p, results in evaluated.items()
         }
 
+    def _data_fingerprint(self) -> str:
+        if self._data_hash is None:
+            from lit_unlearn.evaluation.cache import data_fingerprint
+
+            self._data_hash = data_fingerprint(self._data())
+        return self._data_hash
+
     def _data(self) -> EvalData:
         if self._eval_data is None:
             self._eval_data = EvalData.load(self.data, self.max_items)
@@ -486,7 +494,6 @@ class QuantizedEvaluation(Callback):
         if self._cache is None:
             return None
         from lit_unlearn.data.sources import resolve_path
-        from lit_unlearn.evaluation.cache import data_fingerprint
 
         deployment = self._deployments.get(precision)
         modules = None if deployment is None else deployment.modules
@@ -498,7 +505,7 @@ class QuantizedEvaluation(Callback):
             "tasks": list(tasks or self.tasks), "batch_size": self.batch_size,
             "verbmem_max_new_tokens": self.verbmem_max_new_tokens,
             "knowmem_max_new_tokens": self.knowmem_max_new_tokens,
-            "data": data_fingerprint(self._data()),
+            "data": self._data_fingerprint(),
         }
         return self._cache.key(resolve_path(path), parts)
 

@@ -82,6 +82,8 @@ class ResultsCache:
         self.directory = Path(directory)
         self._memo_path = self.directory / "file_hashes.json"
         self._memo: dict[str, Any] | None = None
+        # A model's fingerprint per path for this object's life: the files do not change within a run.
+        self._fingerprints: dict[str, str | None] = {}
 
     def _memo_dict(self) -> dict[str, Any]:
         if self._memo is None:
@@ -94,12 +96,14 @@ class ResultsCache:
     def key(self, model_path: str, parts: Mapping[str, Any]) -> str | None:
         """The key of ``model_path``'s results under ``parts`` (precision, data, settings), or ``None``
         when the model cannot be fingerprinted."""
-        memo = self._memo_dict()
-        size = len(memo)
-        fingerprint = model_fingerprint(model_path, memo)
-        if len(memo) != size:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self._memo_path, json.dumps(memo, sort_keys=True))
+        if model_path not in self._fingerprints:
+            memo = self._memo_dict()
+            size = len(memo)
+            self._fingerprints[model_path] = model_fingerprint(model_path, memo)
+            if len(memo) != size:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self._memo_path, json.dumps(memo, sort_keys=True))
+        fingerprint = self._fingerprints[model_path]
         if fingerprint is None:
             return None
         payload = json.dumps({"model": fingerprint, **parts}, default=_plain, sort_keys=True)
