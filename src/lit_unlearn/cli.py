@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lit_unlearn.callbacks.progress_log import ProgressLog
+from lit_unlearn.callbacks.save_on_interrupt import SaveOnInterrupt
 from lit_unlearn.data import ForgetRetainDataModule
 from lit_unlearn.module import UnlearningModule
 
@@ -86,7 +86,8 @@ class UnlearnCLI(LightningCLI):
         # Without a terminal a progress bar shows nothing until the end: print plain lines instead.
         if not sys.stderr.isatty() and not any(isinstance(c, ProgressLog) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(ProgressLog())
-        self.trainer.callbacks.append(_ResumeHint(self._argv_for_resume()))
+        if not any(isinstance(c, SaveOnInterrupt) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(SaveOnInterrupt(f"lit-unlearn fit {shlex.join(self._argv_for_resume())}"))
 
     def _argv_for_resume(self) -> list[str]:
         argv = [a for a in (self._args or sys.argv[1:]) if a != "fit"]
@@ -132,31 +133,14 @@ def main(args: Sequence[str] | None = None) -> None:
         _usage_error(f"unknown subcommand {first!r}; choose one of {', '.join(SUBCOMMANDS)}.")
     try:
         _dispatch(argv, args is None)
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None  # what was saved, and how to resume, is printed
     except USER_ERRORS as err:
         if os.environ.get(_DEBUG_ENV, "") not in ("", "0"):
             raise
         print(f"lit-unlearn: error: {_one_message(str(err))}\n(set {_DEBUG_ENV}=1 to see the traceback)",
               file=sys.stderr)
         raise SystemExit(1) from None
-
-
-class _ResumeHint(Callback):
-    """On Ctrl-C (or SIGTERM), say where the last checkpoint is and the command that resumes from it."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_rank != 0:
-            return
-        last = [Path(cb.last_model_path) for cb in trainer.checkpoint_callbacks
-                if getattr(cb, "last_model_path", "") and Path(cb.last_model_path).is_file()]
-        where = f"its last checkpoint is {last[0]}" if last else "no checkpoint was saved yet"
-        print(
-            f"lit-unlearn: the fit was interrupted at optimizer step {trainer.global_step}; {where}.\n"
-            f"Resume with: lit-unlearn fit {shlex.join(self.argv)}",
-            file=sys.stderr,
-        )
 
 
 def _one_message(message: str) -> str:

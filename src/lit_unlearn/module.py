@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lit_unlearn._atomic import atomic_directory, atomic_write_text
 from lit_unlearn._modes import eval_mode
+from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import DeployedLayer, deployed_layers
@@ -40,6 +41,9 @@ __all__ = ["UnlearningModule"]
 
 Method = Literal["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+
+_RNG_KEY = "lit_unlearn_rng_states"
+
 
 def _qat_scheme(spec: str | None) -> Scheme | None:
     """``"nf4"`` or ``"int4:64"`` → the scheme (block size after the colon); ``None`` → ``None``."""
@@ -201,6 +205,7 @@ class UnlearningModule(LightningModule):
         # Checkpoints of LoRA runs hold only the adapter (see `on_save_checkpoint`), so loading them
         # must not demand the frozen base weights.
         self.strict_loading = lora is None
+        self._rng_states: dict[str, Any] | None = None  # from a checkpoint, applied when training starts
 
     # ------------------------------------------------------------------ properties
     @property
@@ -390,6 +395,10 @@ class UnlearningModule(LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global RNG: a resumed fit restores it (at `on_train_start`) to continue
+        # with the masks an uninterrupted fit would draw. Lightning saves rank zero's; under DDP every rank
+        # runs the same seed and draws, so their states agree.
+        checkpoint[_RNG_KEY] = get_rng_states()
         # A LoRA checkpoint needs only the adapter: the frozen base is reloaded from
         # `model_name_or_path`, so storing it again would multiply checkpoint size for nothing.
         if self.lora is not None:
@@ -403,11 +412,19 @@ class UnlearningModule(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_states = checkpoint.get(_RNG_KEY)
         # Strict loading stays on for the model's weights; the reference comes from `configure_model`.
         if self.lora is None and self.reference is not None:
             state = checkpoint["state_dict"]
             for name, tensor in self.reference.state_dict().items():
                 state.setdefault(f"reference.{name}", tensor)
+
+    @override
+    def on_train_start(self) -> None:
+        # After every setup step of a resumed fit (data loaders included), just before its first batch.
+        if self._rng_states is not None:
+            set_rng_states(self._rng_states)
+            self._rng_states = None
 
     def resolve_output_dir(self) -> Path:
         if self.output_dir is not None:

@@ -5,11 +5,13 @@
 - :class:`PreserveQuantization`: train inside the quantization cells of the original model, so its
   quantized deployment stays bit-identical (the reversion, by construction).
 - :class:`ProgressLog`: plain progress lines where no terminal shows a progress bar.
+- :class:`SaveOnInterrupt`: Ctrl-C or SIGTERM ends the step, saves ``last.ckpt`` and says how to resume.
 """
 
 from lit_unlearn.callbacks.preserve_quantization import PreserveQuantization
 from lit_unlearn.callbacks.progress_log import ProgressLog
 from lit_unlearn.callbacks.quantization_survival import QuantizationSurvival
 from lit_unlearn.callbacks.quantized_evaluation import QuantizedEvaluation
+from lit_unlearn.callbacks.save_on_interrupt import SaveOnInterrupt
 
-__all__ = ["PreserveQuantization", "ProgressLog", "QuantizationSurvival", "QuantizedEvaluation"]
+__all__ = ["PreserveQuantization", "ProgressLog", "QuantizationSurvival", "QuantizedEvaluation", "SaveOnInterrupt"]

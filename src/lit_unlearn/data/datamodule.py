@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lit_unlearn.data.sampling import ResumableSampler, consumed_per_loader
 from lit_unlearn.data.sources import TextSource, load_texts, resolve_path
 
 __all__ = ["ForgetRetainDataModule", "TokenizedTexts", "collate", "tokenize"]
 
 Packing = Literal["chunk", "document"]
 Mode = Literal["max_size_cycle", "max_size", "min_size", "sequential"]
+
+_NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 # The toy world in MUSE's layout; `lit-unlearn fit` prepares it on first use.
 WORLD_FORGET = {"path": "world:data", "name": "raw", "split": "forget"}
@@ -133,6 +141,10 @@ class ForgetRetainDataModule(LightningDataModule):
             runs through the longer set once per epoch and cycles the shorter.
         num_workers: DataLoader workers.
         shuffle: Shuffle training examples.
+        seed: Seed of the training order. ``None`` takes the run's ``seed_everything`` seed (0 without
+            one). The order depends on nothing else (not on the global RNG), and a checkpoint records how
+            far into the epoch training got, so a resumed fit sees exactly the batches an uninterrupted
+            one would (see ``ResumableSampler``).
 
     Raises:
         FileNotFoundError: if a local path does not exist.
@@ -154,6 +166,7 @@ class ForgetRetainDataModule(LightningDataModule):
         mode: Mode = "max_size_cycle",
         num_workers: int = 0,
         shuffle: bool = True,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if max_length < 2:
@@ -172,8 +185,10 @@ class ForgetRetainDataModule(LightningDataModule):
         self.mode = mode
         self.num_workers = num_workers
         self.shuffle = shuffle
+        self.seed = seed
         self.tokenizer: Any = None
         self.datasets: dict[str, TokenizedTexts] = {}
+        self._resume: dict[str, int] | None = None  # {"epoch", "batches"} from a checkpoint
 
     @override
     def prepare_data(self) -> None:
@@ -230,19 +245,60 @@ class ForgetRetainDataModule(LightningDataModule):
                 raise ValueError(f"The {name} set {source} yields no tokens; check its `column` and contents.")
             self.datasets[name] = TokenizedTexts(examples)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool, sampler: ResumableSampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[name],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=None if sampler is not None else shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_Collator(self.tokenizer.pad_token_id),
+            # Workers' base seed from the loader's own generator, not from the global RNG.
+            generator=None if sampler is None else torch.Generator().manual_seed(sampler.seed),
         )
+
+    def _train_seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))  # set by `seed_everything`
 
     @override
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {name: self._loader(name, self.shuffle) for name in self.datasets}
+        trainer = self.trainer
+        replicas, rank = getattr(trainer, "world_size", 1), getattr(trainer, "global_rank", 0)
+        samplers = {
+            name: ResumableSampler(dataset, shuffle=self.shuffle, seed=self._train_seed(), num_replicas=replicas,
+                                   rank=rank)
+            for name, dataset in self.datasets.items()
+        }
+        if self._resume is not None:
+            lengths = {name: math.ceil(len(s) / self.batch_size) for name, s in samplers.items()}
+            done = consumed_per_loader(self.mode, self._resume["batches"], lengths)
+            for name, sampler in samplers.items():
+                sampler.resume(self._resume["epoch"], done[name], self.batch_size, cycle=self.mode == "max_size_cycle")
+            self._resume = None
+        loaders = {name: self._loader(name, self.shuffle, sampler) for name, sampler in samplers.items()}
+        # Lightning warns on a mid-epoch resume unless each loader has a `state_dict`; this DataModule
+        # keeps the position itself (`state_dict` below), so the warning does not apply to its loaders.
+        warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
         return CombinedLoader(loaders, mode=self.mode)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """How far into the current epoch training got: ``{"epoch", "batches"}`` (empty outside a fit).
+
+        Lightning stores this in every checkpoint; ``load_state_dict`` makes the resumed epoch start after
+        those batches. It is the loop's count of batches handed to ``training_step``, not the loaders'
+        position, which Lightning's prefetching keeps one batch ahead.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])} if state_dict else None
 
     def _eval_loaders(self) -> list[DataLoader]:
         return [self._loader(name, shuffle=False) for name in ("forget", "retain") if name in self.datasets]
