@@ -15,9 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lit_unlearn._paths import run_directory
 from lit_unlearn.callbacks.progress_log import ProgressLog
 from lit_unlearn.callbacks.save_on_interrupt import SaveOnInterrupt
 from lit_unlearn.data import ForgetRetainDataModule
@@ -36,6 +38,22 @@ lit-unlearn: LLM unlearning that survives 4-bit quantization.
 """
 
 
+class _SaveConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` into the run's own directory (``run_directory``): with a W&B logger
+    ``trainer.log_dir`` is the shared ``save_dir``, where the next run would overwrite it."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        directory = run_directory(trainer)  # every rank: it broadcasts
+        if trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(directory / self.config_filename), skip_none=False,
+                             overwrite=self.overwrite, multifile=self.multifile)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
 class UnlearnCLI(LightningCLI):
     """LightningCLI for ``UnlearningModule`` + ``ForgetRetainDataModule``.
 
@@ -43,6 +61,7 @@ class UnlearnCLI(LightningCLI):
     """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", _SaveConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         # The description's lines are a table of commands: keep them as written.
         parser_kwargs = {"description": _DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lit_unlearn._atomic import atomic_directory, atomic_write_text
 from lit_unlearn._modes import eval_mode
+from lit_unlearn._paths import run_directory
 from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
@@ -108,7 +109,8 @@ class UnlearningModule(LightningModule):
             most unlearning updates would round away before they reach the weights.
         trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
         output_dir: Where the adapter (or full model) and tokenizer are saved at fit end, as
-            safetensors. ``None`` saves into the run's log directory (``<log_dir>/adapter`` or ``/model``).
+            safetensors. ``None`` saves into the run's own directory, next to its ``checkpoints/``
+            (``<run dir>/adapter`` or ``/model``; for W&B the run dir is ``<save_dir>/<project>/<run id>``).
         log_artifact: Log the saved adapter or model to W&B as a ``model`` artifact; other loggers ignore it.
         optimizer: Optimizer factory (from YAML: ``class_path``/``init_args``). ``None`` uses the papers'
             AdamW, weight decay 0, lr 1e-4 with LoRA and 1e-5 for full-parameter runs.
@@ -429,8 +431,7 @@ class UnlearningModule(LightningModule):
     def resolve_output_dir(self) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
-        log_dir = self.trainer.log_dir if self._trainer is not None else None
-        base = Path(log_dir or (self.trainer.default_root_dir if self._trainer is not None else "."))
+        base = run_directory(self.trainer) if self._trainer is not None else Path(".")
         return base / ("adapter" if self.lora is not None else "model")
 
     def save_pretrained(self, directory: str | Path | None = None) -> Path:
@@ -460,9 +461,9 @@ class UnlearningModule(LightningModule):
 
     @override
     def on_fit_end(self) -> None:
-        # `trainer.log_dir` is a collective under DDP: every rank resolves the path, rank zero writes.
+        # `run_directory` is a collective under DDP: every rank resolves the path, rank zero writes.
         path = self.resolve_output_dir()
-        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        run_dir = run_directory(self.trainer)
         if self.trainer.is_global_zero:
             self.save_pretrained(path)
             if self.log_artifact:

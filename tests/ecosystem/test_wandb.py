@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import WandbLogger
 
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
+from lit_unlearn._paths import run_directory
 from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
 from lit_unlearn.loggers import STEP_METRIC, STEP_METRIC_GROUPS
 
@@ -112,7 +113,9 @@ def test_results_table_and_precision_curves_are_in_the_run(offline_run):
     assert table["columns"][:2] == ["method", "precision"]
     assert {(r[0], r[1]) for r in table["data"]} == {("ga_gdr (LoRA)", "full"), ("ga_gdr (LoRA)", "nf4")}
     assert image_of(run, "eval/precision_curves")[STEP_METRIC] == MAX_STEPS
-    assert (Path(trainer.log_dir) / "precision_curves.png").exists()
+    # In the run's own directory, <save_dir>/<project>/<run id>, not in the shared save_dir.
+    assert (run_directory(trainer) / "precision_curves.png").exists()
+    assert run_directory(trainer).name == trainer.logger.version
 
 
 def test_survival_heatmap_and_layer_table_are_in_the_run(offline_run):
@@ -123,3 +126,46 @@ def test_survival_heatmap_and_layer_table_are_in_the_run(offline_run):
     assert {"step", "layer", "retained", "cosine", "changed"} <= set(table["columns"])
     layer = table["columns"].index("layer")
     assert any(r[layer].endswith("q_proj") for r in table["data"])
+
+
+def test_each_wandb_run_gets_its_own_directory(tmp_path, tiny_model_dir, text_files, muse_dir, monkeypatch):
+    # With W&B, `trainer.log_dir` is the shared save_dir: a second run used to overwrite the first's
+    # results, pictures, config and adapter. Each run now writes them beside its own checkpoints.
+    import wandb
+
+    from lit_unlearn.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    eval_args = ", ".join(f"{k}: {json.dumps(v)}" for k, v in FAST_EVAL.items())
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""trainer:
+  accelerator: cpu
+  max_steps: 2
+  enable_progress_bar: false
+  default_root_dir: {tmp_path / 'out'}
+  logger:
+    class_path: lightning.pytorch.loggers.WandbLogger
+    init_args: {{offline: true, save_dir: {tmp_path / 'out'}, project: lit-unlearn-tests}}
+  callbacks:
+    - {{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {{save_last: true}}}}
+    - {{class_path: lit_unlearn.callbacks.QuantizationSurvival, init_args: {{every_n_steps: 1, schemes: [nf4]}}}}
+    - class_path: lit_unlearn.callbacks.QuantizedEvaluation
+      init_args: {{data: {muse_dir}, precisions: [full], {eval_args}}}
+model: {{model_name_or_path: {tiny_model_dir}, objective: ga_gdr, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}
+data: {{forget: {text_files['forget']}, retain: {text_files['retain']}, max_length: 32, batch_size: 2}}
+""")
+    try:
+        for _ in range(2):
+            main(["fit", "-c", str(config)])
+            wandb.finish()
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
+    runs = sorted(p.parent for p in (tmp_path / "out" / "lit-unlearn-tests").glob("*/checkpoints"))
+    assert len(runs) == 2
+    for run in runs:
+        for name in ("config.yaml", "results.md", "quantization_survival.csv", "adapter/adapter_model.safetensors",
+                     "checkpoints/last.ckpt"):
+            assert (run / name).is_file(), f"{name} missing in {run}"
+    assert not (tmp_path / "out" / "results.md").exists() and not (tmp_path / "out" / "adapter").exists()

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from lit_unlearn._paths import run_directory
 from lit_unlearn.callbacks._survival_layers import (
     delta_buffer,
     model_of,
@@ -92,7 +93,7 @@ class QuantizationSurvival(Callback):
 
     Logged as ``survival/<scheme>/<stat>`` to every logger (from rank zero) and into
     ``trainer.callback_metrics`` (on every rank, so ``EarlyStopping``/``ModelCheckpoint`` may monitor
-    them). Per-layer rows go to :attr:`history` and to ``<log_dir>/quantization_survival.csv``.
+    them). Per-layer rows go to :attr:`history` and to ``<run directory>/quantization_survival.csv``.
 
     Where ``W0`` comes from:
 
@@ -281,8 +282,8 @@ class QuantizationSurvival(Callback):
             # A new probe gets new original losses.
             self._original_losses = None
         self._restored = {}
-        # `trainer.log_dir` is a collective under DDP: every rank asks, only rank zero writes.
-        self._table_path = os.path.join(trainer.log_dir or trainer.default_root_dir, TABLE_NAME)
+        # `run_directory` is a collective under DDP: every rank asks, only rank zero writes.
+        self._table_path = os.path.join(run_directory(trainer), TABLE_NAME)
 
     @override
     def on_train_batch_start(

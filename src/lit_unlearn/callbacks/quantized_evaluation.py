@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import nn
 from typing_extensions import override
 
+from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments, shards_weights
 from lit_unlearn.evaluation import (
@@ -88,8 +89,9 @@ class QuantizedEvaluation(Callback):
         max_items: Items per evaluated set (MUSE has 100); ``None`` keeps all. Small values make periodic
             evaluation cheap.
         batch_size: Prompts or texts per forward pass.
-        output_dir: Where ``results.md``/``.csv``/``.json`` go; ``None`` uses ``trainer.log_dir`` (else
-            ``trainer.default_root_dir``).
+        output_dir: Where ``results.md``/``.csv``/``.json`` go; ``None`` uses the run's own directory
+            (``trainer.log_dir`` for CSV/TensorBoard loggers, ``<save_dir>/<project>/<run id>`` for W&B,
+            else ``default_root_dir``).
         method: Row name of the trained model; ``None`` uses ``pl_module.hparams["objective"]`` (or the
             class name), with `` (LoRA)`` appended for a peft model.
         tokenizer: Tokenizer path or hub id, used only when the module carries no tokenizer.
@@ -368,7 +370,7 @@ class QuantizedEvaluation(Callback):
                 table.add(method, precision, self._evaluate(model, tokenizer, precision, auc_retrain))
         self.table = table
         self._primary = method
-        # `trainer.log_dir` is a collective under DDP: every rank must ask, though only rank zero writes.
+        # `run_directory` is a collective under DDP: every rank must ask, though only rank zero writes.
         self._write(self._output_dir(trainer), table)
         rank_zero_info(
             f"MUSE evaluation ({self.convention} convention, step "
@@ -563,7 +565,7 @@ class QuantizedEvaluation(Callback):
     def _output_dir(self, trainer: Trainer) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        return run_directory(trainer)
 
     @rank_zero_only
     def _write(self, directory: Path, table: ResultsTable) -> None:
