@@ -93,14 +93,13 @@ def run(name: str, out: Path) -> None:
         table = next(directory.rglob("results.md")).read_text().splitlines()
         print("\n".join(line for line in table if line.startswith("|")))
         return
-    # Periodic results sit at Lightning's logging step (after k updates: k - 1), the final table at k.
+    # Results are logged at the optimizer updates applied (after k updates: step k), periodic and final.
     seen = set()
     with open(next(directory.rglob("metrics.csv"))) as f:
         for row in csv.DictReader(f):
             if not row.get("eval/full/knowmem"):
                 continue
-            step = int(row["step"])
-            updates = step + 1 if (step + 1) % every == 0 else step
+            updates = int(row["step"])
             if updates in seen:
                 continue
             seen.add(updates)

@@ -62,15 +62,16 @@ LoggerTarget = Trainer | Logger | Iterable[Logger] | None
 
 
 def logging_step(trainer: Trainer) -> int:
-    """The step at which Lightning logs the current batch's ``self.log`` values (batches stepped before it).
+    """The step every lit-unlearn value is logged and tabulated at: the optimizer updates applied when it
+    was measured (``trainer.global_step``).
 
-    Callbacks that log from ``on_train_batch_end`` use it too, so that their curves share the training
-    metrics' axis (a check after update ``k`` sits with the loss of batch ``k``, at ``k - 1``) and loggers
-    that refuse steps going backwards (W&B) accept every row: Lightning writes the batch's own metrics
-    after the callbacks have run. Counted in batches, as Lightning counts them (``global_step`` runs ahead
-    under manual multi-optimizer loops). After the last batch it is the number of batches stepped.
+    One convention for every logger, table and picture: the survival check and the evaluation after
+    update ``k`` are at step ``k`` in ``metrics.csv``, on W&B's ``trainer/global_step`` axis, in
+    ``quantization_survival.csv``, the heatmaps and the curves, and in the checkpoint's name
+    (``step=k``). Lightning's own training metrics follow it too: the loss of the batch that makes update
+    ``k`` was measured before that update, so it sits at ``k - 1``.
     """
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
+    return trainer.global_step
 
 
 def _loggers(target: LoggerTarget) -> list[Logger]:

@@ -301,7 +301,7 @@ def survival_curves(
                 value = _float(raw)
                 if match and value is not None:
                     scheme, stat = match.groups()
-                    curves[stat].setdefault((label, scheme), {})[int(step) + 1] = value
+                    curves[stat].setdefault((label, scheme), {})[int(step)] = value
     if not any(curves.values()):
         raise ValueError("`runs` hold no survival/<scheme>/effect_retained or changed values; log them with "
                          "QuantizationSurvival.")

@@ -98,10 +98,11 @@ def test_metric_groups_are_logged_on_the_step_axis(offline_run):
     def steps(key):
         return sorted({row[STEP_METRIC] for row in run.rows_with(key)})
 
-    # Both callbacks log a check after update k where Lightning logs the loss of batch k (step k - 1):
-    # one axis for every curve; the end-of-fit table adds the final evaluation at MAX_STEPS.
-    assert steps("survival/nf4/changed") == steps("train/loss") == list(range(MAX_STEPS))
-    assert steps("eval/nf4/knowmem") == list(range(MAX_STEPS + 1))
+    # One axis, the optimizer updates applied: both callbacks log their check after update k at k (the
+    # end-of-fit evaluation too, at MAX_STEPS); the loss of the batch making update k was measured before
+    # it, at k - 1.
+    assert steps("survival/nf4/changed") == steps("eval/nf4/knowmem") == list(range(1, MAX_STEPS + 1))
+    assert steps("train/loss") == list(range(MAX_STEPS))
     axes = {m["glob_name"]: m["step_metric"] for m in run.metrics if m["glob_name"]}
     assert all(axes.get(group) == STEP_METRIC for group in STEP_METRIC_GROUPS), axes
 

@@ -85,7 +85,7 @@ def test_fit_logs_curves_writes_the_table_and_leaves_training_untouched(tmp_path
     with open(trainer.logger.experiment.metrics_file_path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     logged = {(r["step"], k) for r in rows for k, v in r.items() if k.startswith("eval/") and v}
-    for step in ("0", "1"):  # after updates 1 and 2, with the losses of batches 1 and 2
+    for step in ("1", "2"):  # after updates 1 and 2 (the step is the updates applied)
         assert {(step, "eval/full/knowmem"), (step, "eval/nf4/privleak"), (step, "eval/nf4/auc")} <= logged
     out = tmp_path / "run" / "version_0"
     table = (out / "results.md").read_text(encoding="utf-8")

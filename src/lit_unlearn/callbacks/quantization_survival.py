@@ -229,18 +229,18 @@ class QuantizationSurvival(Callback):
         )
 
     def curve_rows(self) -> list[dict[str, Any]]:
-        """One row per check, as the loggers got it: ``step`` (Lightning's logging step, the optimizer step
-        minus one), the verdict ``survival/<scheme>/effect_retained`` and the pooled ``changed``."""
+        """One row per check, as the loggers got it: ``step`` (optimizer updates applied, see
+        ``loggers.logging_step``), the verdict ``survival/<scheme>/effect_retained`` and the pooled ``changed``."""
         rows: dict[int, dict[str, Any]] = {}
         pooled: dict[tuple[int, str], list[float]] = {}
         for r in self.history:
             n_changed, numel = pooled.setdefault((r["step"], r["scheme"]), [0.0, 0.0])
             pooled[(r["step"], r["scheme"])] = [n_changed + r["changed"] * r["numel"], numel + r["numel"]]
         for (step, scheme), (n_changed, numel) in pooled.items():
-            rows.setdefault(step, {"step": step - 1})[f"survival/{scheme}/changed"] = n_changed / max(numel, 1)
+            rows.setdefault(step, {"step": step})[f"survival/{scheme}/changed"] = n_changed / max(numel, 1)
         for r in self.functional_history:
             if r["effect_retained"] is not None:
-                rows.setdefault(r["step"], {"step": r["step"] - 1})[f"survival/{r['scheme']}/effect_retained"] = (
+                rows.setdefault(r["step"], {"step": r["step"]})[f"survival/{r['scheme']}/effect_retained"] = (
                     r["effect_retained"]
                 )
         return [rows[step] for step in sorted(rows)]
