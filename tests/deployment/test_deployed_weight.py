@@ -21,7 +21,8 @@ from lit_unlearn.deployment import (
     merged_state_dict,
     output_head,
 )
-from lit_unlearn.quantization import get_scheme, quantize_model_
+from lit_unlearn.quantization import get_scheme, quantize, quantize_model_
+from lit_unlearn.quantization.llm_int8 import llm_int8_linear
 
 SCHEMES = ["nf4", "int4", "int8"]
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2]])
@@ -62,11 +63,12 @@ def _weights_seen(model: nn.Module, context) -> dict[str, torch.Tensor]:
     return seen
 
 
-def _reference(model: nn.Module, scheme: str) -> dict[str, torch.Tensor]:
+def _reference(model: nn.Module, scheme: str | None) -> dict[str, torch.Tensor]:
     """peft's merge_and_unload on a copy, then quantize_model_: what a deployment holds."""
     merged = copy.deepcopy(model)
     merged = merged.merge_and_unload() if hasattr(merged, "merge_and_unload") else merged
-    quantize_model_(merged, scheme)
+    if scheme is not None:
+        quantize_model_(merged, scheme)
     head = output_head(merged)
     return {n: m.weight.detach() for n, m in merged.named_modules() if type(m) is nn.Linear and m is not head}
 
@@ -91,11 +93,40 @@ def test_every_path_deploys_the_same_weights(kind, scheme):
     exported = {n: m.weight.detach() for n, m in plain.named_modules() if n in want}
 
     head = "lm_head"
+    # LLM.int8 computes from the codes (activations quantized too): its layers swap in no weight, and
+    # what they compute is checked below; the stored (exported) int8 weights are checked here.
+    paths = (("evaluation", evaluation), ("survival check", check)) if scheme != "int8" else ()
     for name, weight in want.items():
-        for path, got in (("evaluation", evaluation), ("survival check", check), ("merged state dict", exported)):
+        for path, got in (*paths, ("merged state dict", exported)):
             assert got[name].dtype == weight.dtype, (path, name)
             assert torch.equal(got[name].view(-1).view(torch.uint8), weight.view(-1).view(torch.uint8)), (path, name)
     assert head not in want and torch.equal(evaluation[head], model.get_output_embeddings().weight)
+    if scheme == "int8":
+        merged = _reference(model, None)  # peft's merge, unquantized
+        for path, context in (("evaluation", lambda: deployed_weights(model, scheme)),
+                              ("survival check", lambda: deployed_model(model, layers, s, lazy=True))):
+            for name, (x, y) in _calls_seen(model, context()).items():
+                q = quantize(merged[name], "int8")
+                assert torch.equal(y, llm_int8_linear(x, q.codes, q.scales, None)), (path, name)
+
+
+def _calls_seen(model: nn.Module, context) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Input and output of every selected linear layer (not the head) during one forward in ``context``."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    names = {id(m): n.removeprefix("base_model.model.").removesuffix(".base_layer")
+             for n, m in model.named_modules()}
+    head = model.get_output_embeddings()
+    with context:
+        handles = [m.register_forward_hook(lambda m, a, out: seen.__setitem__(names[id(m)], (a[0], out)))
+                   for m in model.modules()
+                   if type(m) is nn.Linear and "lora_" not in names[id(m)] and m is not getattr(head, "base_layer", head)]
+        try:
+            model(input_ids=IDS)
+        finally:
+            for h in handles:
+                h.remove()
+    assert seen
+    return seen
 
 
 def test_original_weights_are_quantized_base_and_adapters_off():

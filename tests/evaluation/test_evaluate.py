@@ -55,7 +55,10 @@ def _assert_restored(model, snapshot, modes):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_deployed_lora_equals_merge_and_unload_then_quantize(lora_llama, tokenizer, precision):
     merged = copy.deepcopy(lora_llama).merge_and_unload().eval()
-    if precision != "full":
+    if precision == "int8":
+        # LLM.int8 quantizes activations too: the reference is bitsandbytes' own Linear8bitLt layers.
+        _to_bitsandbytes_int8(merged)
+    elif precision != "full":
         quantize_model_(merged, precision)
     lora_llama.eval()
     ids = _ids(tokenizer)
@@ -66,6 +69,22 @@ def test_deployed_lora_equals_merge_and_unload_then_quantize(lora_llama, tokeniz
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(got, expected)
+
+
+def _to_bitsandbytes_int8(model):
+    """Every linear layer but the head as a ``load_in_8bit`` layer: bitsandbytes' ``Linear8bitLt`` (int8
+    weights, threshold 6.0), which in eval mode runs the same ``MatMul8bitLt`` on CPU as on CUDA."""
+    import bitsandbytes as bnb
+
+    head = model.get_output_embeddings()
+    for name, linear in list(model.named_modules()):
+        if type(linear) is not torch.nn.Linear or linear is head:
+            continue
+        int8 = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                   has_fp16_weights=False, threshold=6.0)
+        int8.load_state_dict(linear.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, int8.to("cpu").eval())
 
 
 def test_merge_happens_before_quantization(lora_llama, tokenizer):

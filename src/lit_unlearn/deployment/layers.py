@@ -143,6 +143,13 @@ class DeployedLayer:
         merged = self.merged()
         return merged if scheme is None or not self.quantized else fake_quantize(merged, scheme)
 
+    def quantized_weight(self, scheme: Scheme, original: bool = False) -> QuantizedTensor:
+        """The codes and scales of :meth:`weight` (a selected layer): ``Q(merged)``, or ``Q(W0)``."""
+        if original:
+            cached = self.reference_codes.get(scheme.name)
+            return cached.to(self.linear.weight.device) if cached is not None else quantize(self.w0(), scheme)
+        return quantize(self.merged(), scheme)
+
     @torch.no_grad()
     def cache_references(self, schemes: Sequence[Scheme], snapshot: torch.Tensor | None = None) -> None:
         """Keep ``W0`` (a host copy, for trainable layers) and ``Q(W0)`` per scheme in host RAM.

@@ -19,10 +19,11 @@ from torch import nn
 
 from lit_unlearn.adapters import adapters_disabled, is_peft_model, lora_layers
 from lit_unlearn.deployment.layers import DeployedLayer, deployed_layers, deployed_name
-from lit_unlearn.quantization import Scheme
+from lit_unlearn.quantization import QuantizedTensor, Scheme
+from lit_unlearn.quantization.llm_int8 import llm_int8_linear
 from lit_unlearn.swap import swapped_weights
 
-__all__ = ["around_forward", "base_dtype", "deployed_model", "merged_state_dict"]
+__all__ = ["around_forward", "base_dtype", "deployed_model", "int8_forwards", "merged_state_dict"]
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
@@ -41,37 +42,85 @@ def deployed_model(
     Current: each LoRA layer among ``layers`` computes with its merged weight (quantized where the layer
     is selected) and its adapter off; each other selected layer with ``Q(W)``. Original: every adapter of
     the model off, and each layer at ``W0`` or ``Q(W0)``. ``scheme=None`` is full precision: the original
-    model, or the current one with its LoRA layers merged.
+    model, or the current one with its LoRA layers merged. For LLM.int8 (``int8``) a selected layer does
+    not swap in a weight but computes bitsandbytes' int8 matmul (activations quantized row-wise, outlier
+    columns in 16-bit) from its codes, see :func:`int8_forwards`.
     """
     owners = [m for _, m in lora_layers(model)] if original and is_peft_model(model) else []
+    # LLM.int8 quantizes activations too: its selected layers compute `llm_int8_linear` from the codes.
+    int8 = scheme is not None and scheme.family == "llm_int8"
     if not lazy:
         param_names = {id(p): n for n, p in model.named_parameters()}
         weights: dict[str, torch.Tensor] = {}
+        codes: dict[nn.Linear, QuantizedTensor] = {}
         for layer in layers:
+            if int8 and layer.quantized:
+                codes[layer.linear] = layer.quantized_weight(scheme, original)
+                continue
             # A weight shared by several modules (tied) has one parameter name and is deployed once.
             key = param_names[id(layer.linear.weight)]
             if key not in weights:
                 weights[key] = layer.weight(scheme, original)
         # Every ΔW has been read above; only now are the adapters switched off.
         current_owners = [] if original else [layer.lora for layer in layers if layer.lora is not None]
-        with adapters_disabled(owners + current_owners), swapped_weights(model, weights):
+        with adapters_disabled(owners + current_owners), swapped_weights(model, weights), int8_forwards(codes):
             yield model
         return
+
+    # A module's forward is looked up before its pre-hooks run, so the int8 layers' forwards are replaced
+    # for the whole context and read the codes their layer's pre-hook leaves here.
+    current_codes: dict[nn.Linear, QuantizedTensor] = {}
 
     def computing(layer: DeployedLayer) -> contextlib.AbstractContextManager:
         @contextlib.contextmanager
         def context() -> Iterator[None]:
-            weight = layer.weight(scheme, original)  # ΔW read while this layer's adapter is still on
+            # ΔW read while this layer's adapter is still on.
+            if int8 and layer.quantized:
+                current_codes[layer.linear] = layer.quantized_weight(scheme, original)
+                swap: contextlib.AbstractContextManager = contextlib.nullcontext()
+            else:
+                swap = swapped_weights(layer.linear, {"weight": layer.weight(scheme, original)})
             mine = [layer.lora] if layer.lora is not None and not original else []
-            with adapters_disabled(mine), swapped_weights(layer.linear, {"weight": weight}):
-                yield
+            try:
+                with adapters_disabled(mine), swap:
+                    yield
+            finally:
+                current_codes.pop(layer.linear, None)
 
         return context()
 
     contexts = {(layer.linear if original else layer.forward_module): (lambda layer=layer: computing(layer))
                 for layer in layers}
-    with adapters_disabled(owners), around_forward(contexts):
+    int8_linears = [layer.linear for layer in layers if int8 and layer.quantized]
+    with adapters_disabled(owners), int8_forwards(current_codes, int8_linears), around_forward(contexts):
         yield model
+
+
+@contextlib.contextmanager
+def int8_forwards(codes: Mapping[nn.Linear, QuantizedTensor], linears: Sequence[nn.Linear] | None = None
+                  ) -> Iterator[None]:
+    """While active, each linear layer computes LLM.int8's matmul from its int8 codes and row scales
+    (:func:`~lit_unlearn.quantization.llm_int8.llm_int8_linear`), as a ``load_in_8bit`` layer does.
+
+    ``codes`` is read at each call, so it may be filled while the context is open; ``linears`` (default:
+    the keys of ``codes``) are the layers whose forward is replaced.
+    """
+
+    def forward(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        def int8_forward(x: torch.Tensor) -> torch.Tensor:
+            q = codes[linear]
+            return llm_int8_linear(x, q.codes, q.scales, linear.bias)
+
+        return int8_forward
+
+    linears = list(codes) if linears is None else list(linears)
+    try:
+        for linear in linears:
+            linear.forward = forward(linear)  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for linear in linears:
+            linear.__dict__.pop("forward", None)
 
 
 @contextlib.contextmanager
