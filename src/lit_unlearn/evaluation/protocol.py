@@ -99,7 +99,8 @@ def evaluate(
             Train/eval modes and weights are restored afterwards.
         tokenizer: The model's tokenizer.
         data: An :class:`EvalData`, or a MUSE-layout source to load (hub id, local dir, ``world:data``).
-        precision: ``"full"``, ``"int8"`` (LLM.int8 row-wise), ``"nf4"``, ``"fp4"`` or ``"int4"``
+        precision: ``"full"``, ``"int8"`` (LLM.int8: row-wise int8 weights and activations, outlier
+            columns in 16-bit), ``"nf4"``, ``"fp4"`` or ``"int4"``
             (round-to-nearest, group 128), or a :class:`~lit_unlearn.deployment.Deployment` (precision,
             block size and layers in one; then leave ``block_size`` and ``filter_fn`` unset).
         convention: ``"muse"`` or ``"open-unlearning"`` (see :mod:`lit_unlearn.metrics.conventions`).
