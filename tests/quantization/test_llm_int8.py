@@ -68,3 +68,18 @@ def test_an_all_zero_row_gives_the_bias():
     bias = torch.arange(4.0)
     out = llm_int8_linear(torch.zeros(2, 8), q.codes, q.scales, bias)
     assert torch.equal(out, bias.expand(2, 4))
+
+
+def test_the_integer_product_is_exact_beyond_fp32s_range():
+    # 2048 features: sums of int8 products reach 2048 · 127² > 2²⁴, where an fp32 matmul rounds. Inputs and
+    # weights that are their own codes (integers with a 127 in every row) make the int32 product checkable.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(100, 128, (3, 2048), generator=generator).float()
+    w = torch.randint(100, 128, (5, 2048), generator=generator).float()
+    x[:, 0] = w[:, 0] = 127
+    q = quantize(w, "int8")
+    assert torch.equal(q.codes.float(), w) and torch.equal(q.scales, torch.full((5,), 127.0))
+    acc = (x.long() @ w.long().t()).to(torch.int32)
+    assert acc.max() > 2**24 and not torch.equal((x @ w.t()).to(torch.int32), acc)  # fp32 would round
+    expected = acc * (torch.full((3, 1), 127.0) * q.scales.reshape(1, -1)) * DEQUANT_SCALE
+    assert torch.equal(llm_int8_linear(x, q.codes, q.scales, threshold=0.0), expected)

@@ -14,9 +14,10 @@ as int8 codes ``CB`` with one absmax ``SCB`` per output row, and in every forwar
 4. adds the outlier columns back at 16-bit input precision: ``out += A[:, cols] @ (CB[:, cols] · SCB
    / 127)ᵀ`` with the weight columns dequantized to ``A``'s dtype.
 
-:func:`llm_int8_linear` is those four steps in that order. The integer product is computed in float64,
-which is exact for any realistic width (products ≤ 127², so sums below 2⁵³), as the GPU's int32 matmul
-is; bitsandbytes' CPU fallback without AVX-512 multiplies in fp32, exact only up to 1040 input features.
+:func:`llm_int8_linear` is those four steps in that order. The integer product is exact, as the GPU's int32
+matmul is: in fp32 up to 1040 input features (products ≤ 127², so every partial sum stays below 2²⁴),
+in float64 beyond (exact below 2⁵³). bitsandbytes' CPU fallback without AVX-512 multiplies in fp32 at any
+width, so it is exact only up to 1040 input features.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def llm_int8_linear(x: Tensor, codes: Tensor, scb: Tensor, bias: Tensor | None =
     ca = torch.nan_to_num(ca, nan=0.0).to(torch.int8)  # an all-zero row (0/0) quantizes to zeros
     if cols is not None and cols.numel() and a.shape[0] > 1:
         ca[:, cols] = 0
-    acc = (ca.double() @ codes.double().t()).to(torch.int32)
+    # Exact either way: |products| ≤ 127², so fp32 holds every partial sum of up to 1040 of them exactly.
+    exact = torch.float32 if codes.shape[1] * 127 * 127 < 2**24 else torch.float64
+    acc = (ca.to(exact) @ codes.to(exact).t()).to(torch.int32)
     out = acc * (sca.unsqueeze(-1) * scb.float().reshape(1, -1)) * DEQUANT_SCALE
     if bias is not None:
         out += bias.to(x.dtype)
