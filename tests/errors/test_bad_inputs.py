@@ -44,7 +44,7 @@ def test_text_column_missing(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize(("build", "match"), [
     (lambda: UnlearningModule("x", objective="npo_gdrr"), r"'npo_gdrr'.*npo_gdr"),
     (lambda: QuantizationSurvival(schemes=["nf5"]), r"'nf5'.*'nf4'"),
-    (lambda: QuantizedEvaluation(precisions=["int3"]), r"'int3'.*'full'"),
+    (lambda: QuantizedEvaluation(precisions=["int9"]), r"'int9'.*'full'"),
     (lambda: QuantizedEvaluation(convention="muze"), r"'muze'.*muse"),
     (lambda: QuantizationSurvival(every_n_steps=0), r"`every_n_steps` must be a positive integer, got 0"),
 ], ids=["objective", "scheme", "precision", "convention", "every_n_steps"])

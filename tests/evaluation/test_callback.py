@@ -149,7 +149,7 @@ def test_evaluation_model_hook_and_missing_tokenizer(tmp_path, tokenizer, muse_d
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"precisions": ["full", "int3"]}, "`precision`='int3' is not supported"),
+        ({"precisions": ["full", "int9"]}, "`precision`='int9' is not supported"),
         ({"precisions": []}, "`precisions` is empty"),
         ({"every_n_steps": 0}, "`every_n_steps`=0 must be a positive integer, or None"),
         ({"batch_size": 0}, "`batch_size`=0 must be a positive integer"),

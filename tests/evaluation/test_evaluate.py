@@ -152,8 +152,8 @@ def test_open_unlearning_convention_falls_back_to_auc_half(llama, tokenizer, sma
     "kwargs, message",
     [
         (
-            {"precision": "int3"},
-            "`precision`='int3' is not supported; choose one of 'full', 'int8', 'nf4', 'fp4', 'int4'",
+            {"precision": "int9"},
+            "`precision`='int9' is not supported; choose one of 'full', 'int8', 'nf4', 'fp4', 'int4', 'int2'",
         ),
         ({"precision": "int4", "quantizer": "bitsandbytes"}, "bitsandbytes has no int4 round-to-nearest"),
         ({"quantizer": "gptq"}, "`quantizer`='gptq' is not supported; choose one of 'fake', 'bitsandbytes'"),

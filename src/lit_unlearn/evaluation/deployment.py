@@ -19,6 +19,7 @@ from torch import nn
 
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.deployment import base_dtype, deployed_weights, merged_state_dict
+from lit_unlearn.quantization import SCHEMES
 
 __all__ = [
     "BITSANDBYTES_PRECISIONS",
@@ -33,12 +34,13 @@ __all__ = [
     "merged_state_dict",
 ]
 
-Precision = Literal["full", "int8", "nf4", "fp4", "int4"]
+# "full" is the unquantized model; the rest are lit_unlearn.quantization schemes: LLM.int8 (row-wise
+# int8 weights and activations), bitsandbytes' 4-bit nf4/fp4 (blockwise absmax), symmetric round-to-nearest
+# int4 (group 128), and every other scheme (int2…int7, rtn8, the -asym variants, bf16, fp16) after them.
+_COMMON = ("full", "int8", "nf4", "fp4", "int4")
+PRECISIONS: tuple[str, ...] = _COMMON + tuple(s for s in SCHEMES if s not in _COMMON)
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Quantizer = Literal["fake", "bitsandbytes"]
-
-# "full" is the unquantized model; the rest are lit_unlearn.quantization schemes: LLM.int8 row-wise
-# absmax, bitsandbytes' 4-bit nf4/fp4 (blockwise absmax), symmetric round-to-nearest int4 (group 128).
-PRECISIONS: tuple[str, ...] = ("full", "int8", "nf4", "fp4", "int4")
 QUANTIZERS: tuple[str, ...] = ("fake", "bitsandbytes")
 # bitsandbytes has no plain round-to-nearest int4 format.
 BITSANDBYTES_PRECISIONS: tuple[str, ...] = ("full", "int8", "nf4", "fp4")
