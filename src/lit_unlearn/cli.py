@@ -30,8 +30,8 @@ __all__ = ["UnlearnCLI", "main"]
 _DESCRIPTION = """\
 lit-unlearn: LLM unlearning that survives 4-bit quantization.
 
-  lit-unlearn fit -c configs/npo_gdr.yaml     unlearn (LoRA or full-parameter)
-  lit-unlearn test -c configs/npo_gdr.yaml --ckpt_path last
+  lit-unlearn fit -c configs/simnpo_gdr.yaml  unlearn (LoRA or full-parameter)
+  lit-unlearn test -c configs/simnpo_gdr.yaml --ckpt_path last
                                               evaluate at full, 8-bit and 4-bit precision
   lit-unlearn prepare [--size default]        build the embedded toy world now
   lit-unlearn export --help                   merge an adapter, save the model for deployment

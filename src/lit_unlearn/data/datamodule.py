@@ -245,11 +245,11 @@ class ForgetRetainDataModule(LightningDataModule):
                 raise ValueError(f"The {name} set {source} yields no tokens; check its `column` and contents.")
             self.datasets[name] = TokenizedTexts(examples)
 
-    def _loader(self, name: str, shuffle: bool, sampler: ResumableSampler | None = None) -> DataLoader:
+    def _loader(self, name: str, sampler: ResumableSampler | None = None) -> DataLoader:
+        """A loader over one set: in ``sampler``'s order for training, in the set's order otherwise."""
         return DataLoader(
             self.datasets[name],
             batch_size=self.batch_size,
-            shuffle=None if sampler is not None else shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_Collator(self.tokenizer.pad_token_id),
@@ -277,7 +277,7 @@ class ForgetRetainDataModule(LightningDataModule):
             for name, sampler in samplers.items():
                 sampler.resume(self._resume["epoch"], done[name], self.batch_size, cycle=self.mode == "max_size_cycle")
             self._resume = None
-        loaders = {name: self._loader(name, self.shuffle, sampler) for name, sampler in samplers.items()}
+        loaders = {name: self._loader(name, sampler) for name, sampler in samplers.items()}
         # Lightning warns on a mid-epoch resume unless each loader has a `state_dict`; this DataModule
         # keeps the position itself (`state_dict` below), so the warning does not apply to its loaders.
         warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
@@ -301,7 +301,7 @@ class ForgetRetainDataModule(LightningDataModule):
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])} if state_dict else None
 
     def _eval_loaders(self) -> list[DataLoader]:
-        return [self._loader(name, shuffle=False) for name in ("forget", "retain") if name in self.datasets]
+        return [self._loader(name) for name in ("forget", "retain") if name in self.datasets]
 
     @override
     def val_dataloader(self) -> list[DataLoader]:
