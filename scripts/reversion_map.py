@@ -192,13 +192,17 @@ def _spread(values: Iterable[float | None]) -> dict[str, float] | None:
     return {"mean": statistics.fmean(known), "min": min(known), "max": max(known), "n": len(known)}
 
 
-def durable_at(runs: list[dict[str, Any]], epsilon: float, min_forgetting: float) -> bool | None:
-    """Forget metrics at every precision within ``epsilon`` of full precision, in every seed; ``None`` when
-    some seed forgot under ``min_forgetting`` KnowMem points at full precision (nothing to keep)."""
+DEPLOYED = ("int8", "nf4", "fp4", "int4")  # the precisions deployments use; int3 probes beyond them
+
+
+def durable_at(runs: list[dict[str, Any]], epsilon: float, min_forgetting: float,
+               precisions: Sequence[str] = DEPLOYED) -> bool | None:
+    """Forget metrics at each of ``precisions`` within ``epsilon`` of full precision, in every seed; ``None``
+    when some seed forgot under ``min_forgetting`` KnowMem points at full precision (nothing to keep)."""
     if any(r["target"]["full"]["knowmem"] - r["metrics"]["full"]["knowmem"] < min_forgetting for r in runs):
         return None
     return all(abs(r["metrics"][q][m] - r["metrics"]["full"][m]) <= epsilon
-               for r in runs for q in PRECISIONS for m in FORGET_METRICS)
+               for r in runs for q in precisions for m in FORGET_METRICS)
 
 
 def summarize(cell: Cell, runs: list[dict[str, Any]], epsilon: float, min_forgetting: float) -> dict[str, Any]:
@@ -209,8 +213,10 @@ def summarize(cell: Cell, runs: list[dict[str, Any]], epsilon: float, min_forget
                 for s in SCHEMES}
     forgot = [r["target"]["full"]["knowmem"] - r["metrics"]["full"]["knowmem"] for r in runs]
     durable = durable_at(runs, epsilon, min_forgetting)
+    durable_int3 = durable_at(runs, epsilon, min_forgetting, (*DEPLOYED, "int3"))
     return {"cell": asdict(cell), "name": cell.name, "label": cell.label, "seeds": len(runs), "metrics": metrics,
-            "kept": kept, "survival": survival, "durable": durable, "forgotten_knowmem": _spread(forgot)}
+            "kept": kept, "survival": survival, "durable": durable, "durable_with_int3": durable_int3,
+            "forgotten_knowmem": _spread(forgot)}
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -296,20 +302,22 @@ def markdown(summaries: list[dict], corr: dict, epsilon: float, min_forgetting: 
         lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     lines += ["", "### Kept share of forgetting (KnowMem; VerbMem below it) and the in-training verdict", "",
               "| cell | " + " | ".join(q for q in PRECISIONS if q != "full") + " | effect_retained nf4 / int3 "
-              "| changed nf4 | cosine nf4 | durable at ε |",
+              "| changed nf4 | cosine nf4 | durable at ε (≤ 4 bits / with int3) |",
               "|---|" + "---|" * (len(PRECISIONS) - 1) + "---|---|---|---|"]
     for s in summaries:
         kept = [f"{_fmt(s['kept'][q]['knowmem'])}<br>{_fmt(s['kept'][q]['verbmem'])}" for q in PRECISIONS if q != "full"]
         sv = s["survival"]
         lines.append(f"| {s['label']} | " + " | ".join(kept)
                      + f" | {_fmt(sv['nf4']['effect_retained'])} / {_fmt(sv['int3']['effect_retained'])}"
-                     + f" | {_fmt(sv['nf4']['changed'])} | {_fmt(sv['nf4']['cosine'])} | {_durable(s['durable'])} |")
+                     + f" | {_fmt(sv['nf4']['changed'])} | {_fmt(sv['nf4']['cosine'])} | {_durable(s['durable'])} / "
+                     f"{_durable(s['durable_with_int3'])} |")
     durable = [s["label"] for s in summaries if s["durable"]]
     forgetting = [s for s in summaries if s["durable"] is not None]
-    lines += ["", f"Durable at ε = {epsilon:g} points (KnowMem and VerbMem at int8, nf4, fp4, int4 and int3 within "
+    with_int3 = [s["label"] for s in summaries if s["durable_with_int3"]]
+    lines += ["", f"Durable at ε = {epsilon:g} points (KnowMem and VerbMem at int8, nf4, fp4 and int4 within "
               f"{epsilon:g} of full precision, every seed): {len(durable)} of the {len(forgetting)} cells that "
               f"forgot at least {min_forgetting:g} KnowMem points in every seed"
-              + (": " + "; ".join(durable) if durable else "") + ".", "",
+              + (": " + "; ".join(durable) if durable else "") + f". Counting int3 too: {len(with_int3)}.", "",
               "### Does the in-training signal predict the deployed outcome?", "",
               "Spearman correlation between the last `survival/<scheme>/effect_retained` and the measured kept "
               "share of KnowMem, one point per run and scheme:", "",

@@ -44,6 +44,8 @@ def test_durable_needs_every_precision_and_every_seed_within_epsilon(rmap):
     assert rmap.durable_at([_run(rmap, {}), _run(rmap, {"int4": 44.0})], 5.0, 5.0) is True
     assert rmap.durable_at([_run(rmap, {}), _run(rmap, {"int4": 46.0})], 5.0, 5.0) is False  # one seed, one scheme
     assert rmap.durable_at([_run(rmap, {}, full=97.0)], 5.0, 5.0) is None  # nothing forgotten
+    assert rmap.durable_at([_run(rmap, {"int3": 30.0})], 5.0, 5.0) is True  # int3 is not a deployed precision...
+    assert rmap.durable_at([_run(rmap, {"int3": 30.0})], 5.0, 5.0, (*rmap.DEPLOYED, "int3")) is False  # ...unless asked
 
 
 def test_spearman(rmap):
