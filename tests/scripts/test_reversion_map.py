@@ -85,3 +85,21 @@ def test_quick_pipeline_on_the_test_world(rmap, tmp_path, monkeypatch):
     rmap.main(["--quick", "--smoke", "--seeds", "0", "--out", str(tmp_path / "runs"), "--docs", str(docs)])
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     assert (docs / "reversion_map.md").read_text().count(rmap.BEGIN) == 1
+
+
+@pytest.mark.slow
+def test_width_study_pipeline(rmap, tmp_path):
+    docs = tmp_path / "docs"
+    result = rmap.main(["--widths", "test", "--smoke", "--seeds", "0", "--out", str(tmp_path / "runs"),
+                        "--docs", str(docs)])
+    (row, *_) = result["widths"]
+    assert row["world"] == "test" and row["hidden_size"] == 64 and row["parameters"] > 0
+    assert {r["name"] for r in result["widths"]} == {c.name for c in rmap.WIDTH_CELLS}
+    assert (docs / "images" / "reversion_map_width.png").read_bytes()[:4] == b"\x89PNG"
+    assert rmap.WIDTH_BEGIN in (docs / "reversion_map.md").read_text()
+
+
+def test_unknown_width_is_refused(rmap, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        rmap.main(["--widths", "huge", "--out", str(tmp_path)])
+    assert "world sizes are" in capsys.readouterr().err

@@ -6,7 +6,7 @@ so ``(WORLD_VERSION, size, seed)`` names one world exactly and is the cache key.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = ["SIZES", "TrainRecipe", "WorldSize", "get_size"]
@@ -143,6 +143,19 @@ SIZES: dict[str, WorldSize] = {
         ),
     ),
 }
+
+
+def _width(name: str, hidden_size: int) -> WorldSize:
+    """The default world's corpus and schedule with another model width (heads of 32 dimensions, MLP 4x),
+    for measuring how survival moves with model size on the same data (scripts/reversion_map.py)."""
+    default = SIZES["default"]
+    recipe = replace(default.recipe, hidden_size=hidden_size, num_heads=hidden_size // 32,
+                     intermediate_size=4 * hidden_size)
+    return replace(default, name=name, recipe=recipe)
+
+
+SIZES["narrow"] = _width("narrow", 64)
+SIZES["wide"] = _width("wide", 256)
 
 
 def get_size(size: str) -> WorldSize:
