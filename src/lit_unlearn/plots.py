@@ -20,6 +20,7 @@ import csv
 import math
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def survival_heatmap(
     meaning = {"retained": f" (1 = the update survives {scheme}, 0 = rounded away)",
                "cosine": " (1 = what survives points along ΔW)"}.get(metric, "")
     ax.set_title(f"{scheme}: {metric} per layer{meaning}", fontsize=10)
-    fig.colorbar(image, ax=ax, label=label, fraction=0.04 if len(layers) > 20 else 0.08)
+    # Wrapped: a long caption on one line runs off the picture's edge beside a short heatmap.
+    fig.colorbar(image, ax=ax, label=textwrap.fill(label, max(30, int(5 * height))),
+                 fraction=0.04 if len(layers) > 20 else 0.08)
     if raw.size <= _ANNOTATE_MAX_CELLS:
         for (i, j), v in np.ndenumerate(raw):
             if not math.isnan(v):
