@@ -90,7 +90,8 @@ def load_bitsandbytes(
     if not torch.cuda.is_available():
         raise RuntimeError(
             "quantizer='bitsandbytes' loads the model with real bitsandbytes kernels and needs a CUDA "
-            "device; use quantizer='fake' (bit-exact simulation of the same formats) on this machine."
+            "device; use quantizer='fake' (a pure-torch simulation of the same formats, tested bit for bit "
+            "against bitsandbytes) on this machine."
         )
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig

@@ -109,7 +109,8 @@ def evaluate(
         tasks: Subset of :data:`TASKS` to run; ``None`` runs all.
         max_items: Items per evaluated set (in-context examples kept whole); ``None`` keeps all.
         batch_size: Prompts or texts per forward/generate call.
-        quantizer: ``"fake"`` (exact simulation with ``lit_unlearn.quantization``, any device) or
+        quantizer: ``"fake"`` (pure-torch simulation with ``lit_unlearn.quantization``, any device: nf4/fp4
+            weights bit-identical to bitsandbytes' CUDA decoding, int8 layers to its ``Linear8bitLt`` on CPU) or
             ``"bitsandbytes"`` (CUDA only: the merged model is reloaded with ``BitsAndBytesConfig``).
         block_size: Block (group) size of the fake quantizer; ``None`` takes the scheme's default.
         filter_fn: Which linear layers the fake quantizer quantizes (``(name, module) -> bool``, a regex or
