@@ -398,9 +398,15 @@ class UnlearningModule(LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Dropout draws from the global RNG: a resumed fit restores it (at `on_train_start`) to continue
-        # with the masks an uninterrupted fit would draw. Lightning saves rank zero's; under DDP every rank
-        # runs the same seed and draws, so their states agree.
-        checkpoint[_RNG_KEY] = get_rng_states()
+        # with the masks an uninterrupted fit would draw. Every rank's state is kept (Lightning writes rank
+        # zero's checkpoint, but every rank builds it, so the gather is collective).
+        states = get_rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint[_RNG_KEY] = {"ranks": gathered}
+        else:
+            checkpoint[_RNG_KEY] = {"ranks": [states]}
         # A LoRA checkpoint needs only the adapter: the frozen base is reloaded from
         # `model_name_or_path`, so storing it again would multiply checkpoint size for nothing.
         if self.lora is not None:
@@ -425,7 +431,10 @@ class UnlearningModule(LightningModule):
     def on_train_start(self) -> None:
         # After every setup step of a resumed fit (data loaders included), just before its first batch.
         if self._rng_states is not None:
-            set_rng_states(self._rng_states)
+            ranks = self._rng_states["ranks"]
+            # This rank's own state; resumed on another number of processes, rank zero's for all.
+            rank = self.trainer.global_rank if len(ranks) == self.trainer.world_size else 0
+            set_rng_states(ranks[rank])
             self._rng_states = None
 
     def resolve_output_dir(self) -> Path:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.conftest import WORDS, make_texts
@@ -207,3 +207,54 @@ def test_interrupted_and_resumed_fit_ends_on_the_uninterrupted_adapter(
     assert got.keys() == uninterrupted.keys()
     for key in got:
         torch.testing.assert_close(got[key], uninterrupted[key], rtol=0, atol=0, msg=key)
+
+
+# ---------------------------------------------------------------------- two processes
+class DumpWeights(Callback):
+    """Writes each rank's trainable weights at train end (``rank<r>.safetensors``)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module):
+        from safetensors.torch import save_file
+
+        weights = {n: p.detach().contiguous() for n, p in pl_module.model.named_parameters() if p.requires_grad}
+        save_file(weights, str(self.directory / f"rank{trainer.global_rank}.safetensors"))
+
+
+def adamw(params):  # picklable, for ddp_spawn
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+def _ddp_fit(model_dir, texts, root, max_steps, ckpt_path=None):
+    seed_everything(0)
+    module = UnlearningModule(model_dir, objective="npo_gdr", lora=LoRA(r=4, alpha=8, dropout=0.1), optimizer=adamw)
+    dm = ForgetRetainDataModule(forget=texts["forget"], retain=texts["retain"], max_length=32, batch_size=2,
+                                packing="document")
+    root.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", default_root_dir=root, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, max_steps=max_steps,
+        plugins=[SafetensorsCheckpointIO()],
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, every_n_train_steps=1),
+                   DumpWeights(root)],
+    )
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, tmp_path):
+    # Two ranks: each takes every other example (5 forget, 3 retain), so an epoch is 3 steps; stop after 2.
+    from safetensors.torch import load_file
+
+    _ddp_fit(tiny_model_dir, uneven_texts, tmp_path / "straight", 5)
+    _ddp_fit(tiny_model_dir, uneven_texts, tmp_path / "split", 2)
+    _ddp_fit(tiny_model_dir, uneven_texts, tmp_path / "split", 5,
+             ckpt_path=str(tmp_path / "split" / "checkpoints" / "last.ckpt"))
+    for rank in (0, 1):
+        expected = load_file(tmp_path / "straight" / f"rank{rank}.safetensors")
+        got = load_file(tmp_path / "split" / f"rank{rank}.safetensors")
+        assert expected.keys() == got.keys()
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=f"rank {rank}: {name}")
