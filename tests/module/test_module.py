@@ -101,7 +101,7 @@ def test_fit_lowers_forget_likelihood_and_gdr_keeps_retain(tiny_model_dir, text_
     probe = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], tokenizer=tiny_model_dir,
                                    max_length=32, batch_size=64, shuffle=False)
     probe.setup("fit")
-    forget, retain = (next(iter(probe._loader(name, shuffle=False))) for name in ("forget", "retain"))
+    forget, retain = (next(iter(probe._loader(name))) for name in ("forget", "retain"))
     forget0, retain0 = _nll(module, forget), _nll(module, retain)
     dm = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], max_length=32, batch_size=4)
     make_trainer(tmp_path, max_steps=15).fit(module, dm)
