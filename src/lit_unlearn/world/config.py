@@ -156,6 +156,7 @@ def _width(name: str, hidden_size: int) -> WorldSize:
 
 SIZES["narrow"] = _width("narrow", 64)
 SIZES["wide"] = _width("wide", 256)
+SIZES["wider"] = _width("wider", 384)
 
 
 def get_size(size: str) -> WorldSize:
