@@ -504,8 +504,11 @@ def width_figure(rows: list[dict], images: Path, link_root: Path) -> str:
             axes[0].plot(xs, ys, style, label=f"{cell.adapter} {cell.method}, {scheme}")
         axes[1].plot(xs, [r["survival"]["nf4"]["below_half_step"]["mean"] if r["survival"]["nf4"]["below_half_step"]
                           else float("nan") for r in mine], "o-", label=f"{cell.adapter} {cell.method}")
+    sizes = sorted({r["parameters"] for r in rows})
     for ax in axes:
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{n / 1e6:.2f} M" for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("parameters of the toy model")
         ax.legend(fontsize=7)
     axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")

@@ -145,7 +145,7 @@ def test_cache_root_and_resolve(tmp_path, monkeypatch, fake):
     ):
         prep.resolve("world:model")
     monkeypatch.setenv("LIT_UNLEARN_WORLD_SIZE", "tiny")
-    with pytest.raises(ValueError, match=r"\$LIT_UNLEARN_WORLD_SIZE='tiny'.*\['default', 'test'\]"):
+    with pytest.raises(ValueError, match=r"\$LIT_UNLEARN_WORLD_SIZE='tiny'.*\['default', 'narrow', 'test', 'wide', 'wider'\]"):
         prep.resolve("world:target")
     monkeypatch.delenv("LIT_UNLEARN_CACHE")
     assert prep.cache_root() == Path.home() / ".cache" / "lit_unlearn"

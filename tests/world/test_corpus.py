@@ -126,7 +126,7 @@ def test_split_continuation_keeps_the_space_with_the_prompt():
 
 
 def test_bad_sizes_are_named():
-    with pytest.raises(ValueError, match=r"`size`='huge'.*\['default', 'test'\]"):
+    with pytest.raises(ValueError, match=r"`size`='huge'.*\['default', 'narrow', 'test', 'wide', 'wider'\]"):
         get_size("huge")
     import dataclasses
 
