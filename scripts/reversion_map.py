@@ -312,9 +312,9 @@ def _rho(value: dict) -> str:
 
 def markdown(summaries: list[dict], corr: dict, epsilon: float, min_forgetting: float, seeds: list[int],
              figures: dict[str, str]) -> str:
-    lines = [f"Seeds {', '.join(map(str, seeds))} per cell; mean (min–max) over seeds. Kept share of forgetting: "
-             "1 = what was forgotten at full precision stays forgotten, 0 = all of it is back; — where the run "
-             f"forgot under {min_forgetting:g} KnowMem (or VerbMem) points at full precision.", "",
+    lines = [(f"Seeds {', '.join(map(str, seeds))} per cell; mean (min–max) over seeds. Kept share of forgetting: "
+              "1 = what was forgotten at full precision stays forgotten, 0 = all of it is back; — where the run "
+              f"forgot under {min_forgetting:g} KnowMem (or VerbMem) points at full precision."), "",
              "### Forgetting and utility at each precision (KnowMem_forget / utility)", "",
              "| cell | " + " | ".join(PRECISIONS) + " |", "|---|" + "---|" * len(PRECISIONS)]
     for s in summaries:
@@ -339,8 +339,8 @@ def markdown(summaries: list[dict], corr: dict, epsilon: float, min_forgetting: 
               f"forgot at least {min_forgetting:g} KnowMem points in every seed"
               + (": " + "; ".join(durable) if durable else "") + f". Counting int3 too: {len(with_int3)}.", "",
               "### Does the in-training signal predict the deployed outcome?", "",
-              "Spearman correlation between the last `survival/<scheme>/effect_retained` and the measured kept "
-              "share of KnowMem, one point per run and scheme:", "",
+              ("Spearman correlation between the last `survival/<scheme>/effect_retained` and the measured kept "
+               "share of KnowMem, one point per run and scheme:"), "",
               "| runs | all schemes | " + " | ".join(SCHEMES) + " |", "|---|---|" + "---|" * len(SCHEMES)]
     for key, title in (("with_controls", "with the controls"), ("without_controls", "without the controls")):
         lines.append(f"| {title} | {_rho(corr[key]['all'])} | " + " | ".join(_rho(corr[key][s]) for s in SCHEMES) + " |")
@@ -468,7 +468,8 @@ def width_study(worlds: Sequence[str], seeds: list[int], out: Path, jobs: int, s
             dirs = [fit(c, k, base, smoke, in_process=True, world=world) for c, k in tasks]
         else:
             with ThreadPoolExecutor(jobs) as pool:
-                dirs = list(pool.map(lambda t: fit(t[0], t[1], base, smoke, in_process=False, world=world), tasks))
+                dirs = list(pool.map(lambda t, base=base, world=world: fit(t[0], t[1], base, smoke, in_process=False,
+                                                                           world=world), tasks))
         runs: dict[str, list[dict]] = {}
         for (cell, _), run_dir in zip(tasks, dirs):
             runs.setdefault(cell.name, []).append(run_numbers(run_dir, min_forgetting))
@@ -478,8 +479,8 @@ def width_study(worlds: Sequence[str], seeds: list[int], out: Path, jobs: int, s
 
 
 def width_markdown(rows: list[dict], figure: str) -> str:
-    lines = ["| world (hidden, parameters) | cell | KnowMem forgotten | kept share nf4 | fp4 | int4 | int3 "
-             "| effect_retained nf4 | changed nf4 | below half step nf4 | cosine nf4 |",
+    lines = [("| world (hidden, parameters) | cell | KnowMem forgotten | kept share nf4 | fp4 | int4 | int3 "
+              "| effect_retained nf4 | changed nf4 | below half step nf4 | cosine nf4 |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kept = [_fmt(r["kept"][q]["knowmem"]) for q in ("nf4", "fp4", "int4", "int3")]

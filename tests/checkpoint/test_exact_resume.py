@@ -12,8 +12,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-
 from tests.conftest import WORDS, make_texts
+
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
 from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
 from lit_unlearn.data.sampling import ResumableSampler, consumed_per_loader
