@@ -41,22 +41,22 @@ class SaveOnInterrupt(Callback):
 
     def __init__(self, resume_command: str | None = None) -> None:
         self.resume_command = resume_command
-        self._requested: int | None = None  # the signal received, until the step ends
+        self._requested = False  # Ctrl-C pressed, until the step ends
         self._stopped = False  # this callback raised the stop (and said so)
         self._previous: Any = None
 
     # ---------------------------------------------------------------- the handler
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self._requested is not None:  # the second Ctrl-C: stop now
+        if self._requested:  # the second Ctrl-C: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
-        self._requested = signum
+        self._requested = True
         print("\nlit-unlearn: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once).",
               file=sys.stderr, flush=True)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requested, self._stopped = None, False
+        self._requested, self._stopped = False, False
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -74,24 +74,19 @@ class SaveOnInterrupt(Callback):
         self._restore_handler()
         if self._stopped or not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
-        if trainer.is_global_zero:  # stopped mid-step (a second Ctrl-C, or outside training_step's loop)
-            last = [Path(cb.last_model_path) for cb in trainer.checkpoint_callbacks
-                    if getattr(cb, "last_model_path", "") and Path(cb.last_model_path).is_file()]
-            where = f"its last checkpoint is {last[0]}" if last else "no checkpoint was saved yet"
-            lines = [f"lit-unlearn: the fit was interrupted at optimizer step {trainer.global_step}; {where}."]
-            if last and self.resume_command:
-                lines.append(f"Resume with: {self.resume_command}")
-            print("\n".join(lines), file=sys.stderr, flush=True)
+        # Stopped mid-step (a second Ctrl-C, or outside the training loop): say where the last checkpoint is.
+        last = [Path(cb.last_model_path) for cb in trainer.checkpoint_callbacks
+                if getattr(cb, "last_model_path", "") and Path(cb.last_model_path).is_file()]
+        where = f"its last checkpoint is {last[0]}" if last else "no checkpoint was saved yet"
+        self._say(trainer, f"was interrupted at optimizer step {trainer.global_step}; {where}", bool(last))
 
     # ---------------------------------------------------------------- the stop
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         # Lightning's own SIGTERM handler sets `received_sigterm` (and, under DDP, rank zero broadcasts it).
-        local = self._requested is not None or trainer.received_sigterm
-        if not trainer.strategy.reduce_boolean_decision(local, all=False):
+        if not trainer.strategy.reduce_boolean_decision(self._requested or trainer.received_sigterm, all=False):
             return
-        sigterm = trainer.received_sigterm or self._requested == signal.SIGTERM
         checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
         path = Path(checkpoints[0].dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}" \
             if checkpoints else None
@@ -99,12 +94,15 @@ class SaveOnInterrupt(Callback):
             # The state an `every_n_train_steps` checkpoint of this step holds; every rank takes part.
             trainer.save_checkpoint(path)
             checkpoints[0].last_model_path = str(path)
-        if trainer.is_global_zero:
-            where = f"saved {path}" if path is not None else "no ModelCheckpoint, so nothing was saved"
-            lines = [f"lit-unlearn: the fit stopped after optimizer step {trainer.global_step}; {where}."]
-            if path is not None and self.resume_command:
-                lines.append(f"Resume with: {self.resume_command}")
-            print("\n".join(lines), file=sys.stderr, flush=True)
+        where = f"saved {path}" if path is not None else "no ModelCheckpoint, so nothing was saved"
+        self._say(trainer, f"stopped after optimizer step {trainer.global_step}; {where}", path is not None)
         self._restore_handler()
         self._stopped = True
-        raise SIGTERMException if sigterm else KeyboardInterrupt
+        raise SIGTERMException if trainer.received_sigterm else KeyboardInterrupt
+
+    def _say(self, trainer: Trainer, what: str, resumable: bool) -> None:
+        if trainer.is_global_zero:
+            lines = [f"lit-unlearn: the fit {what}."]
+            if resumable and self.resume_command:
+                lines.append(f"Resume with: {self.resume_command}")
+            print("\n".join(lines), file=sys.stderr, flush=True)
