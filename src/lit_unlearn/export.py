@@ -14,6 +14,12 @@ added to the base and rounded once to its dtype), so the statistics describe exa
 for a full-parameter model, each base weight is read on its own from the base's safetensors files. No
 second copy of the model is built.
 
+An adapter trained over a 4-bit base (QLoRA; its directory holds ``base_quantization.json``) is exported
+along that deployment: the base is loaded in its 4-bit format, ``W0`` is the decoded base, and the export
+writes the merged model in full precision (the decoded base plus ``ΔW``) and, in ``<output_dir>/nf4`` (the
+base's format), the merge re-quantized as peft's 4-bit merge writes it
+(:func:`lit_unlearn.deployment.four_bit.requantize_merged_`).
+
 Example::
 
     lit-unlearn export logs/adapter merged/ --quantize nf4
@@ -37,8 +43,10 @@ from tqdm.auto import tqdm
 from lit_unlearn.adapters import load_adapter, lora_delta, merge_adapter
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import DeployedLayer, Deployment, deployed_layers
+from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
+from lit_unlearn.four_bit_base import FourBitBase, read_four_bit_base
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
-from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512
+from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512, keep_4bit_layout
 
 __all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
 
@@ -68,6 +76,8 @@ class ExportReport:
         avx512_misdecoded: Layers of the 4-bit copy whose rows are not whole blocks: bitsandbytes 0.50's
             AVX-512 CPU kernel decodes them with other blocks' scales (a GPU decodes them right; see
             :mod:`lit_unlearn.quantization.bnb_decode`). Empty for int8 and block-aligned models.
+        base_quantization: The 4-bit format of a QLoRA adapter's base (``nf4``), else ``None``: ``W0`` is
+            then the decoded 4-bit base and ``quantized_dir`` the merge re-quantized to that format.
     """
 
     source: str
@@ -79,6 +89,7 @@ class ExportReport:
     layers: dict[str, dict[str, SurvivalStats]] = field(default_factory=dict)
     worst: int = 5
     avx512_misdecoded: list[str] = field(default_factory=list)
+    base_quantization: str | None = None
 
     @property
     def schemes(self) -> list[str]:
@@ -109,6 +120,7 @@ class ExportReport:
             "quantized_dir": self.quantized_dir,
             "quantize": self.quantize,
             "avx512_misdecoded": list(self.avx512_misdecoded),
+            "base_quantization": self.base_quantization,
             "schemes": {
                 scheme: {
                     "total": {"layers": len(layers), **self.total(scheme).as_dict()},
@@ -120,7 +132,9 @@ class ExportReport:
         }
 
     def to_markdown(self) -> str:
-        if self.kind == "lora":
+        if self.kind == "lora" and self.base_quantization is not None:
+            what = f"adapter `{self.source}` merged into the decoded {self.base_quantization} (QLoRA)"
+        elif self.kind == "lora":
             what = f"adapter `{self.source}` merged into"
         else:
             what = f"full-parameter model `{self.source}` against"
@@ -130,7 +144,10 @@ class ExportReport:
             "",
             f"{what} base `{self.base}`; {n_layers} updated linear layers.",
         ]
-        if self.quantized_dir is not None:
+        if self.quantized_dir is not None and self.base_quantization is not None:
+            lines.append(f"The merge re-quantized to {self.quantize}, as peft's 4-bit merge writes it: "
+                         f"`{self.quantized_dir}`.")
+        elif self.quantized_dir is not None:
             lines.append(f"bitsandbytes {self.quantize} copy: `{self.quantized_dir}`.")
         if self.avx512_misdecoded:
             lines.append(_avx512_note(self.quantize, self.avx512_misdecoded))
@@ -507,13 +524,30 @@ def export(
     _check_choice("dtype", dtype, DTYPE_CHOICES)
     if worst < 1:
         raise ValueError(f"`worst` must be a positive number of layers, got {worst}.")
-    schemes = _check_schemes(schemes, quantize)
     source, kind, base_path = _resolve_inputs(adapter_or_model, base)
+    four_bit = read_four_bit_base(source) if kind == "lora" else None
+    if four_bit is not None:
+        if quantize not in ("none", four_bit.quant_type):
+            raise ValueError(
+                f"{str(source)!r} was trained over a {four_bit.quant_type} base (QLoRA), so its deployment is the "
+                f"merge re-quantized to {four_bit.quant_type}, which the export writes into "
+                f"`<output_dir>/{four_bit.quant_type}`. `quantize`={quantize!r} would quantize the merged model "
+                f"a second way; drop it (or pass {four_bit.quant_type!r}), and quantize the exported full-precision "
+                "model at load time if you want another format."
+            )
+        quantize = four_bit.quant_type
+    schemes = _check_schemes(schemes, quantize)
     out = _prepare_output(output_dir, source, overwrite)
 
     load_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    load = _load_lora if kind == "lora" else _load_full
-    model, layers = load(source, base_path, load_dtype, schemes, trust_remote_code, progress)
+    requantized = None
+    if four_bit is not None:
+        model, layers, requantized = _load_qlora(
+            source, base_path, load_dtype, schemes, trust_remote_code, progress, four_bit
+        )
+    else:
+        load = _load_lora if kind == "lora" else _load_full
+        model, layers = load(source, base_path, load_dtype, schemes, trust_remote_code, progress)
     tokenizer = _load_tokenizer(source, base_path, trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -525,10 +559,18 @@ def export(
     report = ExportReport(
         source=str(adapter_or_model), base=str(base or base_path), kind=kind, output_dir=str(out),
         quantized_dir=None, quantize="none", layers=layers, worst=worst,
+        base_quantization=None if four_bit is None else four_bit.quant_type,
     )
     # Written before quantizing, so a failed bitsandbytes save still leaves a complete, documented export.
     report.write(out)
-    if quantize != "none":
+    if requantized is not None:
+        target = out / quantize
+        requantized.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        del requantized
+        report.quantized_dir, report.quantize = str(target), quantize
+        report.write(out)
+    elif quantize != "none":
         report.quantized_dir = str(_save_quantized(out, quantize, model_dtype, tokenizer, trust_remote_code))
         report.quantize = quantize
         report.avx512_misdecoded = misdecoded
@@ -548,6 +590,36 @@ def _load_lora(
     peft_model = load_adapter(model, source).eval()
     layers = _lora_statistics(peft_model, schemes, progress)
     return merge_adapter(peft_model, progress), layers
+
+
+def _load_qlora(
+    source: Path,
+    base: str,
+    dtype: Any,
+    schemes: list[Scheme],
+    trust_remote_code: bool,
+    progress: bool,
+    four_bit: FourBitBase,
+) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]], nn.Module]:
+    """A QLoRA adapter's two deployments and its statistics: the full-precision merge (the decoded base plus
+    ``ΔW``, in ``dtype``; ``auto`` is the base's compute dtype), and the merge re-quantized to the base's
+    format. The base is loaded as the fit loaded it."""
+    from transformers import AutoModelForCausalLM
+
+    quantized = AutoModelForCausalLM.from_pretrained(
+        base, quantization_config=four_bit.bitsandbytes_config(), dtype=getattr(torch, four_bit.compute_dtype),
+        trust_remote_code=trust_remote_code,
+    )
+    keep_4bit_layout(quantized)
+    peft_model = load_adapter(quantized, source).eval()
+    layers = _lora_statistics(peft_model, schemes, progress)
+    merged_dtype = getattr(torch, four_bit.compute_dtype) if dtype == "auto" else dtype
+    merged_state = dequantized_merged_state(peft_model, merged_dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=merged_dtype, trust_remote_code=trust_remote_code)
+    params = dict(model.named_parameters())
+    for name, value in merged_state.items():
+        params[name].data = value
+    return model, layers, requantize_merged_(peft_model)
 
 
 def _load_full(

@@ -29,6 +29,7 @@ from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import DeployedLayer, deployed_layers
 from lit_unlearn.deployment.qat import quantization_aware
+from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
@@ -37,6 +38,7 @@ from lit_unlearn.objectives import (
     sure_row_masks,
 )
 from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
+from lit_unlearn.quantization.bnb_decode import keep_4bit_layout
 
 __all__ = ["UnlearningModule"]
 
@@ -123,10 +125,20 @@ class UnlearningModule(LightningModule):
             ``None`` (default) trains the full-precision model, exactly as without the option.
         quantization_aware_retain: With ``quantization_aware``, whether the retain term also sees the
             quantized model (default: the deployment's utility is the one to keep).
+        load_in_4bit: QLoRA: load the frozen base in bitsandbytes 4-bit (``Linear4bit``) under the LoRA
+            adapter. The NPO/KLR reference is then the 4-bit base, and the callbacks measure the deployment
+            a 4-bit user ships: the adapter merged into the dequantized base and re-quantized, as peft's
+            4-bit merge does. LoRA runs only.
+        bnb_4bit_quant_type: The base's 4-bit format, ``nf4`` (QLoRA's) or ``fp4``.
+        bnb_4bit_compute_dtype: Dtype the 4-bit layers compute in; ``None`` takes ``dtype``.
+        bnb_4bit_use_double_quant: Quantize the base's block scales too (QLoRA's double quantization).
+        quantization_config: The same as a ``transformers.BitsAndBytesConfig`` (or its dict), instead of
+            the four arguments above.
 
     Raises:
         ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
-            unknown ``quantization_aware`` scheme or block size.
+            unknown ``quantization_aware`` scheme or block size, a 4-bit base without LoRA or with
+            ``quantization_aware``, or an 8-bit ``quantization_config``.
 
     Example::
 
@@ -159,9 +171,30 @@ class UnlearningModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         quantization_aware: str | None = None,
         quantization_aware_retain: bool = True,
+        load_in_4bit: bool = False,
+        bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4",
+        bnb_4bit_compute_dtype: Dtype | None = None,
+        bnb_4bit_use_double_quant: bool = False,
+        quantization_config: Any = None,
     ) -> None:
         super().__init__()
         self.qat_scheme = _qat_scheme(quantization_aware)
+        self.four_bit_base: FourBitBase | None = four_bit_base(
+            load_in_4bit, bnb_4bit_quant_type, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant,
+            quantization_config, dtype=dtype,
+        )
+        if self.four_bit_base is not None:
+            if lora is None:
+                raise ValueError(
+                    "A 4-bit base (`load_in_4bit`/`quantization_config`) is frozen: only a LoRA adapter can "
+                    "train over it (QLoRA), but `lora` is null. Set `lora` (e.g. `lora: {r: 16}`), or drop "
+                    "`load_in_4bit` for full-parameter unlearning."
+                )
+            if quantization_aware is not None:
+                raise ValueError(
+                    "`quantization_aware` trains through a fake-quantized merge of a full-precision base; with "
+                    "`load_in_4bit` the base is already 4-bit. Use one or the other."
+                )
         if not isinstance(quantization_aware_retain, bool):
             raise ValueError(f"`quantization_aware_retain` must be True or False, got {quantization_aware_retain!r}.")
         if isinstance(lora, dict):
@@ -186,8 +219,14 @@ class UnlearningModule(LightningModule):
             simnpo_delta=simnpo_delta,
             klr_form=klr_form,
         )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora", "quantization_config"])
         self.hparams["lora"] = None if lora is None else vars(lora).copy()
+        if quantization_config is not None:
+            # Recorded in the switch's form, which a checkpoint's hparams rebuild the module from.
+            base = self.four_bit_base
+            self.hparams.update(load_in_4bit=True, bnb_4bit_quant_type=base.quant_type,
+                                bnb_4bit_compute_dtype=base.compute_dtype,
+                                bnb_4bit_use_double_quant=base.double_quant)
         self.model_name_or_path = model_name_or_path
         self.tokenizer_path = tokenizer
         self.lora = lora
@@ -249,8 +288,11 @@ class UnlearningModule(LightningModule):
 
         path = resolve_path(self.model_name_or_path)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code
+            path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code,
+            **self._four_bit_loading(),
         )
+        # The stored codes and fp32 scales, on every CPU (see keep_4bit_layout).
+        keep_4bit_layout(model)
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
         )
@@ -267,6 +309,18 @@ class UnlearningModule(LightningModule):
         self.model = model.train()
         if self.qat_scheme is not None:
             self._qat_layers = deployed_layers(self.model)
+
+    def _four_bit_loading(self) -> dict[str, Any]:
+        """``from_pretrained`` arguments of the 4-bit base: its config, and on a GPU the device to quantize on."""
+        if self.four_bit_base is None:
+            return {}
+        kwargs: dict[str, Any] = {"quantization_config": self.four_bit_base.bitsandbytes_config()}
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        if device.type == "cuda":
+            # bitsandbytes quantizes on the device the weights are loaded to; a 7B base never exists
+            # in 16 bits on the GPU.
+            kwargs["device_map"] = {"": device}
+        return kwargs
 
     def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -450,6 +504,8 @@ class UnlearningModule(LightningModule):
         def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self._record_portable_base(tmp)
+            if self.four_bit_base is not None:
+                self.four_bit_base.write(tmp)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
 

@@ -12,6 +12,12 @@ weight through :class:`DeployedLayer`:
 * the one merge, :func:`merge`: ``W0 + ΔW`` rounded once to the base's dtype, as peft merges;
 * ``Q(W0)`` cached per scheme, and the deployed weight per scheme (:meth:`DeployedLayer.weight`).
 
+A LoRA layer over a bitsandbytes 4-bit base (QLoRA: ``Linear4bit``, ``base_format`` set) deploys along
+peft's 4-bit merge: ``W0`` is the dequantized base (as the CUDA kernel decodes it), the merged weight is
+``W0 + ΔW`` in the promoted dtype (peft adds the float32 update to the dequantized weight and hands the
+sum to ``Params4bit``, which re-quantizes it), and the deployed weight is that sum re-quantized. In the
+base's own format the original deployment is the base itself: ``Q(W0) = W0``.
+
 :func:`deployed_layers` is the one selector of those layers, and :func:`output_head` the one rule for
 the layer a deployment keeps in full precision.
 """
@@ -33,9 +39,17 @@ from lit_unlearn.quantization import (
     SurvivalStats,
     default_filter,
     fake_quantize,
+    get_scheme,
     quantize,
     survival_stats,
     survival_stats_delta,
+)
+from lit_unlearn.quantization.bnb_decode import (
+    dequantize_params4bit,
+    is_params4bit,
+    keep_4bit_layout,
+    params4bit_format,
+    requantized_like,
 )
 from lit_unlearn.quantization.merge import merge
 
@@ -82,6 +96,7 @@ class DeployedLayer:
         quantized: Whether the deployment quantizes it (selected); an unselected LoRA layer is still merged.
         snapshot: ``W0`` of a ``snapshot`` layer (host RAM, or any tensor of the weight's shape).
         reference_codes: ``Q(W0)`` per scheme name, once :meth:`cache_references` ran.
+        base_format: The 4-bit format a bitsandbytes ``Linear4bit`` base is stored in (QLoRA), else ``None``.
     """
 
     name: str
@@ -91,10 +106,20 @@ class DeployedLayer:
     quantized: bool = True
     snapshot: torch.Tensor | None = None
     reference_codes: dict[str, QuantizedTensor] = field(default_factory=dict)
+    base_format: Scheme | None = None
 
     @property
     def numel(self) -> int:
-        return self.linear.weight.numel()
+        return self.linear.weight.numel() if self.base_format is None else self.shape.numel()
+
+    @property
+    def shape(self) -> torch.Size:
+        """The weight's shape (that of the dequantized weight for a 4-bit base)."""
+        weight = self.linear.weight
+        return torch.Size(weight.quant_state.shape) if self.base_format is not None else weight.shape
+
+    def _is_base_format(self, scheme: Scheme) -> bool:
+        return self.base_format is not None and scheme == self.base_format
 
     @property
     def forward_module(self) -> nn.Module:
@@ -102,8 +127,11 @@ class DeployedLayer:
         return self.lora if self.lora is not None else self.linear
 
     def w0(self) -> torch.Tensor:
-        """``W0`` on the weight's device (a transfer from host RAM for ``snapshot`` layers)."""
+        """``W0`` on the weight's device (a transfer from host RAM for ``snapshot`` layers, the decoded
+        weight for a 4-bit base)."""
         weight = self.linear.weight
+        if self.base_format is not None:
+            return dequantize_params4bit(weight)
         if self.snapshot is None:
             return weight.detach()
         return self.snapshot.to(weight.device, non_blocking=True)
@@ -113,14 +141,21 @@ class DeployedLayer:
         none is active) for a LoRA layer, ``W − W0`` for a snapshot, zero for a frozen layer."""
         if self.lora is not None:
             delta = lora_delta(self.lora, out=buffer)
-            return torch.zeros_like(self.linear.weight) if delta is None else delta
+            if delta is None:
+                return torch.zeros(self.shape, device=self.linear.weight.device)
+            return delta
         if self.snapshot is not None:
             return self.linear.weight.detach().float() - self.w0().float()
         return torch.zeros_like(self.linear.weight)
 
     def merged(self) -> torch.Tensor:
         """The current full-precision deployed weight: :func:`merge` of ``W0`` and ``ΔW`` for LoRA (read
-        while the adapter is active), else the weight itself."""
+        while the adapter is active), else the weight itself. Over a 4-bit base, peft's 4-bit merge:
+        the dequantized base plus ``ΔW`` in the promoted dtype, the weight it re-quantizes."""
+        if self.base_format is not None:
+            w0 = self.w0()
+            delta = None if self.lora is None else lora_delta(self.lora)
+            return w0 if delta is None else w0 + delta
         weight = self.linear.weight.detach()
         if self.lora is None:
             return weight
@@ -134,13 +169,19 @@ class DeployedLayer:
         ``Q(W0)`` decodes the cached codes when there are any (equal to ``fake_quantize(W0)`` exactly).
         """
         if original:
-            if scheme is None or not self.quantized:
+            if scheme is None or not self.quantized or self._is_base_format(scheme):
                 return self.w0()
             cached = self.reference_codes.get(scheme.name)
             if cached is not None:
                 return cached.to(self.linear.weight.device).dequantize()
             return fake_quantize(self.w0(), scheme)
+        if self.lora is None and self._is_base_format(scheme):
+            return self.w0()  # a 4-bit base without an adapter is deployed as stored
         merged = self.merged()
+        if self._is_base_format(scheme) and self.quantized and self.linear.weight.quant_state.nested:
+            # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself
+            # (the same on every device), as peft's merge re-quantizes, and decoded.
+            return requantized_like(merged, self.linear.weight)
         return merged if scheme is None or not self.quantized else fake_quantize(merged, scheme)
 
     def quantized_weight(self, scheme: Scheme, original: bool = False) -> QuantizedTensor:
@@ -160,6 +201,12 @@ class DeployedLayer:
         if self.source == "frozen":
             return
         weight = self.linear.weight.detach()
+        if self.base_format is not None:
+            # Q(W0) in any scheme is computed from the decoded base; in the base's own format it is the
+            # base's codes (re-quantizing a decoded 4-bit weight with its format gives it back).
+            w0 = self.w0()
+            self.reference_codes = {s.name: quantize(w0, s).to("cpu") for s in schemes}
+            return
         if self.source == "snapshot":
             saved = snapshot if snapshot is not None and snapshot.shape == weight.shape else weight
             # Pinned host memory makes the per-check transfer back to an accelerator asynchronous.
@@ -175,6 +222,12 @@ class DeployedLayer:
         :func:`merge` does, so no weight-sized temporary exists besides ``ΔW`` (in ``buffer`` when given).
         """
         codes = self.reference_codes
+        if self.base_format is not None:
+            # peft's 4-bit merge sums in the promoted dtype (float32 for a float32 adapter): W0 is taken
+            # in that dtype, so the streamed merge rounds to it exactly as peft's sum does.
+            delta = self.delta(buffer)
+            w0 = self.w0().to(torch.promote_types(self.linear.weight.quant_state.dtype, delta.dtype))
+            return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
         if self.lora is not None:
             w0, delta = self.linear.weight.detach(), self.delta(buffer)
             return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
@@ -185,7 +238,8 @@ class DeployedLayer:
 def _matcher(modules: Modules, model: nn.Module) -> Callable[[str, nn.Module], bool]:
     if modules is None:
         head = output_head(model)
-        return lambda name, module: module is not head and default_filter(name, module)
+        # A bitsandbytes 4-bit base (QLoRA) is one a deployment quantizes, in its own format.
+        return lambda name, module: module is not head and (default_filter(name, module) or is_params4bit(module.weight))
     if callable(modules):
         return modules
     if isinstance(modules, str):
@@ -208,19 +262,24 @@ def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedL
             is trainable (``W0`` must be the frozen base).
     """
     owners = {id(layer.get_base_layer()): (name, layer) for name, layer in lora_layers(model)}
+    keep_4bit_layout(model)  # decoded 4-bit bases must stay the stored weights on every CPU
     internal = adapter_internals(model)
     matches = _matcher(modules, model)
     layers: list[DeployedLayer] = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or id(module) in internal or not module.weight.is_floating_point():
+        if not isinstance(module, nn.Linear) or id(module) in internal:
+            continue
+        owner = owners.get(id(module))
+        four_bit = is_params4bit(module.weight)
+        if not module.weight.is_floating_point() and not four_bit:
             continue
         name = deployed_name(module_name)
         selected = bool(matches(name, module))
-        owner = owners.get(id(module))
+        base_format = get_scheme(*params4bit_format(module.weight)) if four_bit else None
         if owner is None:
             if selected:
                 source: Source = "snapshot" if module.weight.requires_grad else "frozen"
-                layers.append(DeployedLayer(name, module, source))
+                layers.append(DeployedLayer(name, module, source, base_format=base_format))
             continue
         lora_name, lora = owner
         if getattr(lora, "merged", False):
@@ -235,5 +294,5 @@ def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedL
                 f"Layer {name!r} has a LoRA adapter but its base weight is trainable. The deployed weight is "
                 "W0 + scaling·B·A over a frozen base W0; freeze the base weights."
             )
-        layers.append(DeployedLayer(name, module, "lora", lora=lora, quantized=selected))
+        layers.append(DeployedLayer(name, module, "lora", lora=lora, quantized=selected, base_format=base_format))
     return layers

@@ -6,6 +6,10 @@ weight first and swaps them all in (fast for generation, one quantized copy of t
 memory); ``lazy=True`` swaps each layer's weight in only while that layer runs (one layer's copy at a
 time, for a few probe passes). Either way ``ΔW`` is read before any adapter is switched off — the code
 order below enforces it — and every weight is restored exactly on exit, also when the body raises.
+
+A bitsandbytes ``Linear4bit`` base (QLoRA) holds packed codes, not a weight to swap: such a layer computes
+its deployed weight as ``Linear4bit`` computes its own (:func:`dense_forwards`), and LLM.int8 layers
+compute bitsandbytes' int8 matmul from their codes (:func:`int8_forwards`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_unlearn.adapters import adapters_disabled, is_peft_model, lora_layers
@@ -23,7 +28,7 @@ from lit_unlearn.quantization import QuantizedTensor, Scheme
 from lit_unlearn.quantization.llm_int8 import llm_int8_linear
 from lit_unlearn.swap import swapped_weights
 
-__all__ = ["around_forward", "base_dtype", "deployed_model", "int8_forwards", "merged_state_dict"]
+__all__ = ["around_forward", "base_dtype", "deployed_model", "dense_forwards", "int8_forwards", "merged_state_dict"]
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
@@ -53,9 +58,13 @@ def deployed_model(
         param_names = {id(p): n for n, p in model.named_parameters()}
         weights: dict[str, torch.Tensor] = {}
         codes: dict[nn.Linear, QuantizedTensor] = {}
+        dense: dict[nn.Linear, torch.Tensor] = {}
         for layer in layers:
             if int8 and layer.quantized:
                 codes[layer.linear] = layer.quantized_weight(scheme, original)
+                continue
+            if layer.base_format is not None:
+                dense[layer.linear] = layer.weight(scheme, original)
                 continue
             # A weight shared by several modules (tied) has one parameter name and is deployed once.
             key = param_names[id(layer.linear.weight)]
@@ -63,13 +72,15 @@ def deployed_model(
                 weights[key] = layer.weight(scheme, original)
         # Every ΔW has been read above; only now are the adapters switched off.
         current_owners = [] if original else [layer.lora for layer in layers if layer.lora is not None]
-        with adapters_disabled(owners + current_owners), swapped_weights(model, weights), int8_forwards(codes):
+        with adapters_disabled(owners + current_owners), swapped_weights(model, weights), int8_forwards(codes), \
+                dense_forwards(dense):
             yield model
         return
 
     # A module's forward is looked up before its pre-hooks run, so the int8 layers' forwards are replaced
     # for the whole context and read the codes their layer's pre-hook leaves here.
     current_codes: dict[nn.Linear, QuantizedTensor] = {}
+    current_dense: dict[nn.Linear, torch.Tensor] = {}
 
     def computing(layer: DeployedLayer) -> contextlib.AbstractContextManager:
         @contextlib.contextmanager
@@ -78,6 +89,9 @@ def deployed_model(
             if int8 and layer.quantized:
                 current_codes[layer.linear] = layer.quantized_weight(scheme, original)
                 swap: contextlib.AbstractContextManager = contextlib.nullcontext()
+            elif layer.base_format is not None:
+                current_dense[layer.linear] = layer.weight(scheme, original)
+                swap = contextlib.nullcontext()
             else:
                 swap = swapped_weights(layer.linear, {"weight": layer.weight(scheme, original)})
             mine = [layer.lora] if layer.lora is not None and not original else []
@@ -86,13 +100,16 @@ def deployed_model(
                     yield
             finally:
                 current_codes.pop(layer.linear, None)
+                current_dense.pop(layer.linear, None)
 
         return context()
 
     contexts = {(layer.linear if original else layer.forward_module): (lambda layer=layer: computing(layer))
                 for layer in layers}
     int8_linears = [layer.linear for layer in layers if int8 and layer.quantized]
-    with adapters_disabled(owners), int8_forwards(current_codes, int8_linears), around_forward(contexts):
+    dense_linears = [layer.linear for layer in layers if layer.base_format is not None and layer.linear not in int8_linears]
+    with adapters_disabled(owners), int8_forwards(current_codes, int8_linears), \
+            dense_forwards(current_dense, dense_linears), around_forward(contexts):
         yield model
 
 
@@ -113,14 +130,44 @@ def int8_forwards(codes: Mapping[nn.Linear, QuantizedTensor], linears: Sequence[
 
         return int8_forward
 
-    linears = list(codes) if linears is None else list(linears)
+    with _forwards({linear: forward(linear) for linear in (codes if linears is None else linears)}):
+        yield
+
+
+@contextlib.contextmanager
+def dense_forwards(weights: Mapping[nn.Linear, torch.Tensor], linears: Sequence[nn.Linear] | None = None
+                   ) -> Iterator[None]:
+    """While active, each linear layer computes with the dense weight ``weights[layer]``.
+
+    For bitsandbytes' ``Linear4bit`` layers, whose packed weight cannot be swapped for a float one, it
+    computes as ``Linear4bit`` does with its decoded weight: input, weight and bias in the layer's
+    ``compute_dtype`` (when it has one), the output cast back to the input's dtype. ``weights`` is read at
+    each call; ``linears`` (default: its keys) are the layers whose forward is replaced.
+    """
+
+    def forward(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        def dense_forward(x: torch.Tensor) -> torch.Tensor:
+            dtype = getattr(linear, "compute_dtype", None) or x.dtype
+            bias = None if linear.bias is None else linear.bias.to(dtype)
+            return F.linear(x.to(dtype), weights[linear].to(dtype), bias).to(x.dtype)
+
+        return dense_forward
+
+    with _forwards({linear: forward(linear) for linear in (weights if linears is None else linears)}):
+        yield
+
+
+@contextlib.contextmanager
+def _forwards(replacements: Mapping[nn.Module, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Each module's forward replaced while active (an instance attribute shadows the class's forward)."""
+    modules = list(replacements)
     try:
-        for linear in linears:
-            linear.forward = forward(linear)  # an instance attribute shadows the class's forward
+        for module in modules:
+            module.forward = replacements[module]
         yield
     finally:
-        for linear in linears:
-            linear.__dict__.pop("forward", None)
+        for module in modules:
+            module.__dict__.pop("forward", None)
 
 
 @contextlib.contextmanager

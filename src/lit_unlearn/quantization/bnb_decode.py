@@ -57,7 +57,12 @@ __all__ = [
     "cpu_has_avx512",
     "dequantize_4bit_as_cpu",
     "dequantize_4bit_as_cuda",
+    "dequantize_params4bit",
     "describe_cpu_dispatch",
+    "is_params4bit",
+    "keep_4bit_layout",
+    "params4bit_format",
+    "requantized_like",
 ]
 
 CpuDecoder = Literal["torch", "avx512-rows", "scalar"]
@@ -131,6 +136,101 @@ def dequantize_4bit_as_cuda(
     values = table[_unpack(packed, n)]
     scales = absmax.float().reshape(-1).repeat_interleave(block_size)[:n]
     return (values * scales).reshape(tuple(shape)).to(dtype)
+
+
+def is_params4bit(weight: object) -> bool:
+    """Whether ``weight`` is a bitsandbytes 4-bit parameter (``bnb.nn.Params4bit``, a ``Linear4bit``'s weight)."""
+    return type(weight).__name__ == "Params4bit" and getattr(weight, "quant_state", None) is not None
+
+
+def params4bit_format(weight: Tensor) -> tuple[str, int]:
+    """``(quant_type, block_size)`` a bitsandbytes 4-bit parameter is stored in (``"nf4"``, 64)."""
+    state = weight.quant_state
+    return state.quant_type, int(state.blocksize)
+
+
+def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """The weight a bitsandbytes ``Params4bit`` holds, as the CUDA kernel decodes it, on any device.
+
+    With double quantization (``bnb_4bit_use_double_quant``, ``quant_state.nested``) the block scales are
+    themselves 8-bit codes: they are decoded first, as ``dequantize_4bit`` does, to
+    ``code2[q] * absmax2[i // blocksize2] + offset`` in fp32.
+
+    Args:
+        weight: A ``Linear4bit``'s weight (its ``quant_state`` set, i.e. already quantized).
+        dtype: The result's dtype; ``None`` takes the dtype the weight was quantized from
+            (``quant_state.dtype``), as ``dequantize_4bit`` returns it.
+    """
+    state = weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        raise ValueError(
+            "This bitsandbytes 4-bit weight was repacked for bitsandbytes' AVX512-BF16 CPU kernel (an eval-mode "
+            "forward without gradients does that), which rounds its block scales to bfloat16: it no longer "
+            "holds the weight a GPU deployment loads. Call `lit_unlearn.quantization.bnb_decode."
+            "keep_4bit_layout(model)` before the model's first forward (UnlearningModule and the callbacks do)."
+        )
+    absmax = state.absmax
+    if state.nested:
+        inner = state.state2
+        index = torch.arange(absmax.numel(), device=absmax.device) // int(inner.blocksize)
+        absmax = inner.code.to(absmax.device).float()[absmax.reshape(-1).long()] * inner.absmax.float()[index]
+        absmax = absmax + state.offset.float()
+    return dequantize_4bit_as_cuda(
+        weight.data, absmax, state.quant_type, int(state.blocksize), tuple(state.shape),
+        state.dtype if dtype is None else dtype,
+    )
+
+
+@torch.no_grad()
+def requantized_like(weight: Tensor, like: Tensor) -> Tensor:
+    """``weight`` quantized by bitsandbytes in the format of the 4-bit parameter ``like`` and decoded.
+
+    Quant type, block size and double quantization are ``like``'s; bitsandbytes' quantizer gives the same
+    codes and scales on every device, and the decode is the CUDA kernel's. The result has ``weight``'s dtype.
+    """
+    import bitsandbytes.functional as bnbf
+
+    state = like.quant_state
+    packed, new_state = bnbf.quantize_4bit(
+        weight.contiguous(), blocksize=int(state.blocksize), compress_statistics=bool(state.nested),
+        quant_type=state.quant_type,
+    )
+    return dequantize_params4bit(_Packed(packed, new_state), weight.dtype)
+
+
+class _Packed:
+    """The two attributes of a ``Params4bit`` that :func:`dequantize_params4bit` reads."""
+
+    def __init__(self, data: Tensor, quant_state: object) -> None:
+        self.data, self.quant_state = data, quant_state
+
+
+def keep_4bit_layout(model: torch.nn.Module) -> int:
+    """Keep every bitsandbytes ``Linear4bit`` of ``model`` in the stored layout; return how many there are.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weight on its first eval-mode
+    forward without gradients, for its CPU kernel, and rounds the block scales to bfloat16 on the way. The
+    model then computes with weights no GPU deployment of the same checkpoint has, and only on such CPUs.
+    This switches that repacking off (``support_avx512bf16_for_cpu = False``), so every machine computes
+    with the stored codes and fp32 scales.
+
+    Raises:
+        ValueError: for a layer already repacked (its exact scales are gone): reload the model.
+    """
+    count = 0
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not hasattr(module, "support_avx512bf16_for_cpu") or not is_params4bit(weight):
+            continue
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            raise ValueError(
+                f"4-bit layer {name!r} was already repacked for bitsandbytes' AVX512-BF16 CPU kernel, which "
+                "rounded its block scales to bfloat16. Reload the model and call `keep_4bit_layout` before its "
+                "first forward."
+            )
+        module.support_avx512bf16_for_cpu = False
+        count += 1
+    return count
 
 
 @functools.cache

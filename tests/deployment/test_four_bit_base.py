@@ -1,0 +1,183 @@
+"""A LoRA adapter over a bitsandbytes 4-bit base (QLoRA) deploys along peft's 4-bit merge: W0 is the
+decoded base, the merge W0 + ΔW is re-quantized in the base's format, and every measurement (the deployed
+layers, the functional check's model, export's two copies) equals what peft's ``merge_and_unload`` writes."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+from lit_unlearn.adapters import LoRA, apply_lora
+from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+from lit_unlearn.deployment import deployed_layers, deployed_model, deployed_weights
+from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
+from lit_unlearn.quantization import get_scheme
+from lit_unlearn.quantization.bnb_decode import (
+    dequantize_4bit_as_cuda,
+    dequantize_params4bit,
+    keep_4bit_layout,
+)
+
+IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2], [1, 7, 8, 9, 10, 11, 12, 2]])
+ADAPTED = ["q_proj", "v_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    # Every row is a whole number of 64-blocks, so bitsandbytes' CPU decoders agree with its CUDA kernel
+    # here and peft's merge (which decodes with them) is comparable bit for bit.
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False,
+    )
+    path = tmp_path_factory.mktemp("base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def _four_bit(base_dir, quant_type="nf4", double_quant=False, keep=True):
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=torch.float32,
+        bnb_4bit_use_double_quant=double_quant,
+    )
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, quantization_config=config)
+    if keep:
+        keep_4bit_layout(model)
+    return model
+
+
+def _qlora(base_dir, quant_type="nf4", double_quant=False, scale=0.05):
+    model = apply_lora(_four_bit(base_dir, quant_type, double_quant), LoRA(r=4, alpha=8.0, dropout=0.0,
+                                                                         target_modules=ADAPTED))
+    generator = torch.Generator().manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_A" in name:
+            param.data = torch.randn(param.shape, generator=generator) / param.shape[1] ** 0.5
+        elif "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * scale
+    return model.eval()
+
+
+def _peft_merged(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Merge lora module to 4-bit linear may get different generations"
+        return model.merge_and_unload()
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_decoded_base_is_bitsandbytes_dequantize(base_dir, quant_type, double_quant):
+    model = _four_bit(base_dir, quant_type, double_quant)
+    import bitsandbytes.functional as bnbf
+
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    assert weight.quant_state.nested is double_quant
+    ours = dequantize_params4bit(weight)
+    assert torch.equal(ours, bnbf.dequantize_4bit(weight.data, weight.quant_state))
+    if not double_quant:
+        state = weight.quant_state
+        expected = dequantize_4bit_as_cuda(weight.data, state.absmax, quant_type, state.blocksize, state.shape)
+        assert torch.equal(ours, expected)
+
+
+def test_deployed_layers_of_a_4bit_base(base_dir):
+    model = _qlora(base_dir)
+    layers = {layer.name: layer for layer in deployed_layers(model)}
+    nf4 = get_scheme("nf4")
+    adapted = [n for n, layer in layers.items() if layer.lora is not None]
+    frozen = [n for n, layer in layers.items() if layer.source == "frozen"]
+    assert len(adapted) == 6 and all(n.endswith(tuple(ADAPTED)) for n in adapted)
+    assert len(frozen) == 8, "the 4-bit layers without an adapter are deployed too"
+    assert all(layer.base_format == nf4 and layer.quantized for layer in layers.values())
+    assert "lm_head" not in layers, "the output head stays in full precision"
+    layer = layers["model.layers.0.self_attn.q_proj"]
+    assert layer.shape == (64, 64) and layer.numel == 64 * 64
+    # In the base's own format the original deployment is the base itself: Q(W0) = W0.
+    assert torch.equal(layer.weight(nf4, original=True), layer.w0())
+    assert torch.equal(layer.quantized_weight(nf4, original=True).dequantize(), layer.w0())
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_merge_requantize_is_peft_merge_and_unload_bit_for_bit(base_dir, quant_type, double_quant):
+    ours_model, peft_model = _qlora(base_dir, quant_type, double_quant), _qlora(base_dir, quant_type, double_quant)
+    scheme = get_scheme(quant_type)
+    deployed = {layer.name: layer.weight(scheme) for layer in deployed_layers(ours_model)}
+    theirs = _peft_merged(peft_model)
+    for name, weight in deployed.items():
+        assert torch.equal(weight, dequantize_params4bit(theirs.get_submodule(name).weight)), name
+    # The same weights through the functional check's model: logits equal the merged 4-bit model's.
+    with torch.no_grad():
+        expected = theirs(IDS).logits
+        with deployed_weights(ours_model, quant_type) as model:
+            eager = model(IDS).logits
+        with deployed_model(ours_model, deployed_layers(ours_model), scheme, lazy=True) as model:
+            lazy = model(IDS).logits
+    assert torch.equal(eager, expected) and torch.equal(lazy, expected)
+    # export's re-quantized copy is peft's, tensor for tensor (codes, scales, nested scales).
+    requantized = requantize_merged_(ours_model)
+    ours_state, theirs_state = requantized.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(theirs_state)
+    assert all(torch.equal(ours_state[k], theirs_state[k]) for k in ours_state)
+
+
+def test_full_precision_merge_is_decoded_base_plus_update(base_dir):
+    model = _qlora(base_dir)
+    layers = {layer.name: layer for layer in deployed_layers(model)}
+    state = dequantized_merged_state(model, torch.bfloat16)
+    assert len(state) == 14 and all(v.dtype == torch.bfloat16 for v in state.values())
+    q = layers["model.layers.0.self_attn.q_proj"]
+    delta = q.delta()
+    assert delta.abs().max() > 0
+    assert torch.equal(state["model.layers.0.self_attn.q_proj.weight"], (q.w0() + delta).to(torch.bfloat16))
+    k = layers["model.layers.0.self_attn.k_proj"]
+    assert torch.equal(state["model.layers.0.self_attn.k_proj.weight"], k.w0().to(torch.bfloat16))
+    # The functional check at full precision runs that merge (in float32, before the bf16 cast).
+    with torch.no_grad(), deployed_weights(model, "full") as deployed:
+        full = deployed(IDS).logits
+        adapter_on = model(IDS).logits
+    torch.testing.assert_close(full, adapter_on, rtol=1e-4, atol=1e-4)
+
+
+def test_update_below_half_an_nf4_step_is_erased_and_a_large_one_survives(base_dir):
+    nf4 = get_scheme("nf4")
+    for scale, survives in ((1e-7, False), (0.5, True)):
+        model = _qlora(base_dir, scale=scale)
+        layers = select_linear_layers(model, None)
+        prepare_references(layers, [nf4], {})
+        stats = [layer.survival([nf4])["nf4"] for layer in layers if layer.lora is not None]
+        changed = sum(s.changed * s.numel for s in stats) / sum(s.numel for s in stats)
+        if survives:
+            assert changed > 0.2 and all(s.cosine > 0.5 for s in stats)
+        else:
+            # Not one code flips; only the block scales move, with the block's largest weight.
+            assert changed == 0.0 and all(abs(s.retained) < 0.05 for s in stats), "rounding gives W0 back"
+            with torch.no_grad():
+                with deployed_weights(model, "nf4") as deployed:
+                    q = deployed(IDS).logits
+                with deployed_model(model, layers, nf4, original=True) as o:
+                    original = o(IDS).logits
+            torch.testing.assert_close(q, original, rtol=0, atol=1e-5, msg="the re-quantized merge is the base again")
+
+
+def test_cpu_repacking_is_switched_off_and_a_repacked_weight_is_refused(base_dir):
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    model = _four_bit(base_dir, keep=False)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert keep_4bit_layout(model) == 14 and layer.support_avx512bf16_for_cpu is False
+    with torch.no_grad():
+        model(IDS)  # eval mode, no gradients: the forward that repacks on AVX512-BF16 CPUs
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    # What an unguarded forward does on such a CPU, made on purpose: scales rounded to bf16, layout changed.
+    other = _four_bit(base_dir, keep=False)
+    weight = other.model.layers[0].self_attn.q_proj.weight
+    weight.data, weight.quant_state = _convert_weight_packed_for_cpu(weight.data, weight.quant_state)
+    with pytest.raises(ValueError, match="repacked for bitsandbytes' AVX512-BF16 CPU kernel"):
+        dequantize_params4bit(weight)
+    with pytest.raises(ValueError, match="model.layers.0.self_attn.q_proj.*already repacked"):
+        keep_4bit_layout(other)
