@@ -47,3 +47,36 @@ def test_preserve_quantization_refuses_sharding_and_an_empty_selection(tmp_path)
 
 def test_a_deployment_for_full_precision_has_no_scheme():
     assert Deployment("full").scheme is None and as_deployments(["full"])[0].precision == "full"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"load_in_4bit": True, "lora": None}, r"only a LoRA adapter can train over it \(QLoRA\), but `lora` is null"),
+        ({"load_in_4bit": True, "quantization_aware": "nf4"}, r"with `load_in_4bit` the base is already 4-bit"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "int4"}, r"'int4' is not one of bitsandbytes' 4-bit formats"),
+        ({"load_in_4bit": True, "bnb_4bit_compute_dtype": "float64"}, r"compute dtype 'float64' must be one of"),
+        ({"load_in_4bit": "yes"}, r"`load_in_4bit` must be True or False"),
+        ({"quantization_config": {"load_in_8bit": True}}, r"loads the base in 8 bits \(LLM.int8\)"),
+        ({"quantization_config": {"bnb_4bit_quant_type": "nf4"}}, r"does not set `load_in_4bit: true`"),
+        ({"quantization_config": {"load_in_4bit": True}, "load_in_4bit": True}, r"give the 4-bit base one way"),
+    ],
+)
+def test_a_4bit_base_is_checked_before_loading(kwargs, match):
+    # The model path does not exist: every check fires before anything is read.
+    with pytest.raises(ValueError, match=match):
+        UnlearningModule("/nonexistent/model", **kwargs)
+
+
+def test_a_bitsandbytes_config_gives_the_same_base_as_the_switch():
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True)
+    from_config = UnlearningModule("/nonexistent/model", quantization_config=config, dtype="bfloat16")
+    switch = UnlearningModule("/nonexistent/model", load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                              bnb_4bit_use_double_quant=True, dtype="bfloat16")
+    # transformers' default compute dtype is float32; the dict form names it, so it is kept.
+    assert from_config.four_bit_base.quant_type == switch.four_bit_base.quant_type == "fp4"
+    assert from_config.four_bit_base.double_quant and switch.four_bit_base.compute_dtype == "bfloat16"
+    assert from_config.hparams["load_in_4bit"] is True and "quantization_config" not in from_config.hparams
+    assert UnlearningModule("/nonexistent/model").four_bit_base is None

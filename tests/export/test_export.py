@@ -72,7 +72,8 @@ def test_survival_json_and_markdown(adapter, tmp_path):
     saved = json.loads((tmp_path / "survival.json").read_text())
     assert saved == json.loads(json.dumps(report.as_dict()))
     assert set(saved) == {
-        "source", "base", "kind", "output_dir", "quantized_dir", "quantize", "avx512_misdecoded", "schemes"
+        "source", "base", "kind", "output_dir", "quantized_dir", "quantize", "avx512_misdecoded", "base_quantization",
+        "schemes",
     }
     assert saved["avx512_misdecoded"] == [], "no 4-bit copy was written"
     assert saved["kind"] == "lora" and saved["quantized_dir"] is None
