@@ -134,6 +134,9 @@ class UnlearningModule(LightningModule):
         bnb_4bit_use_double_quant: Quantize the base's block scales too (QLoRA's double quantization).
         quantization_config: The same as a ``transformers.BitsAndBytesConfig`` (or its dict), instead of
             the four arguments above.
+        gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
+            keeping them (transformers' non-reentrant checkpointing): about a third more compute for
+            activations of one block instead of all, what fits a 7B model's 2048-token batches on one GPU.
 
     Raises:
         ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
@@ -176,9 +179,13 @@ class UnlearningModule(LightningModule):
         bnb_4bit_compute_dtype: Dtype | None = None,
         bnb_4bit_use_double_quant: bool = False,
         quantization_config: Any = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.qat_scheme = _qat_scheme(quantization_aware)
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"`gradient_checkpointing` must be True or False, got {gradient_checkpointing!r}.")
+        self.gradient_checkpointing = gradient_checkpointing
         self.four_bit_base: FourBitBase | None = four_bit_base(
             load_in_4bit, bnb_4bit_quant_type, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant,
             quantization_config, dtype=dtype,
@@ -293,6 +300,8 @@ class UnlearningModule(LightningModule):
         )
         # The stored codes and fp32 scales, on every CPU (see keep_4bit_layout).
         keep_4bit_layout(model)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
         )
