@@ -103,6 +103,12 @@ class QuantizationSurvival(Callback):
       snapshot taken when training starts, in host RAM in the weight's own dtype — one copy of the watched
       weights (4 bytes per weight in fp32, 2 in bf16) — and saved in checkpoints so that a resumed run
       keeps measuring from the true original.
+    * **LoRA over a bitsandbytes 4-bit base** (QLoRA, ``Linear4bit``): ``W0`` is the base decoded as a GPU
+      decodes it, the merged weight ``W0 + ΔW`` is formed as peft's 4-bit merge forms it (in float32) and
+      re-quantized: in the base's own format that is the model a 4-bit user ships (``Q(W0) = W0``, the
+      base itself), in the other schemes the same merge quantized their way. The base's layers without an
+      adapter are deployed as stored. With double quantization the weight-space statistics use fp32
+      block scales; the functional check re-quantizes exactly (8-bit scales too).
 
     Either way the cached ``Q(W0)`` adds 1 byte per weight and scheme of host RAM (plus one fp32 scale per
     block), and a check holds at most one layer's temporaries on the device, never a copy of the model.

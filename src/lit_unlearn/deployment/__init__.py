@@ -8,6 +8,9 @@
   a time); :func:`deployed_weights` its public form for a precision; :func:`merged_state_dict`.
 * :class:`Deployment` (``config.py``): precision + block size + layer selection, the vocabulary every entry
   point shares.
+* :func:`~lit_unlearn.deployment.four_bit.requantize_merged_` and
+  :func:`~lit_unlearn.deployment.four_bit.dequantized_merged_state` (``four_bit.py``): the two models a LoRA
+  adapter over a bitsandbytes 4-bit base (QLoRA) deploys — its merge re-quantized, and in full precision.
 * :class:`UnsupportedStrategyError` (``strategy.py``): the one error for a strategy that shards weights.
 * :func:`~lit_unlearn.deployment.qat.quantization_aware` (``qat.py``): forward passes through the
   straight-through deployed weights, for quantization-aware unlearning.
