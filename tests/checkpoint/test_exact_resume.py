@@ -29,10 +29,10 @@ def uneven_texts(tmp_path_factory):
     return {"forget": str(forget), "retain": str(retain)}
 
 
-def fit(model_dir, texts, root, lora, max_steps, ckpt_path=None, mode="max_size_cycle"):
+def fit(model_dir, texts, root, lora, max_steps, ckpt_path=None, mode="max_size_cycle", **module_kwargs):
     seed_everything(0)
     module = UnlearningModule(model_dir, objective="npo_gdr", lora=lora,
-                              optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+                              optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), **module_kwargs)
     dm = ForgetRetainDataModule(forget=texts["forget"], retain=texts["retain"], max_length=32, batch_size=2,
                                 packing="document", mode=mode)
     trainer = Trainer(
@@ -59,6 +59,33 @@ def test_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, tmp_pat
     assert trainer.global_step == 9
     expected, got = weights(straight), weights(resumed)
     assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_qlora_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, tmp_path):
+    # A base whose rows are whole 64-blocks, loaded in nf4 on every fit: the checkpoint holds the adapter
+    # only, and quantizing the same weights again gives the same base.
+    from transformers import AutoTokenizer
+    from tests.conftest import build_tiny_llama
+
+    model_dir = str(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = build_tiny_llama(len(tokenizer))
+    wide = type(model)(model.config.__class__(**{**model.config.to_dict(), "hidden_size": 64,
+                                                 "intermediate_size": 128}))
+    wide.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    lora = LoRA(r=4, alpha=8, dropout=0.1)
+    straight, _ = fit(model_dir, uneven_texts, tmp_path / "straight", lora, max_steps=7, load_in_4bit=True)
+    fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=3, load_in_4bit=True)
+    resumed, trainer = fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=7, load_in_4bit=True,
+                           ckpt_path=str(tmp_path / "split" / "checkpoints" / "last.ckpt"))
+    assert trainer.global_step == 7
+    q_proj = resumed.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert type(q_proj).__name__ == "Linear4bit"
+    expected, got = weights(straight), weights(resumed)
+    assert expected.keys() == got.keys() and len(expected) > 0
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
