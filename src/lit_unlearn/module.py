@@ -39,6 +39,7 @@ from lit_unlearn.objectives import (
 )
 from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
 from lit_unlearn.quantization.bnb_decode import keep_4bit_layout
+from lit_unlearn.sharding import gathered_state_dict, is_sharded, shard_model, sharding_mesh
 
 __all__ = ["UnlearningModule"]
 
@@ -314,10 +315,28 @@ class UnlearningModule(LightningModule):
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        mesh = sharding_mesh(self)
+        if mesh is not None:
+            self._check_shardable()
+            # FSDP2: every decoder block one unit, each rank holding 1/world of every weight; the frozen
+            # reference the same way, never a whole copy per rank.
+            shard_model(model, mesh)
+            if self.reference is not None:
+                shard_model(self.reference, mesh)
         # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
         self.model = model.train()
         if self.qat_scheme is not None:
             self._qat_layers = deployed_layers(self.model)
+
+    def _check_shardable(self) -> None:
+        for what, on in (("a 4-bit base (`load_in_4bit`)", self.four_bit_base is not None),
+                         ("`quantization_aware`", self.qat_scheme is not None),
+                         ("`sure_percentile`", self.sure_percentile is not None)):
+            if on:
+                raise ValueError(
+                    f"UnlearningModule with {what} runs on one device or under DDP; ModelParallelStrategy "
+                    "shards the weights it reads whole. Drop it, or use `strategy: ddp`."
+                )
 
     def _four_bit_loading(self) -> dict[str, Any]:
         """``from_pretrained`` arguments of the 4-bit base: its config, and on a GPU the device to quantize on."""
@@ -506,12 +525,18 @@ class UnlearningModule(LightningModule):
         base = run_directory(self.trainer) if self._trainer is not None else Path(".")
         return base / ("adapter" if self.lora is not None else "model")
 
-    def save_pretrained(self, directory: str | Path | None = None) -> Path:
-        """Save the adapter (LoRA) or the full model, with the tokenizer, as safetensors; return the path."""
+    def save_pretrained(self, directory: str | Path | None = None, state_dict: dict[str, torch.Tensor] | None = None
+                        ) -> Path:
+        """Save the adapter (LoRA) or the full model, with the tokenizer, as safetensors; return the path.
+
+        ``state_dict``: the weights to write, for a sharded model the result of :meth:`gathered_state_dict`
+        (which every rank must call); ``None`` writes the model's own.
+        """
         directory = Path(directory) if directory is not None else self.resolve_output_dir()
+        state = state_dict
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, safe_serialization=True, **({} if state is None else {"state_dict": state}))
             self._record_portable_base(tmp)
             if self.four_bit_base is not None:
                 self.four_bit_base.write(tmp)
@@ -521,6 +546,18 @@ class UnlearningModule(LightningModule):
         # Saved into a sibling directory and renamed into place: a crash or a full disk mid-save leaves the
         # previous save (or none), never a directory that looks complete.
         return atomic_directory(directory, write)
+
+    def gathered_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """A sharded model's weights gathered to rank zero (the adapter only, for LoRA), in host RAM.
+
+        Collective: every rank calls it; rank zero gets the state dict, the others an empty one. ``None``
+        when the model is not sharded.
+        """
+        if not any(is_sharded(p) for p in self.model.parameters()):
+            return None
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        keep = (lambda name: name in trainable) if self.lora is not None else (lambda name: True)
+        return gathered_state_dict(self.model, keep, is_zero=self.trainer.is_global_zero)
 
     def _record_portable_base(self, directory: Path) -> None:
         # peft records the base as the path it was loaded from: for the toy world an absolute cache path
@@ -538,8 +575,10 @@ class UnlearningModule(LightningModule):
         # `run_directory` is a collective under DDP: every rank resolves the path, rank zero writes.
         path = self.resolve_output_dir()
         run_dir = run_directory(self.trainer)
+        # A sharded model is gathered first, one tensor at a time: every rank takes part, rank zero keeps it.
+        state = self.gathered_state_dict()
         if self.trainer.is_global_zero:
-            self.save_pretrained(path)
+            self.save_pretrained(path, state_dict=state)
             if self.log_artifact:
                 log_adapter_artifact(self.trainer, path, metadata=dict(self.hparams))
             what = "Adapter" if self.lora is not None else "Model"

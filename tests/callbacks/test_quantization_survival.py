@@ -150,10 +150,13 @@ def test_modules_matching_nothing_lists_the_layers(tmp_path):
         trainer.fit(Unlearner(), forget_retain_batches(2))
 
 
-def test_sharding_strategies_are_rejected():
+def test_sharding_strategies_other_than_fsdp2_are_rejected():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
     trainer = SimpleNamespace(strategy=FSDPStrategy())
-    with pytest.raises(MisconfigurationException, match=r"`strategy`=FSDPStrategy shards them.*'ddp'"):
+    with pytest.raises(MisconfigurationException, match=r"`strategy`=FSDPStrategy shards them.*ModelParallelStrategy"):
         QuantizationSurvival().setup(trainer, None, "fit")
+    QuantizationSurvival().setup(SimpleNamespace(strategy=ModelParallelStrategy()), None, "fit")  # FSDP2: served
 
 
 # ---------------------------------------------------------------------------------------- weight space

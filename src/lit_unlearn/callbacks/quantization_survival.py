@@ -44,6 +44,7 @@ from lit_unlearn.callbacks._survival_probe import (
     to_device,
 )
 from lit_unlearn.deployment import DeployedLayer, Deployment, as_deployments, check_strategy, deployed_model
+from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats
@@ -263,7 +264,8 @@ class QuantizationSurvival(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_strategy(trainer.strategy, "QuantizationSurvival", "needs whole weights on every process")
+            check_strategy(trainer.strategy, "QuantizationSurvival", "reads weights as DDP or FSDP2 holds them",
+                           fix=FSDP2_FIX, allow_fsdp2=True)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

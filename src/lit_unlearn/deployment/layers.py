@@ -52,6 +52,14 @@ from lit_unlearn.quantization.bnb_decode import (
     requantized_like,
 )
 from lit_unlearn.quantization.merge import merge
+from lit_unlearn.sharding import (
+    all_reduce_sums,
+    full_tensor,
+    gather_rows,
+    is_sharded,
+    local_rows,
+    local_tensor,
+)
 
 __all__ = [
     "DeployedLayer",
@@ -97,6 +105,8 @@ class DeployedLayer:
         snapshot: ``W0`` of a ``snapshot`` layer (host RAM, or any tensor of the weight's shape).
         reference_codes: ``Q(W0)`` per scheme name, once :meth:`cache_references` ran.
         base_format: The 4-bit format a bitsandbytes ``Linear4bit`` base is stored in (QLoRA), else ``None``.
+        mesh: The device mesh of a weight sharded by FSDP2 (``ModelParallelStrategy``), once
+            :meth:`cache_references` saw it; a snapshot then holds only this rank's rows.
     """
 
     name: str
@@ -107,6 +117,7 @@ class DeployedLayer:
     snapshot: torch.Tensor | None = None
     reference_codes: dict[str, QuantizedTensor] = field(default_factory=dict)
     base_format: Scheme | None = None
+    mesh: object = None
 
     @property
     def numel(self) -> int:
@@ -132,6 +143,9 @@ class DeployedLayer:
         weight = self.linear.weight
         if self.base_format is not None:
             return dequantize_params4bit(weight)
+        if self.snapshot is not None and self.mesh is not None and not is_sharded(weight):
+            # Inside a sharded model's forward the weight is whole; W0 is gathered from every rank's rows.
+            return gather_rows(self.snapshot.to(weight.device), weight.shape[0], self.mesh).to(weight.dtype)
         if self.snapshot is None:
             return weight.detach()
         return self.snapshot.to(weight.device, non_blocking=True)
@@ -201,6 +215,16 @@ class DeployedLayer:
         if self.source == "frozen":
             return
         weight = self.linear.weight.detach()
+        if is_sharded(weight):
+            # FSDP2: this rank keeps W0 of its own rows only; Q(W0) is formed at each check, from the rows
+            # (or the gathered layer) the check quantizes.
+            self.mesh = weight.device_mesh
+            if self.source == "snapshot":
+                local = local_tensor(weight)
+                saved = snapshot if snapshot is not None and snapshot.shape == local.shape else local
+                self.snapshot = torch.empty(local.shape, dtype=local.dtype, pin_memory=local.device.type == "cuda")
+                self.snapshot.copy_(saved)
+            return
         if self.base_format is not None:
             # Q(W0) in any scheme is computed from the decoded base; in the base's own format it is the
             # base's codes (re-quantizing a decoded 4-bit weight with its format gives it back).
@@ -221,6 +245,8 @@ class DeployedLayer:
         For LoRA the merged weight is formed chunk by chunk, rounded once to the base dtype as
         :func:`merge` does, so no weight-sized temporary exists besides ``ΔW`` (in ``buffer`` when given).
         """
+        if is_sharded(self.linear.weight):
+            return self._sharded_survival(schemes)
         codes = self.reference_codes
         if self.base_format is not None:
             # peft's 4-bit merge sums in the promoted dtype (float32 for a float32 adapter): W0 is taken
@@ -233,6 +259,80 @@ class DeployedLayer:
             return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
         w0, w1 = self.w0(), self.linear.weight.detach()
         return {s.name: survival_stats(w0, w1, s, reference=codes.get(s.name)) for s in schemes}
+
+
+    def _sharded_survival(self, schemes: Sequence[Scheme]) -> dict[str, SurvivalStats]:
+        """:meth:`survival` of a weight sharded by rows (FSDP2), equal to the unsharded statistics.
+
+        Where every rank's rows hold whole quantization blocks (always for row-wise and per-row-group
+        schemes; for nf4/fp4 when a shard is a whole number of blocks), each rank measures its own rows and
+        the sums are reduced over the mesh. Otherwise the layer alone is gathered and every rank measures
+        it whole. Either way no rank holds more than one layer gathered. Collective: every rank calls it
+        for the same layers in the same order.
+        """
+        weight = self.linear.weight
+        rows, cols = weight.shape[0], weight.numel() // weight.shape[0]
+        whole = {s.name: _rows_hold_whole_blocks(s, rows, cols, self.mesh.size()) for s in schemes}
+        out: dict[str, SurvivalStats] = {}
+        local = [s for s in schemes if whole[s.name]]
+        if local:
+            measure = self._measure(gathered=False)
+            for s in local:
+                out[s.name] = _reduced(measure(s), self.mesh)
+        gathered = [s for s in schemes if not whole[s.name]]
+        if gathered:
+            measure = self._measure(gathered=True)
+            for s in gathered:
+                out[s.name] = measure(s)
+        return {s.name: out[s.name] for s in schemes}
+
+    def _measure(self, gathered: bool) -> Callable[[Scheme], SurvivalStats]:
+        """The statistics of this rank's rows, or of the gathered layer (a collective), per scheme."""
+        take = full_tensor if gathered else local_tensor
+        weight = take(self.linear.weight.detach())
+        # Every gather happens before any rank may stop early: collectives are called by all or none.
+        if self.lora is not None:
+            delta = self._lora_delta(lambda t: take(t.detach()), weight)
+        else:
+            w0 = self.snapshot.to(weight.device)
+            if gathered:
+                w0 = gather_rows(w0, weight.shape[0], self.mesh)
+        if weight.numel() == 0:
+            return lambda scheme: SurvivalStats()  # a rank past the last row holds nothing
+        if self.lora is not None:
+            return lambda scheme: survival_stats_delta(weight, delta, scheme)
+        return lambda scheme: survival_stats(w0, weight, scheme)
+
+    def _lora_delta(self, rows_of: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """``Σ scaling · B @ A`` over the active adapters, with ``B``'s rows taken by ``rows_of`` and ``A``
+        gathered whole (it is ``r × in``: small)."""
+        lora = self.lora
+        delta = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+        active = [a for a in lora.active_adapters if a in lora.lora_A] if not lora.disable_adapters else []
+        for adapter in active:
+            a = full_tensor(lora.lora_A[adapter].weight.detach()).float()
+            b = rows_of(lora.lora_B[adapter].weight).float()
+            delta += (b @ a) * lora.scaling[adapter]
+        return delta
+
+
+def _rows_hold_whole_blocks(scheme: Scheme, rows: int, cols: int, world: int) -> bool:
+    """Whether every rank's rows of a ``rows × cols`` weight (``ceil(rows / world)`` per rank) are whole
+    blocks of ``scheme``: nf4/fp4 cut the flattened weight into blocks, every other scheme works per row."""
+    if scheme.family != "bnb4":
+        return True
+    per_rank = -(-rows // world)
+    return (per_rank * cols) % scheme.block_size == 0
+
+
+_SUMMED = ("numel", "n_changed", "n_below_half_step", "dot", "delta_sq", "qdelta_sq", "residual_sq")
+
+
+def _reduced(stats: SurvivalStats, mesh: object) -> SurvivalStats:
+    """``stats`` summed over the ranks of ``mesh`` (every field is a sum over weights)."""
+    sums = all_reduce_sums([float(getattr(stats, f)) for f in _SUMMED], mesh)
+    values = {f: (int(round(v)) if isinstance(getattr(stats, f), int) else v) for f, v in zip(_SUMMED, sums)}
+    return SurvivalStats(**values)
 
 
 def _matcher(modules: Modules, model: nn.Module) -> Callable[[str, nn.Module], bool]:

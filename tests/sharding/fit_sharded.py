@@ -1,0 +1,61 @@
+"""One unlearning fit under ``ModelParallelStrategy`` (FSDP2) or on one process, for the sharding tests.
+
+Lightning's ModelParallelStrategy launches its processes by re-running this script (as ``ddp`` does), so
+the tests run it as a command: ``python fit_sharded.py SPEC.json``. The spec names the model, data,
+devices and callbacks; the result (survival history, saved paths) is written as JSON next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
+from lit_unlearn.callbacks import QuantizationSurvival
+
+
+class KeepProbe(Callback):
+    """Keeps the survival check's probe after its last check (the callback drops it at teardown)."""
+
+    def __init__(self, survival: QuantizationSurvival, path: str) -> None:
+        self.survival, self.path = survival, path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            torch.save(self.survival._probe, self.path)
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    seed_everything(0)
+    torch.set_num_threads(1)
+    lora = LoRA(**spec["lora"]) if spec["lora"] is not None else None
+    module = UnlearningModule(spec["model"], objective=spec["objective"], lora=lora,
+                              optimizer=lambda p: torch.optim.AdamW(p, lr=spec["lr"]),
+                              output_dir=spec["output_dir"])
+    data = ForgetRetainDataModule(forget=spec["forget"], retain=spec["retain"], max_length=32,
+                                  batch_size=spec["batch_size"], shuffle=False)
+    survival = QuantizationSurvival(every_n_steps=2, schemes=spec["schemes"], functional=spec["functional"],
+                                    log_per_layer=True)
+    devices = spec["devices"]
+    strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if spec["sharded"] else "auto"
+    trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=spec["steps"], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[survival, KeepProbe(survival, spec["probe"])], default_root_dir=spec["root"])
+    trainer.fit(module, data)
+    if trainer.is_global_zero:
+        def kinds(model):
+            return sorted({type(p).__name__ for p in model.parameters()}) if model is not None else None
+
+        result = {"history": survival.history, "functional": survival.functional_history,
+                  "parameter_types": kinds(module.model), "reference_parameter_types": kinds(module.reference)}
+        Path(spec["result"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

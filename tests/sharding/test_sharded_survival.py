@@ -1,0 +1,132 @@
+"""Sharded training (FSDP2 under Lightning's ModelParallelStrategy, 2 CPU processes with gloo): the model
+and the frozen reference are sharded per decoder block, the fit-end save gathers them into safetensors
+that ``from_pretrained`` loads, and QuantizationSurvival logs what one process logs on the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import build_tiny_llama
+
+SCRIPT = Path(__file__).with_name("fit_sharded.py")
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def wide_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama at hidden 40 and 80 intermediate features. Split over 2 ranks, a shard of q/k/v/o_proj
+    is not a whole number of nf4 blocks of 64 (20 rows x 40 = 12.5 blocks), so those layers are gathered one
+    at a time; gate/up/down_proj shards are (25 blocks), so each rank measures its own rows."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = build_tiny_llama(len(tokenizer))
+    config = model.config.__class__(**{**model.config.to_dict(), "hidden_size": 40, "intermediate_size": 80,
+                                                      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 10})
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wide")
+    type(model)(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _fit(tmp_path: Path, model: str, texts: dict, *, sharded: bool, lora: dict | None, objective: str) -> dict:
+    name = ("sharded" if sharded else "single") + ("-lora" if lora else "-full")
+    root = tmp_path / name
+    root.mkdir()
+    spec = {
+        "model": model, "objective": objective, "lora": lora, "lr": 5e-3, "forget": texts["forget"],
+        "retain": texts["retain"], "batch_size": 2 if sharded else 4, "schemes": ["nf4", "int4", "int8"],
+        "functional": True, "devices": 2 if sharded else 1, "sharded": sharded, "steps": 4,
+        "root": str(root), "output_dir": str(root / "saved"), "result": str(root / "result.json"),
+        "probe": str(root / "probe.pt"),
+    }
+    (root / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(root / "spec.json")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((root / "result.json").read_text())
+    return {**result, "saved": root / "saved", "probe": torch.load(root / "probe.pt"), "log": done.stderr}
+
+
+def _final_model(model_dir: str, saved: Path, lora: bool):
+    from transformers import AutoModelForCausalLM
+
+    if not lora:
+        return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(saved)).eval()
+
+
+def _single_process_check(model_dir: str, final, lora: bool, schemes, probe):
+    """What QuantizationSurvival measures on one process for these final weights: per-layer rows, and
+    the probe's forget loss at full precision and deployed per scheme."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_unlearn.deployment import deployed_layers, deployed_weights
+    from lit_unlearn.objectives import mean_token_nll
+    from lit_unlearn.quantization import get_scheme
+
+    layers = deployed_layers(final)
+    if not lora:
+        original = dict(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).named_parameters())
+        for layer in layers:
+            layer.source, layer.snapshot = "snapshot", original[f"{layer.name}.weight"].detach()
+    rows = {}
+    for layer in layers:
+        for name, stats in layer.survival([get_scheme(s) for s in schemes]).items():
+            rows[(name, layer.name)] = stats
+    forget = probe[0]["forget"]
+
+    def loss(model):
+        with torch.no_grad():
+            logits = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
+            return float(mean_token_nll(logits, forget["labels"]))
+
+    losses = {}
+    for scheme in ["full", *schemes]:
+        with deployed_weights(final, scheme) as deployed:
+            losses[scheme] = loss(deployed)
+    return rows, losses
+
+
+@pytest.mark.parametrize(("lora", "objective"), [(None, "npo_klr"), ({"r": 4, "alpha": 8, "dropout": 0.0}, "npo_gdr")],
+                         ids=["full-npo-klr", "lora-npo-gdr"])
+def test_two_process_fsdp2_survival_equals_one_process_on_the_same_weights(
+    wide_model_dir, text_files, tmp_path, lora, objective
+):
+    run = _fit(tmp_path, wide_model_dir, text_files, sharded=True, lora=lora, objective=objective)
+    assert run["parameter_types"] == ["DTensor"], "every parameter sharded (FSDP2 keeps them as DTensors)"
+    assert run["reference_parameter_types"] == (["DTensor"] if lora is None else None), "the reference too"
+    final = _final_model(wide_model_dir, run["saved"], lora is not None)  # the gathered safetensors load
+    schemes = ["nf4", "int4", "int8"]
+    rows, losses = _single_process_check(wide_model_dir, final, lora is not None, schemes, run["probe"])
+    last = [r for r in run["history"] if r["step"] == 4]
+    assert {(r["scheme"], r["layer"]) for r in last} == set(rows)
+    for r in last:
+        expected = rows[(r["scheme"], r["layer"])]
+        where = f"{r['scheme']} {r['layer']}"
+        assert r["numel"] == expected.numel, where
+        assert r["changed"] == expected.changed and r["below_half_step"] == expected.below_half_step, where
+        assert r["retained"] == pytest.approx(expected.retained, rel=1e-5, abs=1e-7), where
+        assert r["cosine"] == pytest.approx(expected.cosine, rel=1e-5, abs=1e-7), where
+    assert any(r["changed"] > 0 for r in last), "the update moved codes: the comparison has something to compare"
+    from lit_unlearn.deployment.layers import _rows_hold_whole_blocks
+    from lit_unlearn.quantization import get_scheme
+
+    whole = {_rows_hold_whole_blocks(get_scheme("nf4"), r["numel"] // cols, cols, 2)
+             for r in last if r["scheme"] == "nf4" for cols in [40 if "down_proj" not in r["layer"] else 80]}
+    assert whole == {True, False}, "both paths ran: rows measured per rank, and layers gathered"
+    functional = {r["scheme"]: r for r in run["functional"] if r["step"] == 4}
+    for scheme in schemes:
+        assert functional[scheme]["forget_q"] == pytest.approx(losses[scheme], abs=1e-5), scheme
+        assert functional[scheme]["forget_fp"] == pytest.approx(losses["full"], abs=1e-5), scheme
