@@ -322,7 +322,9 @@ class UnlearningModule(LightningModule):
             # reference the same way, never a whole copy per rank.
             shard_model(model, mesh)
             if self.reference is not None:
-                shard_model(self.reference, mesh)
+                # It only runs forward: its root would otherwise stay gathered after each forward, waiting
+                # for a backward that never comes.
+                shard_model(self.reference, mesh, reshard_after_forward=True)
         # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
         self.model = model.train()
         if self.qat_scheme is not None:

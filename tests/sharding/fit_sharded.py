@@ -50,7 +50,7 @@ def main(spec_path: str) -> None:
     trainer.fit(module, data)
     if trainer.is_global_zero:
         def kinds(model):
-            return sorted({type(p).__name__ for p in model.parameters()}) if model is not None else None
+            return sorted({f"{type(p).__name__}" + ("" if type(p).__name__ == "DTensor" else f" {n}") for n, p in model.named_parameters()}) if model is not None else None
 
         result = {"history": survival.history, "functional": survival.functional_history,
                   "parameter_types": kinds(module.model), "reference_parameter_types": kinds(module.reference)}
