@@ -47,6 +47,29 @@ def test_min_k_scores_match_a_hand_computation(llama, tokenizer):
         assert score.item() == pytest.approx(min_k_percent_score(token_logp.float()).item(), abs=1e-5)
 
 
+def test_open_unlearning_min_k_drops_the_last_token_and_cuts_to_2048(llama, tokenizer):
+    """open-unlearning's attack: ``tokenwise_logprobs`` leaves the last labelled token out, and
+    ``CompletionDataset`` keeps the special prefix plus 2048 tokens (here 5, to make the cut bite)."""
+    texts = PROMPTS + ["lantern orchard market winter river stone north"]
+    scores = min_k_scores(llama, tokenizer, texts, k=0.4, batch_size=2, progress=False, drop_last=True,
+                          max_content_tokens=5)
+    prefix = len(tokenizer("")["input_ids"])
+    for text, score in zip(texts, scores):
+        ids = torch.tensor([tokenizer(text)["input_ids"][: prefix + 5]])
+        with torch.no_grad():
+            logp = torch.log_softmax(llama(ids).logits[0, :-1].double(), dim=-1)
+        token_logp = logp.gather(-1, ids[0, 1:, None])[:-1, 0]  # without the last token's prediction
+        lowest = token_logp.sort().values[: max(1, int(0.4 * token_logp.numel()))]
+        assert score.item() == pytest.approx(-lowest.mean().item(), abs=1e-5)
+    whole = min_k_scores(llama, tokenizer, texts, k=0.4, batch_size=2, progress=False)
+    assert not torch.allclose(scores, whole), "the two conventions score differently"
+    from lit_unlearn.metrics.conventions import get_convention
+
+    ou, muse = get_convention("open-unlearning"), get_convention("muse")
+    assert (ou.min_k_drop_last, ou.min_k_max_tokens) == (True, 2048)
+    assert (muse.min_k_drop_last, muse.min_k_max_tokens) == (False, None)
+
+
 def test_bad_batch_size_and_empty_texts(llama, tokenizer):
     with pytest.raises(ValueError, match="`batch_size`=0 must be a positive integer"):
         generate_greedy(llama, tokenizer, PROMPTS, 2, batch_size=0)

@@ -6,6 +6,7 @@ measure, swap the originals back, so training continues bit-identically.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -503,7 +504,9 @@ class QuantizedEvaluation(Callback):
             "precision": precision,
             "block_size": None if deployment is None else deployment.block_size,
             "modules": modules if not callable(modules) else getattr(modules, "__qualname__", repr(modules)),
-            "quantizer": self.quantizer, "convention": self.convention, "auc_retrain": auc_retrain,
+            # The convention's every detail, so a change of what a convention computes invalidates its rows.
+            "quantizer": self.quantizer, "convention": dataclasses.asdict(get_convention(self.convention)),
+            "auc_retrain": auc_retrain,
             "tasks": list(tasks or self.tasks), "batch_size": self.batch_size,
             "verbmem_max_new_tokens": self.verbmem_max_new_tokens,
             "knowmem_max_new_tokens": self.knowmem_max_new_tokens,

@@ -138,6 +138,8 @@ def min_k_scores(
     max_length: int | None = None,
     desc: str = "min-k",
     progress: bool = True,
+    drop_last: bool = False,
+    max_content_tokens: int | None = None,
 ) -> Tensor:
     """Min-K% Prob score of each text under ``model`` (MUSE's ``Min-40%`` for ``k=0.4``), ``(N,)``
     float32 on CPU.
@@ -149,18 +151,25 @@ def min_k_scores(
 
     Args:
         max_length: Cut texts to this many tokens first; ``None`` scores them whole, as MUSE does.
+        drop_last: Leave each text's last token unscored, as open-unlearning's ``tokenwise_logprobs`` does.
+        max_content_tokens: Cut texts to this many tokens after the tokenizer's special prefix (what
+            ``tokenizer("")`` encodes to, Llama's BOS), as open-unlearning's ``CompletionDataset`` does.
     """
     _check_batch_size(batch_size)
     if not texts:
         return torch.zeros(0)
     pad_id = _pad_id(tokenizer)
     device = model_device(model)
+    if max_content_tokens is not None:
+        prefix = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        max_length = prefix + max_content_tokens if max_length is None else min(max_length, prefix + max_content_tokens)
     encoded = _encode(tokenizer, texts, max_length)
-    short = [i for i, e in enumerate(encoded) if len(e) < 2]
+    fewest = 3 if drop_last else 2
+    short = [i for i, e in enumerate(encoded) if len(e) < fewest]
     if short:
         raise ValueError(
-            f"Texts {short[:5]} encode to fewer than 2 tokens, so no token can be scored; drop empty texts "
-            "from the privleak sets."
+            f"Texts {short[:5]} encode to fewer than {fewest} tokens, so no token can be scored; drop empty "
+            "texts from the privleak sets."
         )
     scores = torch.zeros(len(texts))
     with tqdm(total=len(texts), desc=desc, unit="item", disable=not progress, leave=False) as bar:
@@ -169,6 +178,11 @@ def min_k_scores(
             ids, mask = _pad([encoded[i] for i in batch], pad_id, left=False, device=device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             logp, scored = token_logprobs(logits, ids.masked_fill(mask == 0, IGNORE_INDEX))
+            if drop_last:
+                # Right padding: each row's last scored position is its count of scored tokens minus one.
+                last = scored.sum(dim=1) - 1
+                scored = scored.clone()
+                scored[torch.arange(len(batch), device=scored.device), last] = False
             scores[batch] = min_k_percent_score(logp, scored, k).cpu()
             bar.update(len(batch))
     return scores

@@ -236,6 +236,8 @@ def _run(
             batch_size,
             desc=f"Min-K% forget [{precision}]",
             progress=progress,
+            drop_last=conv.min_k_drop_last,
+            max_content_tokens=conv.min_k_max_tokens,
         )
         holdout = min_k_scores(
             model,
@@ -245,6 +247,8 @@ def _run(
             batch_size,
             desc=f"Min-K% holdout [{precision}]",
             progress=progress,
+            drop_last=conv.min_k_drop_last,
+            max_content_tokens=conv.min_k_max_tokens,
         )
         metric.update(torch.cat([forget, holdout]), [True] * len(forget) + [False] * len(holdout))
         out = metric.compute()

@@ -15,6 +15,12 @@ ROUGE-L tokens               no stemming                               Porter st
 AUC_retrain when none given  none: PrivLeak is NaN until the           0.5 (a chance-level attack)
                              published value (NEWS 0.4772, BOOKS
                              0.5393) or a retrain model is supplied
+Min-K% tokens scored         every token after the first               the same but the last one
+                                                                       (``tokenwise_logprobs``
+                                                                       drops the final prediction)
+Min-K% text length           whole                                     the first 2048 tokens after
+                                                                       the special ones
+                                                                       (``CompletionDataset``)
 ===========================  ========================================  ===========================
 
 Shared by both: VerbMem = mean ROUGE-L F1 × 100 of 128 greedy tokens; KnowMem = mean ROUGE-L F1 × 100
@@ -52,18 +58,24 @@ class Convention:
         use_stemmer: Whether ROUGE-L stems tokens (Porter) before matching.
         auc_retrain_fallback: AUC_retrain used when neither a number nor a retrain model is given;
             ``None`` leaves PrivLeak undefined (NaN).
+        min_k_drop_last: Whether Min-K% leaves each text's last token unscored.
+        min_k_max_tokens: Min-K% texts are cut to this many tokens after the tokenizer's special prefix
+            (BOS); ``None`` scores them whole.
     """
 
     name: str
     verbmem_gt_tokens: int | None
     use_stemmer: bool
     auc_retrain_fallback: float | None
+    min_k_drop_last: bool = False
+    min_k_max_tokens: int | None = None
 
 
 CONVENTIONS: dict[str, Convention] = {
     "muse": Convention("muse", verbmem_gt_tokens=128, use_stemmer=False, auc_retrain_fallback=None),
     "open-unlearning": Convention(
-        "open-unlearning", verbmem_gt_tokens=None, use_stemmer=True, auc_retrain_fallback=0.5
+        "open-unlearning", verbmem_gt_tokens=None, use_stemmer=True, auc_retrain_fallback=0.5,
+        min_k_drop_last=True, min_k_max_tokens=2048,
     ),
 }
 
