@@ -254,6 +254,8 @@ class UnlearningModule(LightningModule):
         # Checkpoints of LoRA runs hold only the adapter (see `on_save_checkpoint`), so loading them
         # must not demand the frozen base weights.
         self.strict_loading = lora is None
+        #: Weights `configure_model` rebuilds on resume and checkpoints leave out (read by FSDP2Strategy).
+        self.checkpoint_rebuilt_prefixes = ("reference.",)
         self._rng_states: dict[str, Any] | None = None  # from a checkpoint, applied when training starts
 
     # ------------------------------------------------------------------ properties
@@ -506,8 +508,8 @@ class UnlearningModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_states = checkpoint.get(_RNG_KEY)
         # Strict loading stays on for the model's weights; the reference comes from `configure_model`.
-        if self.lora is None and self.reference is not None:
-            state = checkpoint["state_dict"]
+        state = checkpoint.get("state_dict")  # a sharding strategy has loaded the weights itself by now
+        if self.lora is None and self.reference is not None and state is not None:
             for name, tensor in self.reference.state_dict().items():
                 state.setdefault(f"reference.{name}", tensor)
 

@@ -151,11 +151,13 @@ def gather_rows(local: torch.Tensor, rows: int, mesh: Any) -> torch.Tensor:
 
     world = mesh.size()
     per_rank = -(-rows // world)
-    padded = local.new_zeros((per_rank, *local.shape[1:]))
-    padded[: local.shape[0]] = local
+    # NCCL gathers device tensors only: a host snapshot travels through the device and comes back.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(mesh.get_group()) == "nccl" else local.device
+    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
     parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous(), group=mesh.get_group())
-    return torch.cat(parts)[:rows]
+    dist.all_gather(parts, padded, group=mesh.get_group())
+    return torch.cat(parts)[:rows].to(local.device)
 
 
 def all_reduce_sums(values: list[float], mesh: Any) -> list[float]:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
 from lit_unlearn.callbacks import QuantizationSurvival
+from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
+from lit_unlearn.strategies import FSDP2Strategy
 
 
 class KeepProbe(Callback):
@@ -39,15 +41,19 @@ def main(spec_path: str) -> None:
                               optimizer=lambda p: torch.optim.AdamW(p, lr=spec["lr"]),
                               output_dir=spec["output_dir"])
     data = ForgetRetainDataModule(forget=spec["forget"], retain=spec["retain"], max_length=32,
-                                  batch_size=spec["batch_size"], shuffle=False)
+                                  batch_size=spec["batch_size"], shuffle=spec.get("shuffle", False))
     survival = QuantizationSurvival(every_n_steps=2, schemes=spec["schemes"], functional=spec["functional"],
                                     log_per_layer=True)
     devices = spec["devices"]
-    strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if spec["sharded"] else "auto"
+    strategy = FSDP2Strategy() if spec["sharded"] else "auto"
+    callbacks = [survival, KeepProbe(survival, spec["probe"])]
+    if spec.get("checkpoints"):
+        callbacks.append(ModelCheckpoint(dirpath=spec["checkpoints"], save_last=True, every_n_train_steps=1))
     trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=spec["steps"], logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[survival, KeepProbe(survival, spec["probe"])], default_root_dir=spec["root"])
-    trainer.fit(module, data)
+                      enable_checkpointing=bool(spec.get("checkpoints")), enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=callbacks, default_root_dir=spec["root"],
+                      plugins=[SafetensorsCheckpointIO()])
+    trainer.fit(module, data, ckpt_path=spec.get("ckpt_path"))
     if trainer.is_global_zero:
         def kinds(model):
             return sorted({f"{type(p).__name__}" + ("" if type(p).__name__ == "DTensor" else f" {n}") for n, p in model.named_parameters()}) if model is not None else None

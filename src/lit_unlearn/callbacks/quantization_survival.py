@@ -387,7 +387,8 @@ class QuantizationSurvival(Callback):
         # Tensors stay out of `state_dict()` (plain Python); the snapshot costs one copy of the watched
         # trainable weights in the checkpoint, LoRA runs store none.
         saved: dict[str, Any] = {}
-        snapshot = {layer.name: layer.snapshot for layer in self._layers if layer.snapshot is not None}
+        # Every rank builds the checkpoint: a sharded snapshot is gathered here, one layer at a time.
+        snapshot = {layer.name: layer.whole_snapshot() for layer in self._layers if layer.snapshot is not None}
         if snapshot:
             saved["snapshot"] = snapshot
         if self._probe_ready:

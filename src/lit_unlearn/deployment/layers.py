@@ -221,7 +221,9 @@ class DeployedLayer:
             self.mesh = weight.device_mesh
             if self.source == "snapshot":
                 local = local_tensor(weight)
-                saved = snapshot if snapshot is not None and snapshot.shape == local.shape else local
+                start, stop = local_rows(weight)
+                # A saved snapshot is the whole W0 (see `whole_snapshot`): this rank keeps its rows.
+                saved = snapshot[start:stop] if snapshot is not None and snapshot.shape == weight.shape else local
                 self.snapshot = torch.empty(local.shape, dtype=local.dtype, pin_memory=local.device.type == "cuda")
                 self.snapshot.copy_(saved)
             return
@@ -260,6 +262,13 @@ class DeployedLayer:
         w0, w1 = self.w0(), self.linear.weight.detach()
         return {s.name: survival_stats(w0, w1, s, reference=codes.get(s.name)) for s in schemes}
 
+
+    def whole_snapshot(self) -> torch.Tensor | None:
+        """The snapshot of ``W0`` as a whole weight, for a checkpoint: gathered from every rank's rows when
+        the weight is sharded (a collective), else as kept."""
+        if self.snapshot is None or self.mesh is None:
+            return self.snapshot
+        return gather_rows(self.snapshot, self.linear.weight.shape[0], self.mesh)
 
     def _sharded_survival(self, schemes: Sequence[Scheme]) -> dict[str, SurvivalStats]:
         """:meth:`survival` of a weight sharded by rows (FSDP2), equal to the unsharded statistics.
