@@ -109,12 +109,17 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def shard_model(model: nn.Module, mesh: Any, **fsdp_kwargs: Any) -> nn.Module:
-    """``fully_shard`` every decoder block of ``model``, then the model itself (its embeddings and head)."""
+    """``fully_shard`` every decoder block of ``model``, then the model itself (its embeddings and head).
+
+    For a peft model the root unit is the transformers model inside it: ``generate`` calls that model's
+    forward, not the wrapper's, and the root's weights must be gathered either way.
+    """
     from torch.distributed.fsdp import fully_shard
 
     for block in decoder_blocks(model):
         fully_shard(block, mesh=mesh, **fsdp_kwargs)
-    fully_shard(model, mesh=mesh, **fsdp_kwargs)
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fully_shard(root, mesh=mesh, **fsdp_kwargs)
     return model
 
 

@@ -461,4 +461,4 @@ def test_sharding_error_is_one_type_for_both_callbacks():
         QuantizedEvaluation().setup(trainer, None, "test")
     for error in (survival_error.value, evaluation_error.value):
         assert isinstance(error, MisconfigurationException) and isinstance(error, ValueError)
-        assert "FSDPStrategy shards" in str(error)
+        assert "FSDPStrategy shards" in str(error) and "FSDP2" in str(error)

@@ -165,15 +165,20 @@ def test_arguments_are_checked_at_construction(kwargs, message):
         QuantizedEvaluation(**kwargs)
 
 
-def test_sharded_fit_turns_the_callback_off_and_sharded_test_is_refused():
+def test_fsdp1_fit_turns_the_callback_off_and_fsdp1_test_is_refused_but_fsdp2_is_served():
     from types import SimpleNamespace
 
     from lightning.pytorch.strategies import FSDPStrategy
 
+    from lit_unlearn.strategies import FSDP2Strategy
+
     evaluation = QuantizedEvaluation()
     trainer = SimpleNamespace(strategy=FSDPStrategy())
-    with pytest.warns(UserWarning, match="It is off for this fit"):
+    with pytest.warns(UserWarning, match="It is off for this fit; train with FSDP2Strategy"):
         evaluation.setup(trainer, None, "fit")
     assert not evaluation._active
-    with pytest.raises(ValueError, match="FSDPStrategy shards .* Run `lit-unlearn test` on one device"):
+    with pytest.raises(ValueError, match="but FSDPStrategy shards weights its own way.*FSDP2Strategy"):
         evaluation.setup(trainer, None, "test")
+    for stage in ("fit", "test"):
+        evaluation.setup(SimpleNamespace(strategy=FSDP2Strategy()), None, stage)
+        assert evaluation._active

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -22,6 +23,7 @@ from typing_extensions import override
 from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments, shards_weights
+from lit_unlearn.sharding import is_sharded, shard_model
 from lit_unlearn.evaluation import (
     EvalData,
     Precision,
@@ -248,21 +250,20 @@ class QuantizedEvaluation(Callback):
             # which is restored after `setup`.
             self._curve = []
             self._step_results = None
-        if shards_weights(trainer.strategy):
+        if shards_weights(trainer.strategy) and not isinstance(trainer.strategy, ModelParallelStrategy):
             message = (
-                "QuantizedEvaluation swaps whole weight matrices and generates with the unwrapped model, "
-                f"which {type(trainer.strategy).__name__} shards across processes."
+                "QuantizedEvaluation deploys each weight as its layer runs, which it can do under FSDP2 "
+                f"(ModelParallelStrategy, lit_unlearn.strategies.FSDP2Strategy), but {type(trainer.strategy).__name__} "
+                "shards weights its own way."
             )
             if stage != "fit":
                 raise UnsupportedStrategyError(
-                    f"{message} Run `lit-unlearn test` on one device (`--trainer.devices 1 "
-                    "--trainer.strategy auto`) or with strategy='ddp', where each rank evaluates a shard of "
-                    "the items."
+                    f"{message} Run `lit-unlearn test` with `--trainer.strategy lit_unlearn.strategies.FSDP2Strategy`, "
+                    "on one device, or with strategy='ddp', where each rank evaluates a shard of the items."
                 )
-            # A sharded fit is how full-parameter 7B runs train; the table is made afterwards on one device.
             rank_zero_warn(
-                f"{message} It is off for this fit; evaluate the saved model with `lit-unlearn test` on one "
-                "device."
+                f"{message} It is off for this fit; train with FSDP2Strategy to evaluate during the fit, or "
+                "evaluate the saved model with `lit-unlearn test`."
             )
             self._active = False
         if self.quantizer == "bitsandbytes" and not torch.cuda.is_available():
@@ -522,7 +523,11 @@ class QuantizedEvaluation(Callback):
         like = next(model.parameters())
         dtype = base_dtype(model)
         rank_zero_info(f"Loading reference model {path!r} for the MUSE table.")
-        return AutoModelForCausalLM.from_pretrained(resolve_path(path), dtype=dtype).to(like.device).eval()
+        reference = AutoModelForCausalLM.from_pretrained(resolve_path(path), dtype=dtype)
+        if is_sharded(like):
+            # Sharded like the trained model (FSDP2, the same mesh): no rank holds a whole reference.
+            return shard_model(reference.to(like.device), like.device_mesh, reshard_after_forward=True).eval()
+        return reference.to(like.device).eval()
 
     # ------------------------------------------------------------------ discovery
     def _model_and_tokenizer(self, pl_module: LightningModule) -> tuple[nn.Module, Any]:

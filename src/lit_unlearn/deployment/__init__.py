@@ -46,6 +46,7 @@ from lit_unlearn.deployment.strategy import (
     shards_weights,
 )
 from lit_unlearn.quantization import SCHEMES
+from lit_unlearn.sharding import is_sharded
 
 __all__ = [
     "FULL",
@@ -160,5 +161,7 @@ def deployed_weights(
         if not layers:
             yield model
             return
-    with deployed_model(model, layers, deployment.scheme) as deployed:
+    # A sharded model's weights are whole only while their block runs: each is deployed inside its forward.
+    lazy = any(is_sharded(p) for p in model.parameters())
+    with deployed_model(model, layers, deployment.scheme, lazy=lazy) as deployed:
         yield deployed

@@ -55,6 +55,27 @@ def _batches_longest_first(lengths: Sequence[int], batch_size: int) -> Iterator[
         yield order[start : start + batch_size]
 
 
+def _in_lockstep(batches: list[list[int]], synced: bool, device: torch.device) -> list[list[int] | None]:
+    """``batches``, padded with ``None`` (a throwaway batch) to the most any rank has, when ``synced``.
+
+    A sharded model (FSDP2) gathers each block's weights in every forward, a collective: every rank must
+    run as many forwards as the others, also a rank whose share of the items is smaller or empty.
+    """
+    if not synced:
+        return list(batches)
+    import torch.distributed as dist
+
+    count = torch.tensor([len(batches)], device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return [*batches, *([None] * (int(count.item()) - len(batches)))]
+
+
+def _throwaway(tokenizer: Any, tokens: int) -> list[int]:
+    """A row of ``tokens`` tokens for a throwaway batch (its results are dropped)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else _pad_id(tokenizer)
+    return [token] * tokens
+
+
 def _pad(
     rows: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -85,6 +106,7 @@ def generate_greedy(
     batch_size: int = 8,
     desc: str = "generate",
     progress: bool = True,
+    synced: bool = False,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (without the prompt), in the order of ``prompts``.
 
@@ -96,11 +118,13 @@ def generate_greedy(
         batch_size: Prompts per ``generate`` call.
         desc: Label of the progress bar.
         progress: Show a tqdm progress bar over items.
+        synced: The model is sharded across ranks (FSDP2): every rank runs as many ``generate`` calls and
+            decoding steps as the others (``synced_gpus``), with throwaway batches where it has fewer.
     """
     from transformers import GenerationConfig
 
     _check_batch_size(batch_size)
-    if not prompts:
+    if not prompts and not synced:
         return []
     pad_id = _pad_id(tokenizer)
     eos_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -118,9 +142,14 @@ def generate_greedy(
     encoded = _encode(tokenizer, prompts)
     outputs: list[str] = [""] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False) as bar:
-        for batch in _batches_longest_first([len(e) for e in encoded], batch_size):
-            ids, mask = _pad([encoded[i] for i in batch], pad_id, left=True, device=device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        batches = list(_batches_longest_first([len(e) for e in encoded], batch_size))
+        for batch in _in_lockstep(batches, synced, device):
+            rows = [_throwaway(tokenizer, 2)] if batch is None else [encoded[i] for i in batch]
+            ids, mask = _pad(rows, pad_id, left=True, device=device)
+            sync = {"synced_gpus": True} if synced else {}
+            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **sync)
+            if batch is None:
+                continue
             texts = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
             for i, text in zip(batch, texts):
                 outputs[i] = text
@@ -140,6 +169,7 @@ def min_k_scores(
     progress: bool = True,
     drop_last: bool = False,
     max_content_tokens: int | None = None,
+    synced: bool = False,
 ) -> Tensor:
     """Min-K% Prob score of each text under ``model`` (MUSE's ``Min-40%`` for ``k=0.4``), ``(N,)``
     float32 on CPU.
@@ -154,9 +184,10 @@ def min_k_scores(
         drop_last: Leave each text's last token unscored, as open-unlearning's ``tokenwise_logprobs`` does.
         max_content_tokens: Cut texts to this many tokens after the tokenizer's special prefix (what
             ``tokenizer("")`` encodes to, Llama's BOS), as open-unlearning's ``CompletionDataset`` does.
+        synced: The model is sharded across ranks (FSDP2): every rank runs as many forwards as the others.
     """
     _check_batch_size(batch_size)
-    if not texts:
+    if not texts and not synced:
         return torch.zeros(0)
     pad_id = _pad_id(tokenizer)
     device = model_device(model)
@@ -173,7 +204,12 @@ def min_k_scores(
         )
     scores = torch.zeros(len(texts))
     with tqdm(total=len(texts), desc=desc, unit="item", disable=not progress, leave=False) as bar:
-        for batch in _batches_longest_first([len(e) for e in encoded], batch_size):
+        batches = list(_batches_longest_first([len(e) for e in encoded], batch_size))
+        for batch in _in_lockstep(batches, synced, device):
+            if batch is None:
+                ids, mask = _pad([_throwaway(tokenizer, 3)], pad_id, left=False, device=device)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+                continue
             # Right padding: under a causal mask, trailing pads cannot change the scores of earlier tokens.
             ids, mask = _pad([encoded[i] for i in batch], pad_id, left=False, device=device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits

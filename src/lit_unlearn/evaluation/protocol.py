@@ -23,6 +23,7 @@ from lit_unlearn.deployment import Deployment, Modules, as_deployment
 from lit_unlearn.evaluation.data import QA, EvalData
 from lit_unlearn.evaluation.deployment import check_precision, deployed_weights, load_bitsandbytes
 from lit_unlearn.evaluation.generation import generate_greedy, min_k_scores, model_device, truncate_tokens
+from lit_unlearn.sharding import is_sharded
 from lit_unlearn.metrics import (
     MIN_K,
     Convention,
@@ -194,6 +195,8 @@ def _run(
     progress: bool,
 ) -> dict[str, float]:
     device = model_device(model)
+    # A sharded model computes collectively: every rank runs as many forwards as the others.
+    synced = any(is_sharded(p) for p in model.parameters())
     results: dict[str, float] = {}
     if "verbmem_forget" in tasks:
         metric = VerbMem(conv).to(device)
@@ -209,6 +212,7 @@ def _run(
             batch_size,
             f"VerbMem forget [{precision}]",
             progress,
+            synced=synced,
         )
         metric.update(outputs, targets)
         results["verbmem_forget"] = metric.compute().item()
@@ -222,7 +226,8 @@ def _run(
         prompts = [knowmem_prompt(item.question, icl) for item in items]
         label = task.replace("_", " ").replace("knowmem", "KnowMem")
         outputs = generate_greedy(
-            model, tokenizer, prompts, knowmem_max_new_tokens, batch_size, f"{label} [{precision}]", progress
+            model, tokenizer, prompts, knowmem_max_new_tokens, batch_size, f"{label} [{precision}]", progress,
+            synced=synced,
         )
         metric.update(outputs, [item.answer for item in items])
         results[task] = metric.compute().item()
@@ -238,6 +243,7 @@ def _run(
             progress=progress,
             drop_last=conv.min_k_drop_last,
             max_content_tokens=conv.min_k_max_tokens,
+            synced=synced,
         )
         holdout = min_k_scores(
             model,
@@ -249,6 +255,7 @@ def _run(
             progress=progress,
             drop_last=conv.min_k_drop_last,
             max_content_tokens=conv.min_k_max_tokens,
+            synced=synced,
         )
         metric.update(torch.cat([forget, holdout]), [True] * len(forget) + [False] * len(holdout))
         out = metric.compute()
