@@ -16,7 +16,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
-from lit_unlearn.callbacks import QuantizationSurvival
+from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
 from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
 from lit_unlearn.strategies import FSDP2Strategy
 
@@ -47,6 +47,10 @@ def main(spec_path: str) -> None:
     devices = spec["devices"]
     strategy = FSDP2Strategy() if spec["sharded"] else "auto"
     callbacks = [survival, KeepProbe(survival, spec["probe"])]
+    evaluation = None
+    if spec.get("evaluation"):
+        evaluation = QuantizedEvaluation(**spec["evaluation"])
+        callbacks.append(evaluation)
     if spec.get("checkpoints"):
         callbacks.append(ModelCheckpoint(dirpath=spec["checkpoints"], save_last=True, every_n_train_steps=1))
     trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=spec["steps"], logger=False,
@@ -59,7 +63,8 @@ def main(spec_path: str) -> None:
             return sorted({f"{type(p).__name__}" + ("" if type(p).__name__ == "DTensor" else f" {n}") for n, p in model.named_parameters()}) if model is not None else None
 
         result = {"history": survival.history, "functional": survival.functional_history,
-                  "parameter_types": kinds(module.model), "reference_parameter_types": kinds(module.reference)}
+                  "parameter_types": kinds(module.model), "reference_parameter_types": kinds(module.reference),
+                  "table": None if evaluation is None else evaluation.table.rows}
         Path(spec["result"]).write_text(json.dumps(result))
 
 

@@ -159,3 +159,35 @@ def test_sharded_resume_mid_epoch_continues_exactly(wide_model_dir, text_files, 
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
     assert resumed["history"] == straight["history"], "the survival history continues, W0 included"
     assert resumed["functional"] == straight["functional"]
+
+
+EVALUATION = {"precisions": ["full", "nf4", "int8"], "tasks": ["verbmem_forget", "knowmem_forget", "privleak"],
+              "max_items": 3, "batch_size": 2, "auc_retrain": 0.5, "verbmem_max_new_tokens": 6,
+              "knowmem_max_new_tokens": 3, "progress": False, "cache_references": False}
+
+
+def test_full_parameter_npo_klr_under_fsdp2_with_both_callbacks(wide_model_dir, text_files, tmp_path):
+    """The issue's run: full-parameter NPO+KLR on 2 processes, the survival check and the MUSE table both
+    on, the table made at fit end by the sharded model and equal to one process evaluating the saved one."""
+    from tests.evaluation.muse_fixtures import write_muse_dir
+
+    from lit_unlearn.evaluation import EvalData, evaluate
+
+    muse = write_muse_dir(tmp_path / "muse")
+    evaluation = {**EVALUATION, "data": str(muse), "output_dir": str(tmp_path / "table")}
+    run = _fit(tmp_path, wide_model_dir, text_files, sharded=True, lora=None, objective="npo_klr",
+               evaluation=evaluation)
+    assert run["history"] and run["table"]
+    final = _final_model(wide_model_dir, run["saved"], lora=False)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(wide_model_dir)
+    data = EvalData.load(str(muse), max_items=3)
+    fast = {k: v for k, v in EVALUATION.items() if k not in ("precisions", "max_items", "cache_references")}
+    rows = {r["precision"]: r for r in run["table"] if r["method"].startswith("npo_klr")}
+    assert set(rows) == set(EVALUATION["precisions"])
+    for precision, row in rows.items():
+        expected = evaluate(final, tokenizer, data, precision=precision, **fast)
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, abs=1e-6), (precision, key)
+    assert (tmp_path / "table" / "results.md").is_file()
