@@ -35,7 +35,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     Args:
         save_distributed_checkpoint: ``False`` (default): one file, gathered on rank zero, through the
             ``CheckpointIO`` (safetensors with ``SafetensorsCheckpointIO``); needs host RAM on rank zero
-            for the whole state (16 bytes per weight for fp32 weights and AdamW moments). ``True``: a
+            for the whole state (12 bytes per weight: fp32 weights and two AdamW moments). ``True``: a
             directory with one shard per rank (torch's distributed checkpoint format).
         process_group_backend: ``nccl`` on GPUs, ``gloo`` on CPUs by default.
         timeout: Timeout of collective operations.
