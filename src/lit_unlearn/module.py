@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
@@ -280,6 +281,15 @@ class UnlearningModule(LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            # Their flat parameters are not the model's: saving, the reference and the callbacks would read
+            # the wrong tensors. FSDP2 shards the same way with the model's own parameters.
+            raise ValueError(
+                f"UnlearningModule shards with FSDP2; `strategy`={type(strategy).__name__} wraps the model in flat "
+                "parameters it does not read. Use `strategy: lit_unlearn.strategies.FSDP2Strategy` (FSDP2, the same "
+                "per-block sharding, safetensors checkpoints), or 'ddp' when the model fits on one device."
+            )
         if stage == "fit" and self.output_dir is not None:
             _check_writable(Path(self.output_dir))
         # Checked here, after the data is known and before `configure_model` loads any weights.

@@ -80,3 +80,13 @@ def test_a_bitsandbytes_config_gives_the_same_base_as_the_switch():
     assert from_config.four_bit_base.double_quant and switch.four_bit_base.compute_dtype == "bfloat16"
     assert from_config.hparams["load_in_4bit"] is True and "quantization_config" not in from_config.hparams
     assert UnlearningModule("/nonexistent/model").four_bit_base is None
+
+
+def test_fsdp1_and_deepspeed_are_refused_before_loading_with_the_fsdp2_fix():
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    module = UnlearningModule("/nonexistent/model")
+    for strategy in (FSDPStrategy(), DeepSpeedStrategy.__new__(DeepSpeedStrategy)):
+        module._trainer = SimpleNamespace(strategy=strategy)
+        with pytest.raises(ValueError, match=r"`strategy`=(FSDPStrategy|DeepSpeedStrategy) wraps.*lit_unlearn.strategies.FSDP2Strategy"):
+            module.setup("fit")

@@ -176,7 +176,7 @@ def test_verbmem_ground_truth_is_cut_under_muse_only(llama, tokenizer, monkeypat
     data = EvalData(
         [Continuation("alpha beta", gt)], [QA("q", "a")], [], [QA("q", "a")], [], ["x y"], ["y x"]
     )
-    monkeypatch.setattr(module, "generate_greedy", lambda model, tok, prompts, *args: [gt] * len(prompts))
+    monkeypatch.setattr(module, "generate_greedy", lambda model, tok, prompts, *args, **kwargs: [gt] * len(prompts))
     scores = {
         convention: evaluate(llama, tokenizer, data, convention=convention, tasks=["verbmem_forget"], **FAST)
         for convention in ("muse", "open-unlearning")

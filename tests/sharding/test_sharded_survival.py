@@ -127,6 +127,8 @@ def test_two_process_fsdp2_survival_equals_one_process_on_the_same_weights(
     whole = {_rows_hold_whole_blocks(get_scheme("nf4"), r["numel"] // cols, cols, 2)
              for r in last if r["scheme"] == "nf4" for cols in [40 if "down_proj" not in r["layer"] else 80]}
     assert whole == {True, False}, "both paths ran: rows measured per rank, and layers gathered"
+    assert ("QuantizationSurvival under FSDP2 (2 ranks), 14 sharded layers; nf4: 6 on each rank's own rows, "
+            "8 gathered one at a time; int4: 14 on each rank's own rows, 0 gathered") in run["log"], "and says so"
     functional = {r["scheme"]: r for r in run["functional"] if r["step"] == 4}
     for scheme in schemes:
         assert functional[scheme]["forget_q"] == pytest.approx(losses[scheme], abs=1e-5), scheme

@@ -284,6 +284,7 @@ class QuantizationSurvival(Callback):
                 "snapshot of the original weights, so ΔW is measured from the weights this fit starts with."
             )
         prepare_references(self._layers, self.schemes, saved)
+        self._say_how_sharded()
         if "probe" in self._restored:
             self._probe, self._probe_ready = self._restored["probe"], True
         else:
@@ -422,6 +423,20 @@ class QuantizationSurvival(Callback):
         # so this is the original model exactly, embeddings and norms included; with more, the watched
         # layers are put back to W0 and the other parameters are those of step `probe_batches - 1`.
         self._original_losses = self._probe_losses(pl_module, original=True)
+
+    def _say_how_sharded(self) -> None:
+        """Under FSDP2, one line per scheme: how many layers each rank measures on its own rows, how many are
+        gathered one at a time (a shard of nf4/fp4 that is not whole blocks of the flattened weight)."""
+        sharded = [layer for layer in self._layers if layer.mesh is not None and layer.quantized]
+        if not sharded:
+            return
+        parts = []
+        for scheme in self.schemes:
+            own = sum(layer.measured_per_rank(scheme) for layer in sharded)
+            parts.append(f"{scheme.name}: {own} on each rank's own rows, {len(sharded) - own} gathered one at a time")
+        world = sharded[0].mesh.size()
+        rank_zero_info(f"QuantizationSurvival under FSDP2 ({world} ranks), {len(sharded)} sharded layers; "
+                       + "; ".join(parts) + ".")
 
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step

@@ -263,6 +263,14 @@ class DeployedLayer:
         return {s.name: survival_stats(w0, w1, s, reference=codes.get(s.name)) for s in schemes}
 
 
+    def measured_per_rank(self, scheme: Scheme) -> bool:
+        """Whether a sharded layer's statistics under ``scheme`` come from each rank's own rows (its shards
+        are whole quantization blocks) rather than from the gathered layer; ``False`` when not sharded."""
+        if self.mesh is None:
+            return False
+        weight = self.linear.weight
+        return _rows_hold_whole_blocks(scheme, weight.shape[0], weight.numel() // weight.shape[0], self.mesh.size())
+
     def whole_snapshot(self) -> torch.Tensor | None:
         """The snapshot of ``W0`` as a whole weight, for a checkpoint: gathered from every rank's rows when
         the weight is sharded (a collective), else as kept."""
@@ -279,9 +287,7 @@ class DeployedLayer:
         it whole. Either way no rank holds more than one layer gathered. Collective: every rank calls it
         for the same layers in the same order.
         """
-        weight = self.linear.weight
-        rows, cols = weight.shape[0], weight.numel() // weight.shape[0]
-        whole = {s.name: _rows_hold_whole_blocks(s, rows, cols, self.mesh.size()) for s in schemes}
+        whole = {s.name: self.measured_per_rank(s) for s in schemes}
         out: dict[str, SurvivalStats] = {}
         local = [s for s in schemes if whole[s.name]]
         if local:
