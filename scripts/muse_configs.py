@@ -104,10 +104,12 @@ def render(row: Row) -> str:
             + (f"; retain weight {weight:g} on retain1." if weight is not None else "."),
             "fp32 weights + AdamW of a 7B model need ~112 GB: FSDP2Strategy shards weights, gradients and optimizer",
             "moments over the 4 GPUs (lit_unlearn.strategies; one process per GPU, started by the command above).",
-            "Comparable with MUSE's and P2's tables: `muse` convention, published AUC_retrain "
-            f"({auc}); `model.npo_form`/`klr_form: logits` reproduce MUSE's released code. P2 sampled its VerbMem "
-            "generations (temperature 0.9); this table decodes greedily, as MUSE's code does, so its VerbMem "
-            "compares with P2's only roughly.",
+            (
+                f"Comparable with MUSE's and P2's tables: `muse` convention, published AUC_retrain ({auc}); "
+                "`model.npo_form`/`klr_form: logits` reproduce MUSE's released code. P2 sampled its VerbMem "
+                "generations (temperature 0.9); this table decodes greedily, as MUSE's code does, so its VerbMem "
+                "compares with P2's only roughly."
+            ),
             "The survival check and the MUSE table run sharded too. Checkpoints hold the fp32 weights only (~27 GB,",
             "gathered on rank zero); set `save_weights_only: false` to resume exactly (weights and AdamW moments,",
             "~81 GB of host RAM on rank zero).",

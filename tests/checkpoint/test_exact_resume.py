@@ -66,8 +66,8 @@ def test_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, tmp_pat
 def test_qlora_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, tmp_path):
     # A base whose rows are whole 64-blocks, loaded in nf4 on every fit: the checkpoint holds the adapter
     # only, and quantizing the same weights again gives the same base.
-    from transformers import AutoTokenizer
     from tests.conftest import build_tiny_llama
+    from transformers import AutoTokenizer
 
     model_dir = str(tmp_path / "base")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -141,7 +141,7 @@ def test_sharded_resume_mid_epoch_continues_exactly(wide_model_dir, text_files, 
     """FSDP2Strategy writes one safetensors checkpoint per step through SafetensorsCheckpointIO (the whole
     state gathered on rank zero) and reads it back on every rank: stopped at step 3 and resumed, the fit
     ends on the weights and survival history of the uninterrupted one."""
-    common = dict(sharded=True, lora=lora, objective=objective, shuffle=True)
+    common = {"sharded": True, "lora": lora, "objective": objective, "shuffle": True}
     straight = _fit(tmp_path, wide_model_dir, text_files, steps=6, name="straight",
                     checkpoints=str(tmp_path / "straight" / "ckpt"), **common)
     ckpt = tmp_path / "split" / "ckpt"
@@ -149,7 +149,7 @@ def test_sharded_resume_mid_epoch_continues_exactly(wide_model_dir, text_files, 
     from safetensors import safe_open
 
     with safe_open(str(ckpt / "last.ckpt"), framework="pt") as f:  # a safetensors file, no pickle
-        assert any("lora" in k or "layers" in k for k in f.keys())
+        assert any("lora" in k or "layers" in k for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
     resumed = _fit(tmp_path, wide_model_dir, text_files, steps=6, name="split", checkpoints=str(ckpt),
                    ckpt_path=str(ckpt / "last.ckpt"), **common)
     from safetensors.torch import load_file

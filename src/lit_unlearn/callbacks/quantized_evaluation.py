@@ -23,7 +23,6 @@ from typing_extensions import override
 from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments, shards_weights
-from lit_unlearn.sharding import is_sharded, shard_model
 from lit_unlearn.evaluation import (
     EvalData,
     Precision,
@@ -38,6 +37,7 @@ from lit_unlearn.evaluation.deployment import base_dtype
 from lit_unlearn.evaluation.results import scalar_name
 from lit_unlearn.loggers import log_image, logging_step, setup_wandb_metrics
 from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
+from lit_unlearn.sharding import is_sharded, shard_model
 
 __all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]
 

@@ -346,7 +346,7 @@ _SUMMED = ("numel", "n_changed", "n_below_half_step", "dot", "delta_sq", "qdelta
 def _reduced(stats: SurvivalStats, mesh: object) -> SurvivalStats:
     """``stats`` summed over the ranks of ``mesh`` (every field is a sum over weights)."""
     sums = all_reduce_sums([float(getattr(stats, f)) for f in _SUMMED], mesh)
-    values = {f: (int(round(v)) if isinstance(getattr(stats, f), int) else v) for f, v in zip(_SUMMED, sums)}
+    values = {f: (round(v) if isinstance(getattr(stats, f), int) else v) for f, v in zip(_SUMMED, sums)}
     return SurvivalStats(**values)
 
 

@@ -28,7 +28,7 @@ from lit_unlearn.quantization import QuantizedTensor, Scheme
 from lit_unlearn.quantization.llm_int8 import llm_int8_linear
 from lit_unlearn.swap import swapped_weights
 
-__all__ = ["around_forward", "base_dtype", "deployed_model", "dense_forwards", "int8_forwards", "merged_state_dict"]
+__all__ = ["around_forward", "base_dtype", "dense_forwards", "deployed_model", "int8_forwards", "merged_state_dict"]
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 

@@ -23,7 +23,6 @@ from lit_unlearn.deployment import Deployment, Modules, as_deployment
 from lit_unlearn.evaluation.data import QA, EvalData
 from lit_unlearn.evaluation.deployment import check_precision, deployed_weights, load_bitsandbytes
 from lit_unlearn.evaluation.generation import generate_greedy, min_k_scores, model_device, truncate_tokens
-from lit_unlearn.sharding import is_sharded
 from lit_unlearn.metrics import (
     MIN_K,
     Convention,
@@ -33,6 +32,7 @@ from lit_unlearn.metrics import (
     get_convention,
     resolve_auc_retrain,
 )
+from lit_unlearn.sharding import is_sharded
 
 __all__ = ["RESULT_KEYS", "TASKS", "Task", "check_tasks", "evaluate", "evaluation_mode", "knowmem_prompt"]
 
