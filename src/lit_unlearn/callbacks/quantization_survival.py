@@ -122,7 +122,10 @@ class QuantizationSurvival(Callback):
     so training with the callback is bit-identical to training without it.
 
     Under DDP every rank holds the same weights and rank zero's probe is broadcast once, so all ranks
-    compute the same values without any reduction; only rank zero writes to loggers and files.
+    compute the same values without any reduction; only rank zero writes to loggers and files. Under FSDP2
+    the weight-space sums are reduced over the ranks (or a layer is gathered alone), and the functional
+    check deploys each weight while its block runs; the logged values are a single process's on the same
+    weights.
 
     Args:
         every_n_steps: Optimizer steps between checks. A weight-space check costs about as much as a
@@ -148,8 +151,10 @@ class QuantizationSurvival(Callback):
     Raises:
         ValueError: If an argument is out of range or an unknown scheme is named (the message lists the
             valid ones); at fit start, if ``modules`` selects no trainable or adapted linear layer.
-        lit_unlearn.deployment.UnsupportedStrategyError: If the strategy shards weights (FSDP, DeepSpeed,
-            model parallel); a ``MisconfigurationException``.
+        lit_unlearn.deployment.UnsupportedStrategyError: Under FSDP1 or DeepSpeed, whose flat parameters are
+            not the model's (a ``MisconfigurationException``). FSDP2 (``ModelParallelStrategy``,
+            ``lit_unlearn.strategies.FSDP2Strategy``) is served: each rank measures its own rows where they
+            are whole quantization blocks and the sums are reduced, any other layer is gathered alone.
 
     Example::
 

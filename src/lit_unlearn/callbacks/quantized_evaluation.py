@@ -116,12 +116,12 @@ class QuantizedEvaluation(Callback):
 
     Raises:
         ValueError: If an argument is out of range or unknown (the message names it and the valid values);
-            in ``setup``, for ``quantizer="bitsandbytes"`` without CUDA, or a test run under a strategy that
-            shards weights (FSDP, DeepSpeed, model parallel:
-            ``lit_unlearn.deployment.UnsupportedStrategyError``, a ``ValueError`` and a
-            ``MisconfigurationException``). A sharded *fit* only warns and turns the
-            callback off for that fit: full-parameter 7B runs train sharded and are evaluated afterwards
-            with ``lit-unlearn test`` on one device.
+            in ``setup``, for ``quantizer="bitsandbytes"`` without CUDA, or a test run under FSDP1 or
+            DeepSpeed, whose flat parameters it cannot deploy (``lit_unlearn.deployment.UnsupportedStrategyError``,
+            a ``ValueError`` and a ``MisconfigurationException``); a *fit* under them only warns and turns the
+            callback off. Under FSDP2 (``ModelParallelStrategy``, ``lit_unlearn.strategies.FSDP2Strategy``)
+            it evaluates the sharded model: each weight deployed while its block runs, every rank scoring its
+            share of the items in lockstep.
         TypeError: At evaluation, if the module holds no causal LM where the model is looked up.
 
     Example::
