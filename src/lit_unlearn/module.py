@@ -84,6 +84,13 @@ def _check_writable(directory: Path) -> None:
 _DEFAULT_LR = {True: 1e-4, False: 1e-5}
 
 
+def _float_trainable(module: nn.Module) -> None:
+    """Keep ``module``'s trainable weights in float32: in bf16 most unlearning updates would round away."""
+    for param in module.parameters():
+        if param.requires_grad and param.dtype != torch.float32 and not is_sharded(param):
+            param.data = param.data.float()
+
+
 class UnlearningModule(LightningModule):
     """Unlearn a forget set from a causal LM while keeping a retain set.
 
@@ -324,15 +331,16 @@ class UnlearningModule(LightningModule):
             # Kept in train mode like the rest of the module (Lightning warns about eval-mode submodules at
             # fit start); `_reference_logits` runs it in eval mode.
             self.reference = copy.deepcopy(model).requires_grad_(False).train()
-        for param in model.parameters():
-            if param.requires_grad and param.dtype != torch.float32:
-                param.data = param.data.float()
         mesh = sharding_mesh(self)
-        if mesh is not None:
+        if mesh is None:
+            _float_trainable(model)
+        else:
             self._check_shardable()
             # FSDP2: every decoder block one unit, each rank holding 1/world of every weight; the frozen
-            # reference the same way, never a whole copy per rank.
-            shard_model(model, mesh)
+            # reference the same way, never a whole copy per rank. Trainable weights become fp32 one block
+            # at a time, just before FSDP2 moves that block's shard to the device: the host never holds
+            # the whole model in fp32.
+            shard_model(model, mesh, prepare=_float_trainable)
             if self.reference is not None:
                 # It only runs forward: its root would otherwise stay gathered after each forward, waiting
                 # for a backward that never comes.

@@ -108,17 +108,26 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def shard_model(model: nn.Module, mesh: Any, **fsdp_kwargs: Any) -> nn.Module:
+def shard_model(
+    model: nn.Module, mesh: Any, prepare: Callable[[nn.Module], None] | None = None, **fsdp_kwargs: Any
+) -> nn.Module:
     """``fully_shard`` every decoder block of ``model``, then the model itself (its embeddings and head).
 
     For a peft model the root unit is the transformers model inside it: ``generate`` calls that model's
-    forward, not the wrapper's, and the root's weights must be gathered either way.
+    forward, not the wrapper's, and the root's weights must be gathered either way. ``prepare(module)``
+    runs on each unit just before it is sharded (on the root, for the weights no block holds): FSDP2
+    moves a unit's shard to the mesh's device as it shards it, so work done there is done one block at a
+    time.
     """
     from torch.distributed.fsdp import fully_shard
 
     for block in decoder_blocks(model):
+        if prepare is not None:
+            prepare(block)
         fully_shard(block, mesh=mesh, **fsdp_kwargs)
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if prepare is not None:
+        prepare(model)
     fully_shard(root, mesh=mesh, **fsdp_kwargs)
     return model
 
