@@ -64,7 +64,8 @@ def main(spec_path: str) -> None:
 
         result = {"history": survival.history, "functional": survival.functional_history,
                   "parameter_types": kinds(module.model), "reference_parameter_types": kinds(module.reference),
-                  "table": None if evaluation is None else evaluation.table.rows}
+                  "table": None if evaluation is None else evaluation.table.rows,
+                  "curve_steps": None if evaluation is None else sorted({p["step"] for p in evaluation._curve})}
         Path(spec["result"]).write_text(json.dumps(result))
 
 

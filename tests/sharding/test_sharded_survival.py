@@ -176,10 +176,12 @@ def test_full_parameter_npo_klr_under_fsdp2_with_both_callbacks(wide_model_dir, 
     from lit_unlearn.evaluation import EvalData, evaluate
 
     muse = write_muse_dir(tmp_path / "muse")
-    evaluation = {**EVALUATION, "data": str(muse), "output_dir": str(tmp_path / "table")}
+    # Every 2 steps too: an evaluation between training steps, after which training goes on sharded.
+    evaluation = {**EVALUATION, "data": str(muse), "output_dir": str(tmp_path / "table"), "every_n_steps": 2}
     run = _fit(tmp_path, wide_model_dir, text_files, sharded=True, lora=None, objective="npo_klr",
                evaluation=evaluation)
     assert run["history"] and run["table"]
+    assert run["curve_steps"] == [2, 4], "evaluated mid-fit under FSDP2, and the fit went on"
     final = _final_model(wide_model_dir, run["saved"], lora=False)
     from transformers import AutoTokenizer
 
