@@ -1,8 +1,9 @@
 """Atomic writes: a file or a saved directory is either the old one or the complete new one, never half.
 
-Each writer writes beside its target (``<name>.partial``) and renames it into place with ``os.replace``,
-which is atomic on one filesystem; a writer that fails half-way leaves the target as it was and removes
-its partial output.
+Each writer writes beside its target (``<name>.<pid>.<random>.partial``, its own, so that processes writing
+the same file at once — DDP ranks sharing a cache — never write into each other's) and renames it into
+place with ``os.replace``, which is atomic on one filesystem: the last complete write wins. A writer that
+fails half-way leaves the target as it was and removes its partial output.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ __all__ = ["atomic_directory", "atomic_write_text", "atomic_writer"]
 def atomic_writer(path: str | os.PathLike, newline: str | None = None) -> Iterator[io.TextIOBase]:
     """A text file handle whose content replaces ``path`` only when the ``with`` body completes."""
     target = Path(path)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with open(partial, "w", encoding="utf-8", newline=newline) as f:
             yield f

@@ -17,6 +17,19 @@ def test_a_failed_file_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"], "no partial file left behind"
 
 
+def test_two_writers_of_one_file_at_once_both_complete(tmp_path):
+    """DDP ranks sharing a cache write the same file at the same moment: each writes its own partial file,
+    so neither renames the other's away (the last complete write wins)."""
+    path = tmp_path / "file_hashes.json"
+    with atomic_writer(path) as first:
+        first.write("first")
+        with atomic_writer(path) as second:
+            second.write("second")
+        assert path.read_text() == "second"
+    assert path.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["file_hashes.json"], "no partial file left behind"
+
+
 def test_a_failed_directory_save_keeps_the_old_save(tmp_path):
     target = tmp_path / "adapter"
 
