@@ -97,3 +97,15 @@ def text_files(tmp_path_factory):
     retain = path / "retain.jsonl"
     retain.write_text("\n".join(json.dumps({"text": t}) for t in make_texts(12, seed=2, words=WORDS[7:])), encoding="utf-8")
     return {"forget": str(forget), "retain": str(retain)}
+
+
+def load_script(path, name: str):
+    """A repository script (``scripts/*.py``, ``benchmarks/*.py``) imported as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ assembles a state dict on rank zero one tensor at a time, for saving.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -141,7 +141,7 @@ def gathered_state_dict(
     keeps them, so no rank ever holds more than one gathered tensor besides rank zero's result.
     """
     state: dict[str, torch.Tensor] = {}
-    for name, value in _items(model.state_dict()):
+    for name, value in model.state_dict().items():
         if not keep(name):
             continue
         whole = full_tensor(value)
@@ -149,10 +149,6 @@ def gathered_state_dict(
             state[name] = whole.detach().to("cpu", copy=True)
         del whole
     return state
-
-
-def _items(state: dict[str, Any]) -> Iterable[tuple[str, Any]]:
-    return state.items()
 
 
 def gather_rows(local: torch.Tensor, rows: int, mesh: Any) -> torch.Tensor:

@@ -10,14 +10,13 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.deployment import deployed_weights
 from lit_unlearn.evaluation import EvalData, evaluate, generate_greedy, min_k_scores
 from lit_unlearn.sharding import shard_model
 
-from .test_distributed import _free_port
+from .test_distributed import run_forked
 
 FAST = {
     "tasks": ["verbmem_forget", "knowmem_forget", "privleak"],
@@ -86,16 +85,7 @@ def test_sharded_evaluation_equals_one_process(llama, tokenizer, muse_dir, kind)
     expected = {p: evaluate(model, tokenizer, data, precision=p, **FAST) for p in PRECISIONS}
     raw = {rank: _raw(model, tokenizer, _texts(data)[: 3 if rank == 0 else 1]) for rank in (0, 1)}
     assert not torch.equal(raw[0]["nf4"][0], raw[0]["full"][0]), "nf4 changes the scores: the comparison can fail"
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, model, tokenizer, data, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0, 0], "a worker failed; its traceback is in the captured stderr"
-    results = dict(queue.get(timeout=10) for _ in procs)
+    results = run_forked(_worker, (model, tokenizer, data))
     for rank in (0, 1):
         metrics, outputs = results[rank]
         for precision in PRECISIONS:

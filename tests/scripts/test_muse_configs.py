@@ -3,12 +3,11 @@ and safetensors checkpoints everywhere, FSDP2 for full-parameter rows, P1's LoRA
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import load_script
 
 ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "scripts" / "muse_configs.py"
@@ -16,11 +15,7 @@ SCRIPT = ROOT / "scripts" / "muse_configs.py"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("muse_configs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "muse_configs")
 
 
 def _load(path: Path) -> dict:

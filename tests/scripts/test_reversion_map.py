@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "reversion_map.py"
 
 
 @pytest.fixture(scope="module")
 def rmap():
-    spec = importlib.util.spec_from_file_location("reversion_map", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "reversion_map")
 
 
 def _run(rmap, unlearned: dict[str, float], target: float = 100.0, full: float = 40.0, signal: float = 1.0):

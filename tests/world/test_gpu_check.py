@@ -4,10 +4,10 @@ checked against what the CUDA kernel computes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
 
@@ -15,10 +15,7 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
 def test_gpu_check_smoke_run(test_world, world_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_UNLEARN_CACHE", str(world_cache))
     monkeypatch.setenv("LIT_UNLEARN_WORLD_SIZE", "test")
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "gpu_check")
     report = module.main(["--smoke", "--out", str(tmp_path)])
     assert report["quantization"]["failures"] == [] and report["quantization"]["checks"] > 100
     assert report["evaluation"] == {"run": False, "why": "the real-kernel path needs CUDA"}
@@ -36,10 +33,7 @@ def test_gpu_check_reports_a_difference(monkeypatch):
 
     import lit_unlearn.quantization.bnb_decode as decode
 
-    spec = importlib.util.spec_from_file_location("gpu_check_tp", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "gpu_check_tp")
     real = decode.dequantize_4bit_as_cuda
 
     def off(*args, **kwargs):
