@@ -28,8 +28,8 @@ from lit_unlearn._paths import run_directory
 from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import DeployedLayer, deployed_layers
-from lit_unlearn.deployment.qat import quantization_aware
+from lit_unlearn.deployment import deployed_layers
+from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
@@ -146,6 +146,8 @@ class UnlearningModule(LightningModule):
         gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
             keeping them (transformers' non-reentrant checkpointing): about a third more compute for
             activations of one block instead of all, what fits a 7B model's 2048-token batches on one GPU.
+            With ``quantization_aware``, each block is recomputed in the mode its forward ran in, so the
+            gradients are those without checkpointing.
 
     Raises:
         ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
@@ -258,7 +260,7 @@ class UnlearningModule(LightningModule):
         self.tokenizer: Any = None
         self._sure_masks: dict[str, torch.Tensor] | None = None
         self.quantization_aware_retain = quantization_aware_retain
-        self._qat_layers: list[DeployedLayer] = []
+        self._qat = None if self.qat_scheme is None else QuantizationAwareSwitch(self.qat_scheme)
         # Checkpoints of LoRA runs hold only the adapter (see `on_save_checkpoint`), so loading them
         # must not demand the frozen base weights.
         self.strict_loading = lora is None
@@ -321,7 +323,12 @@ class UnlearningModule(LightningModule):
         # The stored codes and fp32 scales, on every CPU (see keep_4bit_layout).
         keep_4bit_layout(model)
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs: dict[str, Any] = {"use_reentrant": False}
+            if self._qat is not None:
+                # Backward re-runs each block after the step's quantization-aware context has closed: the
+                # switch's context_fn replays the block as its forward ran (see QuantizationAwareSwitch).
+                kwargs["context_fn"] = self._qat.checkpoint_contexts
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
         )
@@ -347,8 +354,8 @@ class UnlearningModule(LightningModule):
                 shard_model(self.reference, mesh, reshard_after_forward=True)
         # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
         self.model = model.train()
-        if self.qat_scheme is not None:
-            self._qat_layers = deployed_layers(self.model)
+        if self._qat is not None:
+            self._qat.layers = deployed_layers(self.model)
 
     def _check_shardable(self) -> None:
         for what, on in (("a 4-bit base (`load_in_4bit`)", self.four_bit_base is not None),
@@ -386,9 +393,9 @@ class UnlearningModule(LightningModule):
     # ------------------------------------------------------------------ steps
     def _deployed(self, on: bool) -> contextlib.AbstractContextManager:
         """The model computing as its quantized deployment (straight-through), when quantization-aware."""
-        if self.qat_scheme is None or not on:
+        if self._qat is None:
             return contextlib.nullcontext()
-        return quantization_aware(self._qat_layers, self.qat_scheme)
+        return self._qat(on)
 
     def _split_batch(self, batch: Any) -> tuple[dict, dict | None]:
         if isinstance(batch, dict) and "forget" in batch:

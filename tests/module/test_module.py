@@ -325,3 +325,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, lora):
     assert grads[0] and grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("retain_aware", [True, False], ids=["retain-aware", "retain-plain"])
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_quantization_aware_gradients_are_the_same_with_gradient_checkpointing(tiny_model_dir, lora, retain_aware):
+    # Backward recomputes each checkpointed block after `training_step` has left the quantization-aware
+    # context: the recomputation must run the block as its forward did (straight-through for the forget
+    # pass, and for the retain pass only when `quantization_aware_retain`), or the gradients are those of
+    # another model (full-parameter) or the recomputation fails (LoRA's CheckpointError).
+    grads = []
+    for checkpointing in (False, True):
+        seed_everything(0)
+        module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora, quantization_aware="nf4",
+                       quantization_aware_retain=retain_aware, gradient_checkpointing=checkpointing)
+        assert module.model.is_gradient_checkpointing is checkpointing
+        batch = combined(module)
+        with module._deployed(True):
+            forget = module._forward(module.model, batch["forget"])
+        with module._deployed(retain_aware):
+            retain = module._forward(module.model, batch["retain"])
+        loss = forget.log_softmax(-1).mean() - 0.5 * retain.log_softmax(-1).mean()
+        loss.backward()  # outside both contexts, as Lightning runs it
+        grads.append({n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None})
+    assert grads[0] and grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

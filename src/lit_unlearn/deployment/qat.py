@@ -8,6 +8,10 @@ the chain rule through the merge) receive the gradient of the *deployed* model's
 nothing is changed; layers keep their parameters, so optimizers, checkpoints and saving see the model as it
 is. A LoRA layer's dropout does not apply inside (the merged weight has no separate adapter path).
 
+Activation checkpointing re-runs a block's forward during backward, after the context has been left;
+:class:`QuantizationAwareSwitch` hands ``torch.utils.checkpoint`` a ``context_fn`` that replays each block
+in the mode its forward ran in, so the gradients are the same with checkpointing on or off.
+
 This is the straight-through training of quantization-aware fine-tuning, applied to unlearning so that
 forgetting is optimized where the quantized model keeps it (cf. DurableUn-SAF, arXiv 2605.02196).
 """
@@ -25,7 +29,7 @@ from torch import nn
 from lit_unlearn.deployment.layers import DeployedLayer, merge
 from lit_unlearn.quantization import Scheme, fake_quantize
 
-__all__ = ["quantization_aware", "ste_weight"]
+__all__ = ["QuantizationAwareSwitch", "quantization_aware", "ste_weight"]
 
 
 def _merged_with_grad(layer: DeployedLayer) -> torch.Tensor:
@@ -82,3 +86,49 @@ def quantization_aware(layers: Sequence[DeployedLayer], scheme: Scheme) -> Itera
                 del module.forward
             else:
                 module.forward = previous
+
+
+class QuantizationAwareSwitch:
+    """Quantization-aware forwards switched on and off per forward pass, and replayed alike on recompute.
+
+    ``switch(on)`` is a context in which ``layers`` compute straight-through (``on=True``) or as they are.
+    :meth:`checkpoint_contexts` is ``torch.utils.checkpoint``'s ``context_fn`` (non-reentrant only): called
+    when a checkpointed block runs forward, it reads the mode then, and returns a recompute context that
+    enters the same mode while backward re-runs that block, after the forward's own context has closed.
+    Without it the recomputed block would run the unpatched forward: other activations than the ones the
+    forward's graph was built on (silently wrong full-parameter gradients; a ``CheckpointError`` for LoRA).
+
+    Args:
+        scheme: The deployment's scheme.
+        layers: The deployed layers (set later with :attr:`layers` when the model is built after the switch).
+
+    Example::
+
+        switch = QuantizationAwareSwitch(get_scheme("nf4"))
+        model.gradient_checkpointing_enable({"use_reentrant": False, "context_fn": switch.checkpoint_contexts})
+        switch.layers = deployed_layers(model)
+        with switch(True):
+            loss = model(**batch).loss
+        loss.backward()  # checkpointed blocks recompute straight-through, as their forward ran
+    """
+
+    def __init__(self, scheme: Scheme, layers: Sequence[DeployedLayer] = ()) -> None:
+        self.scheme = scheme
+        self.layers: Sequence[DeployedLayer] = layers
+        self.on = False
+
+    @contextlib.contextmanager
+    def __call__(self, on: bool = True) -> Iterator[None]:
+        if not on:
+            yield
+            return
+        previous, self.on = self.on, True
+        try:
+            with quantization_aware(self.layers, self.scheme):
+                yield
+        finally:
+            self.on = previous
+
+    def checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """``(forward context, recompute context)`` for ``torch.utils.checkpoint.checkpoint(context_fn=...)``."""
+        return contextlib.nullcontext(), self(self.on)
