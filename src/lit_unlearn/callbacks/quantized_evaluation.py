@@ -516,14 +516,13 @@ class QuantizedEvaluation(Callback):
         return self._cache.key(resolve_path(path), parts)
 
     def _load_reference(self, path: str, model: nn.Module) -> nn.Module:
-        from transformers import AutoModelForCausalLM
-
         from lit_unlearn.data.sources import resolve_path
+        from lit_unlearn.gguf_io import load_causal_lm
 
         like = next(model.parameters())
         dtype = base_dtype(model)
         rank_zero_info(f"Loading reference model {path!r} for the MUSE table.")
-        reference = AutoModelForCausalLM.from_pretrained(resolve_path(path), dtype=dtype)
+        reference = load_causal_lm(resolve_path(path), dtype=dtype)  # a directory, hub id or .gguf file
         if is_sharded(like):
             # Sharded like the trained model (FSDP2, the same mesh): no rank holds a whole reference.
             return shard_model(reference.to(like.device), like.device_mesh, reshard_after_forward=True).eval()
@@ -554,11 +553,10 @@ class QuantizedEvaluation(Callback):
                     "`tokenizer` attribute and the callback's `tokenizer` argument is None. Pass "
                     "`tokenizer=` (a path or hub id)."
                 )
-            from transformers import AutoTokenizer
-
             from lit_unlearn.data.sources import resolve_path
+            from lit_unlearn.gguf_io import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.tokenizer))
+            tokenizer = load_tokenizer(resolve_path(self.tokenizer))
             pl_module.tokenizer = tokenizer
         return model, tokenizer
 

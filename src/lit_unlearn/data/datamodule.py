@@ -213,9 +213,10 @@ class ForgetRetainDataModule(LightningDataModule):
     def load_tokenizer(self) -> Any:
         """Load the tokenizer; one without a pad token pads with EOS (said once in the log)."""
         if self.tokenizer is None:
-            from transformers import AutoTokenizer
+            from lit_unlearn.gguf_io import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolve_path(self._tokenizer_path()))
+            # A `.gguf` path gives the tokenizer stored in the file.
+            tokenizer = load_tokenizer(resolve_path(self._tokenizer_path()))
             if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
                 raise ValueError(
                     f"Tokenizer {self._tokenizer_path()!r} has neither a pad nor an eos token, so batches "
