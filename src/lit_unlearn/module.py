@@ -31,7 +31,6 @@ from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import deployed_layers
 from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
-from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
@@ -65,6 +64,15 @@ def _qat_scheme(spec: str | None) -> Scheme | None:
         )
     if block and not block.isdigit():
         raise ValueError(f"`quantization_aware`={spec!r}: the block size after ':' must be an integer.")
+    if name == "int8":
+        # Training fake-quantizes weights only, while an int8 deployment is LLM.int8, which also quantizes
+        # activations row-wise and keeps outlier feature columns in 16 bits: training through int8 would
+        # optimise for another model than the one deployed.
+        raise ValueError(
+            f"`quantization_aware`={spec!r}: 'int8' is evaluated as LLM.int8 (activations quantized too, outlier "
+            "columns in 16 bits), which weight-only fake quantization cannot train through. Use 'rtn8' "
+            "(group-wise weight-only 8-bit round-to-nearest) to train through an 8-bit weight grid."
+        )
     return get_scheme(name, int(block) if block else None)
 
 
@@ -101,8 +109,7 @@ class UnlearningModule(LightningModule):
     ``lora=None`` every weight trains and a frozen reference copy is built only if the objective reads it.
 
     Args:
-        model_name_or_path: Local directory, ``.gguf`` file or hub id of a causal LM (``world:target`` = the
-            toy world).
+        model_name_or_path: Local directory or hub id of a causal LM (``world:target`` = the toy world).
         objective: Method name, see ``lit_unlearn.objectives.METHODS``.
         forget_weight: γ, the weight of the forget loss.
         retain_weight: α, the weight of the retain term; ``None`` takes the paper's value for the method
@@ -315,9 +322,10 @@ class UnlearningModule(LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         path = resolve_path(self.model_name_or_path)
-        # A `.gguf` file loads dequantized and records its format (`model.gguf_base`); see lit_unlearn.gguf_io.
-        model = load_causal_lm(
+        model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code,
             **self._four_bit_loading(),
         )
@@ -330,7 +338,7 @@ class UnlearningModule(LightningModule):
                 # switch's context_fn replays the block as its forward ran (see QuantizationAwareSwitch).
                 kwargs["context_fn"] = self._qat.checkpoint_contexts
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.tokenizer = load_tokenizer(
+        self.tokenizer = AutoTokenizer.from_pretrained(
             resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
         )
         if self.lora is not None:
@@ -570,8 +578,6 @@ class UnlearningModule(LightningModule):
             self._record_portable_base(tmp)
             if self.four_bit_base is not None:
                 self.four_bit_base.write(tmp)
-            if (gguf_base := gguf_base_of(self.model)) is not None:
-                gguf_base.write(tmp)  # the base's GGUF format, for `lit-unlearn export --gguf base`
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
 
