@@ -31,6 +31,7 @@ from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import deployed_layers
 from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
+from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
     apply_row_masks_,
@@ -109,7 +110,8 @@ class UnlearningModule(LightningModule):
     ``lora=None`` every weight trains and a frozen reference copy is built only if the objective reads it.
 
     Args:
-        model_name_or_path: Local directory or hub id of a causal LM (``world:target`` = the toy world).
+        model_name_or_path: Local directory, ``.gguf`` file or hub id of a causal LM (``world:target`` = the
+            toy world).
         objective: Method name, see ``lit_unlearn.objectives.METHODS``.
         forget_weight: γ, the weight of the forget loss.
         retain_weight: α, the weight of the retain term; ``None`` takes the paper's value for the method
@@ -322,10 +324,9 @@ class UnlearningModule(LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         path = resolve_path(self.model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(
+        # A `.gguf` file loads dequantized and records its format (`model.gguf_base`); see lit_unlearn.gguf_io.
+        model = load_causal_lm(
             path, dtype=getattr(torch, self.dtype_name), trust_remote_code=self.trust_remote_code,
             **self._four_bit_loading(),
         )
@@ -338,7 +339,7 @@ class UnlearningModule(LightningModule):
                 # switch's context_fn replays the block as its forward ran (see QuantizationAwareSwitch).
                 kwargs["context_fn"] = self._qat.checkpoint_contexts
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.tokenizer = AutoTokenizer.from_pretrained(
+        self.tokenizer = load_tokenizer(
             resolve_path(self.tokenizer_name_or_path), trust_remote_code=self.trust_remote_code
         )
         if self.lora is not None:
@@ -578,6 +579,8 @@ class UnlearningModule(LightningModule):
             self._record_portable_base(tmp)
             if self.four_bit_base is not None:
                 self.four_bit_base.write(tmp)
+            if (gguf_base := gguf_base_of(self.model)) is not None:
+                gguf_base.write(tmp)  # the base's GGUF format, for `lit-unlearn export --gguf base`
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
 
