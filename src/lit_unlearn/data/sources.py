@@ -47,11 +47,16 @@ class TextSource:
 
 
 def resolve_path(path: str) -> str:
-    """``world:<name>`` → the prepared toy world's local path (built on first use); anything else unchanged."""
+    """``world:<name>`` → the prepared toy world's local path (built on first use); ``real:<name>`` → the
+    real model's file or its benchmark (:mod:`lit_unlearn.real`); anything else unchanged."""
     if path.startswith("world:"):
         from lit_unlearn.world import resolve
 
         return resolve(path)
+    if path.startswith("real:"):
+        from lit_unlearn.real.paths import resolve as resolve_real
+
+        return resolve_real(path)
     return path
 
 
