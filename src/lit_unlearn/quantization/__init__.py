@@ -3,8 +3,10 @@
 Formats (:data:`SCHEMES`): bitsandbytes' ``"nf4"`` and ``"fp4"`` (codes and scales bit-identical to
 ``quantize_4bit``, values to what its CUDA kernel decodes; :mod:`~lit_unlearn.quantization.bnb_decode`
 says where its CPU kernels decode otherwise), LLM.int8's row-wise ``"int8"`` weights (bit-identical to
-``Int8Params``), round-to-nearest ``"int2"`` … ``"int7"``, ``"rtn8"`` with ``-asym`` variants, and the
-half-precision casts ``"bf16"``, ``"fp16"``.
+``Int8Params``), round-to-nearest ``"int2"`` … ``"int7"``, ``"rtn8"`` with ``-asym`` variants, the
+half-precision casts ``"bf16"``, ``"fp16"``, and llama.cpp's GGUF formats ``"q8_0"``, ``"q4_0"``, ``"q4_1"``,
+``"q5_0"``, ``"q5_1"``, ``"q4_k"``, ``"q5_k"``, ``"q6_k"`` (bit-identical to ggml's reference quantizers;
+:func:`gguf_bytes` gives the bytes a ``.gguf`` file stores) with the mixtures ``"q4_k_m"``, ``"q5_k_m"``.
 
 Example::
 
@@ -19,11 +21,17 @@ Example::
 """
 
 from lit_unlearn.quantization.bnb4 import FP4_CODE_OF_LEVEL, NF4_LEVELS
+from lit_unlearn.quantization.fit import describe as describe_layer_schemes
+from lit_unlearn.quantization.fit import fit_scheme, layer_schemes
 from lit_unlearn.quantization.functional import QuantizedTensor, dequantize, fake_quantize, quantize
+from lit_unlearn.quantization.gguf_bytes import GGML_TYPE, from_gguf_bytes, gguf_bytes
+from lit_unlearn.quantization.gguf_mixture import gguf_fallback_type, gguf_tensor_types, hf_tensor_types
 from lit_unlearn.quantization.model import OUTPUT_HEAD_NAMES, default_filter, quantize_model_
 from lit_unlearn.quantization.schemes import (
     BNB4_BLOCK_SIZES,
     BNB4_DEFAULT_BLOCK_SIZE,
+    GGUF_MIXTURES,
+    GGUF_SCHEMES,
     RTN_DEFAULT_GROUP_SIZE,
     SCHEMES,
     Scheme,
@@ -35,6 +43,9 @@ __all__ = [
     "BNB4_BLOCK_SIZES",
     "BNB4_DEFAULT_BLOCK_SIZE",
     "FP4_CODE_OF_LEVEL",
+    "GGML_TYPE",
+    "GGUF_MIXTURES",
+    "GGUF_SCHEMES",
     "NF4_LEVELS",
     "OUTPUT_HEAD_NAMES",
     "RTN_DEFAULT_GROUP_SIZE",
@@ -44,8 +55,16 @@ __all__ = [
     "SurvivalStats",
     "default_filter",
     "dequantize",
+    "describe_layer_schemes",
     "fake_quantize",
+    "fit_scheme",
+    "from_gguf_bytes",
     "get_scheme",
+    "gguf_bytes",
+    "gguf_fallback_type",
+    "gguf_tensor_types",
+    "hf_tensor_types",
+    "layer_schemes",
     "quantize",
     "quantize_model_",
     "survival_stats",

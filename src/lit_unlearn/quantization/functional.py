@@ -24,6 +24,8 @@ from torch import Tensor
 
 from lit_unlearn.quantization._chunks import Chunk, Codec, Encoded, Workspace
 from lit_unlearn.quantization.bnb4 import Bnb4Codec, to_bitsandbytes
+from lit_unlearn.quantization.fit import fit_gguf
+from lit_unlearn.quantization.gguf import GgufCodec
 from lit_unlearn.quantization.half import HalfCodec
 from lit_unlearn.quantization.rtn import LlmInt8Codec, RtnCodec
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
@@ -38,12 +40,18 @@ class QuantizedTensor:
     Attributes:
         codes: Same shape as the weight. nf4/fp4: uint8 level index 0…15 in ascending level order (see
             :mod:`~lit_unlearn.quantization.bnb4`); symmetric RTN and int8: int8 in ``[-qmax, qmax]``;
-            asymmetric RTN: uint8 in ``[0, 2^b - 1]``.
+            asymmetric RTN: uint8 in ``[0, 2^b - 1]``; GGUF formats: the stored code, uint8 (``q8_0``:
+            int8), see :mod:`~lit_unlearn.quantization.gguf`.
         scales: fp32. nf4/fp4: per-block absmax, shape ``(ceil(numel / block_size),)``; RTN: the step
             ``s``, shape ``(*weight.shape[:-1], groups_per_row)``; int8: per-row absmax ``SCB``, shape
-            ``weight.shape[:-1]``.
-        zero_points: uint8, shaped like ``scales``, for asymmetric RTN; ``None`` otherwise.
-        scheme: The :class:`Scheme` (with its block size) that produced the codes.
+            ``weight.shape[:-1]``; GGUF: the fp16 block scale ``d`` (or the K-quant sub-block's ``d·sc``),
+            shape ``(*weight.shape[:-1], row / 32)`` (``row / 16`` for ``q6_k``).
+        zero_points: uint8, shaped like ``scales``, for asymmetric RTN; for GGUF formats with a minimum
+            (``q4_1``, ``q5_1``, ``q4_k``, ``q5_k``) fp32 offsets added after scaling (the block min ``m``,
+            or ``-dmin·m``); ``None`` otherwise.
+        scheme: The :class:`Scheme` (with its block size) that produced the codes: for a GGUF scheme the
+            format the weight's shape gets (``q4_k`` on 576-wide rows is ``q5_0``, see
+            :func:`~lit_unlearn.quantization.fit_scheme`).
         dtype: The original weight's dtype, which :meth:`dequantize` returns.
     """
 
@@ -107,6 +115,13 @@ def codec_for(scheme: Scheme, device: torch.device) -> Codec:
         return RtnCodec(scheme, device)
     if scheme.family == "half":
         return HalfCodec(scheme, device)
+    if scheme.family == "gguf":
+        return GgufCodec(scheme, device)
+    if scheme.family == "gguf_mixture":
+        raise ValueError(
+            f"Scheme {scheme.name!r} is a mixture of GGUF types: resolve it per layer with "
+            "fit_scheme(scheme, weight.shape) or layer_schemes(model, scheme) first."
+        )
     raise ValueError(f"Scheme {scheme.name!r} has family {scheme.family!r}, which no codec implements.")
 
 
@@ -167,14 +182,16 @@ def quantize(weight: Tensor, scheme: str | Scheme, block_size: int | None = None
         ValueError: for an unknown scheme, a block size that does not fit, or non-finite weights.
     """
     check_weight(weight)
-    scheme = get_scheme(scheme, block_size)
+    scheme = fit_gguf(get_scheme(scheme, block_size), weight.shape)
     codec = codec_for(scheme, weight.device)
     shape, device = weight.shape, weight.device
     group_len = codec.group_len(shape)
     flat = flat_view(weight)
     codes = torch.empty(shape, dtype=codec.codes_dtype, device=device)
     scales = torch.empty(codec.scales_shape(shape), dtype=torch.float32, device=device)
-    zero_points = None if scheme.symmetric else torch.empty(scales.shape, dtype=torch.uint8, device=device)
+    # GGUF minimums are fp16 values (offsets in weight units), not integer zero points.
+    zp_dtype = torch.float32 if scheme.family == "gguf" else torch.uint8
+    zero_points = None if scheme.symmetric else torch.empty(scales.shape, dtype=zp_dtype, device=device)
     flat_codes = codes.view(-1)
     ws = Workspace(flat.numel(), group_len, device)
     for chunk in ws.chunks(flat.numel(), group_len):
@@ -220,7 +237,9 @@ def fake_quantize_into(weight: Tensor, scheme: Scheme, out: Tensor) -> Tensor:
     """:func:`fake_quantize` written into contiguous ``out``, which may be ``weight`` itself.
 
     In place is safe: each chunk is read completely (encoded into scratch buffers) before it is written.
+    A GGUF scheme is first fitted to the weight's shape (:func:`~lit_unlearn.quantization.fit_scheme`).
     """
+    scheme = fit_gguf(scheme, weight.shape)
     codec = codec_for(scheme, weight.device)
     group_len = codec.group_len(weight.shape)
     flat = flat_view(weight)

@@ -15,6 +15,11 @@ Four families; the first three are "one scale per run of consecutive weights":
   bf16 merge): each weight rounded to the nearest value of that dtype, ties to even. The code is the bit
   pattern; there is no scale. An update under half an ulp of its weight vanishes here, before any 4-bit
   step.
+* ``"q8_0"``, ``"q4_0"``, ``"q4_1"``, ``"q5_0"``, ``"q5_1"``, ``"q4_k"``, ``"q5_k"``, ``"q6_k"``: llama.cpp's
+  GGUF block formats, bit for bit as ggml's reference quantizers compute them (:mod:`.gguf`): blocks of 32
+  weights along each row (legacy types), 256-weight super-blocks for the K-quants. The block size is
+  fixed by the format. ``"q4_k_m"``, ``"q5_k_m"`` are llama.cpp's file-level mixtures: each layer gets the
+  type llama.cpp's quantize tool assigns it (:mod:`.gguf_mixture`).
 
 Example::
 
@@ -43,9 +48,25 @@ RTN_DEFAULT_GROUP_SIZE = 128
 #: Half-precision casts: the dtype a deployed copy is stored in.
 HALF_SCHEMES: tuple[str, ...] = ("bf16", "fp16")
 
-SCHEMES: tuple[str, ...] = (*BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMMETRIC, *HALF_SCHEMES)
+#: llama.cpp's GGUF block formats, in the order of their bits per weight (ggml names, lower case).
+GGUF_SCHEMES: tuple[str, ...] = ("q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0")
+#: llama.cpp's file-level mixtures (``llama-quantize ... Q4_K_M``): a type per tensor.
+GGUF_MIXTURES: tuple[str, ...] = ("q4_k_m", "q5_k_m")
+# Weights per block: a legacy block, or a K-quant super-block.
+GGUF_BLOCK_SIZES = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256,
+                    "q6_k": 256, "q4_k_m": 256, "q5_k_m": 256}
+# Formats that store a per-block (sub-block) minimum besides the scale.
+_GGUF_WITH_MIN = frozenset({"q4_1", "q5_1", "q4_k", "q5_k", "q4_k_m", "q5_k_m"})
 
-_BITS = {"nf4": 4, "fp4": 4, "int8": 8, "rtn8": 8, "bf16": 16, "fp16": 16} | {f"int{b}": b for b in range(2, 8)}
+SCHEMES: tuple[str, ...] = (
+    *BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMMETRIC, *HALF_SCHEMES, *GGUF_SCHEMES, *GGUF_MIXTURES,
+)
+
+_BITS = (
+    {"nf4": 4, "fp4": 4, "int8": 8, "rtn8": 8, "bf16": 16, "fp16": 16}
+    | {f"int{b}": b for b in range(2, 8)}
+    | {name: int(name[1]) for name in (*GGUF_SCHEMES, *GGUF_MIXTURES)}
+)
 
 
 _RTN_BASES = frozenset({f"int{b}" for b in range(2, 8)} | {"rtn8"})
@@ -62,6 +83,10 @@ def _family(name: str) -> str:
         return "llm_int8"
     if name in HALF_SCHEMES:
         return "half"
+    if name in GGUF_SCHEMES:
+        return "gguf"
+    if name in GGUF_MIXTURES:
+        return "gguf_mixture"
     if _base(name) in _RTN_BASES:
         return "rtn"
     # A name that reaches here was added to SCHEMES without a family: fail, never fall back to RTN.
@@ -71,6 +96,10 @@ def _family(name: str) -> str:
 _DEFAULT_BLOCK_SIZE = {
     "bnb4": BNB4_DEFAULT_BLOCK_SIZE, "llm_int8": None, "rtn": RTN_DEFAULT_GROUP_SIZE, "half": None,
 }
+
+
+def _default_block_size(name: str) -> int | None:
+    return GGUF_BLOCK_SIZES[name] if name in GGUF_BLOCK_SIZES else _DEFAULT_BLOCK_SIZE[_family(name)]
 
 
 def _choices() -> str:
@@ -105,12 +134,14 @@ class Scheme:
             raise ValueError(_unknown_name_message(self.name))
         _check_block_size(self.name, self.block_size)
         object.__setattr__(self, "bits", _BITS[_base(self.name)])
-        object.__setattr__(self, "symmetric", not self.name.endswith("-asym"))
+        object.__setattr__(
+            self, "symmetric", not self.name.endswith("-asym") and self.name not in _GGUF_WITH_MIN
+        )
 
     @property
     def family(self) -> str:
-        """``"bnb4"`` (nf4/fp4), ``"llm_int8"`` (int8), ``"rtn"`` (int-k round-to-nearest) or ``"half"``
-        (bf16/fp16 casts)."""
+        """``"bnb4"`` (nf4/fp4), ``"llm_int8"`` (int8), ``"rtn"`` (int-k round-to-nearest), ``"half"``
+        (bf16/fp16 casts), ``"gguf"`` (llama.cpp block formats) or ``"gguf_mixture"`` (q4_k_m, q5_k_m)."""
         return _family(self.name)
 
     @property
@@ -156,6 +187,13 @@ def _check_block_size(name: str, block_size: int | None) -> None:
                 f"`block_size`={block_size!r} does not apply to {name!r}: a half-precision cast rounds each "
                 "weight on its own. Pass block_size=None."
             )
+    elif name in GGUF_BLOCK_SIZES:
+        if block_size != GGUF_BLOCK_SIZES[name]:
+            raise ValueError(
+                f"`block_size`={block_size!r} does not apply to {name!r}: ggml fixes its block at "
+                f"{GGUF_BLOCK_SIZES[name]} weights along each row. Pass block_size=None (or "
+                f"{GGUF_BLOCK_SIZES[name]})."
+            )
     elif name == "int8":
         if block_size is not None:
             raise ValueError(
@@ -191,7 +229,7 @@ def get_scheme(name: str | Scheme, block_size: int | None = None, *, symmetric: 
     if isinstance(name, Scheme):
         scheme = name
     elif isinstance(name, str) and name in SCHEMES:
-        scheme = Scheme(name, _DEFAULT_BLOCK_SIZE[_family(name)])
+        scheme = Scheme(name, _default_block_size(name))
     else:
         raise ValueError(_unknown_name_message(name))
 
@@ -199,7 +237,8 @@ def get_scheme(name: str | Scheme, block_size: int | None = None, *, symmetric: 
         if scheme.family != "rtn":
             raise ValueError(
                 f"`symmetric`={symmetric!r} is not available for {scheme.name!r}: bitsandbytes' nf4/fp4 and "
-                "LLM.int8 formats are symmetric absmax. Use an RTN scheme such as 'int4' for a zero point."
+                "LLM.int8 formats are symmetric absmax, and each GGUF format fixes whether it stores a minimum "
+                "('q4_1', 'q5_1', K-quants do). Use an RTN scheme such as 'int4' for a zero point."
             )
         scheme = dataclasses.replace(scheme, name=_base(scheme.name) + ("" if symmetric else "-asym"))
     if block_size is not None:

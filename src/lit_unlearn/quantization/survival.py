@@ -51,6 +51,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization import _fused
 from lit_unlearn.quantization._chunks import Workspace
+from lit_unlearn.quantization.fit import fit_gguf
 from lit_unlearn.quantization.functional import (
     QuantizedTensor,
     check_weight,
@@ -213,7 +214,8 @@ def _survival(
         raise ValueError(
             f"`{other_name}` is on {other.device} but `w0` is on {w0.device}; move them to one device."
         )
-    scheme = get_scheme(scheme, block_size)
+    # A GGUF scheme checks the format llama.cpp stores this shape in (K-quant fallbacks, mixtures).
+    scheme = fit_gguf(get_scheme(scheme, block_size), w0.shape)
     if reference is not None:
         _check_reference(reference, w0, scheme)
         reference = reference.to(w0.device)
