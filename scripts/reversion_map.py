@@ -3,6 +3,7 @@
     python scripts/reversion_map.py --quick --jobs 2      # 8 cells x 3 seeds (about 15 minutes on 2 cores)
     python scripts/reversion_map.py --jobs 2              # the whole grid, 27 cells x 3 seeds
     python scripts/reversion_map.py --quick --smoke       # the pipeline in seconds (test-size world)
+    python scripts/reversion_map.py --from-json docs/reversion_map.json   # tables and statistics, no fits
 
 Every cell (method, adapter, learning rate, step budget, or a control run) is fitted once per seed with
 ``lit-unlearn fit`` in ``<out>/<cell>/seed<k>``, evaluated with MUSE's metrics at full precision and at
@@ -17,8 +18,11 @@ Per run and scheme ``q``, the **kept share of forgetting** of a forget metric ``
 (1: everything forgotten at full precision is still forgotten when quantized; 0: all of it is back). When
 the run forgot less than ``--min-forgetting`` points at full precision the share is undefined (reported
 as such, and left out of means and correlations). Next to it stand the last in-training
-``survival/<q>/effect_retained``, ``changed`` and ``cosine``. A cell is *durable at ε* when its forget
-metrics at every precision are within ε points of full precision, for every seed.
+``survival/<q>/effect_retained``, ``changed`` and ``cosine``. A cell is *durable at ε* when, at every
+deployed precision and for every seed, its quantized model forgets at least its full-precision forgetting
+minus ε points (one-sided; the symmetric test, within ε either way, stands beside it). The in-training
+signal's Spearman correlation with the kept share comes with a one-sided permutation p-value and a
+bootstrap interval that resamples whole cells.
 
 Writes ``docs/reversion_map.md`` (the tables between its ``generated`` markers; the text around them is
 kept), ``docs/reversion_map.json`` and the figures ``docs/images/reversion_map_*.png`` (``--docs``
@@ -31,7 +35,9 @@ import argparse
 import csv
 import json
 import math
+import itertools
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -205,6 +211,13 @@ def run_numbers(run_dir: Path, min_forgetting: float) -> dict[str, Any]:
             "survival": last_survival(run_dir / "version_0" / "metrics.csv")}
 
 
+def with_kept(run: dict[str, Any], min_forgetting: float) -> dict[str, Any]:
+    """A stored run with its kept shares recomputed from its metrics (``min_forgetting`` may differ)."""
+    kept = {q: {m: kept_share(run["target"], run["metrics"], q, m, min_forgetting) for m in FORGET_METRICS}
+            for q in PRECISIONS if q != "full"}
+    return {**run, "kept": kept}
+
+
 def _spread(values: Iterable[float | None]) -> dict[str, float] | None:
     known = [v for v in values if v is not None and not math.isnan(v)]
     if not known:
@@ -215,14 +228,29 @@ def _spread(values: Iterable[float | None]) -> dict[str, float] | None:
 DEPLOYED = ("int8", "nf4", "fp4", "int4")  # the precisions deployments use; int3 probes beyond them
 
 
+def forgetting(run: dict[str, Any], precision: str, metric: str) -> float:
+    """Points of ``metric`` forgotten at ``precision``: the target's score there minus the unlearned model's."""
+    return run["target"][precision][metric] - run["metrics"][precision][metric]
+
+
 def durable_at(runs: list[dict[str, Any]], epsilon: float, min_forgetting: float,
-               precisions: Sequence[str] = DEPLOYED) -> bool | None:
-    """Forget metrics at each of ``precisions`` within ``epsilon`` of full precision, in every seed; ``None``
-    when some seed forgot under ``min_forgetting`` KnowMem points at full precision (nothing to keep)."""
-    if any(r["target"]["full"]["knowmem"] - r["metrics"]["full"]["knowmem"] < min_forgetting for r in runs):
+               precisions: Sequence[str] = DEPLOYED, one_sided: bool = True) -> bool | None:
+    """Whether every seed keeps its forgetting at each of ``precisions``, to within ``epsilon`` points.
+
+    One-sided (the headline): the quantized model forgets at least full precision's forgetting minus
+    ``epsilon``, for KnowMem and VerbMem: forgetting more when quantized is no failure of durability.
+    Symmetric (``one_sided=False``): within ``epsilon`` either way, so a quantized model that forgets *more*
+    also fails. ``None`` when some seed forgot under ``min_forgetting`` KnowMem points at full precision
+    (nothing to keep).
+    """
+    if any(forgetting(r, "full", "knowmem") < min_forgetting for r in runs):
         return None
-    return all(abs(r["metrics"][q][m] - r["metrics"]["full"][m]) <= epsilon
-               for r in runs for q in precisions for m in FORGET_METRICS)
+
+    def kept(r: dict, q: str, m: str) -> bool:
+        gap = forgetting(r, q, m) - forgetting(r, "full", m)
+        return gap >= -epsilon if one_sided else abs(gap) <= epsilon
+
+    return all(kept(r, q, m) for r in runs for q in precisions for m in FORGET_METRICS)
 
 
 def summarize(cell: Cell, runs: list[dict[str, Any]], epsilon: float, min_forgetting: float) -> dict[str, Any]:
@@ -234,9 +262,10 @@ def summarize(cell: Cell, runs: list[dict[str, Any]], epsilon: float, min_forget
     forgot = [r["target"]["full"]["knowmem"] - r["metrics"]["full"]["knowmem"] for r in runs]
     durable = durable_at(runs, epsilon, min_forgetting)
     durable_int3 = durable_at(runs, epsilon, min_forgetting, (*DEPLOYED, "int3"))
+    symmetric = durable_at(runs, epsilon, min_forgetting, one_sided=False)
     return {"cell": asdict(cell), "name": cell.name, "label": cell.label, "seeds": len(runs), "metrics": metrics,
             "kept": kept, "survival": survival, "durable": durable, "durable_with_int3": durable_int3,
-            "forgotten_knowmem": _spread(forgot)}
+            "durable_symmetric": symmetric, "forgotten_knowmem": _spread(forgot)}
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -266,8 +295,62 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sum((a - mx) * (b - my) for a, b in zip(rx, ry)) / (sx * sy)
 
 
+def permutation_p(xs: Sequence[float], ys: Sequence[float], draws: int = 20000, seed: int = 0) -> float | None:
+    """One-sided permutation p-value of Spearman's rho: the share of pairings of ``ys`` with ``xs`` whose rho
+    is at least the observed one. Every pairing is enumerated up to 8 points; beyond, ``draws`` random ones
+    (seeded) give ``(hits + 1) / (draws + 1)``. A pairing whose rho is undefined counts as no hit.
+
+    The pairings treat every point as exchangeable; points that share a cell (its seeds) are not
+    independent, so read it with :func:`bootstrap_interval`, which resamples cells.
+    """
+    observed = spearman(xs, ys)
+    if observed is None:
+        return None
+    tolerance = 1e-12  # rho of a permutation equal to the observed one must count despite float rounding
+
+    def hit(perm: Sequence[float]) -> bool:
+        rho = spearman(xs, perm)
+        return rho is not None and rho >= observed - tolerance
+
+    if len(ys) <= 8:
+        perms = list(itertools.permutations(ys))
+        return sum(hit(perm) for perm in perms) / len(perms)
+    rng = random.Random(seed)
+    shuffled, hits = list(ys), 0
+    for _ in range(draws):
+        rng.shuffle(shuffled)
+        hits += hit(shuffled)
+    return (hits + 1) / (draws + 1)
+
+
+def bootstrap_interval(points: Sequence[tuple[float, float]], clusters: Sequence[Any], level: float = 0.95,
+                       draws: int = 4000, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of Spearman's rho that resamples whole ``clusters`` (a cell's seeds
+    together), with replacement, as many as there are. Resamples whose rho is undefined (one cell drawn
+    every time) are dropped. ``None`` with fewer than 2 clusters. With one cluster per point this is the
+    ordinary bootstrap over runs, which treats a cell's seeds as independent and is too narrow."""
+    groups: dict[Any, list[tuple[float, float]]] = {}
+    for point, cluster in zip(points, clusters):
+        groups.setdefault(cluster, []).append(point)
+    members = list(groups.values())
+    if len(members) < 2:
+        return None
+    rng = random.Random(seed)
+    rhos = []
+    for _ in range(draws):
+        sample = [p for _ in members for p in rng.choice(members)]
+        rho = spearman([p[0] for p in sample], [p[1] for p in sample])
+        if rho is not None:
+            rhos.append(rho)
+    if not rhos:
+        return None
+    rhos.sort()
+    tail = (1 - level) / 2
+    return rhos[int(tail * (len(rhos) - 1))], rhos[math.ceil((1 - tail) * (len(rhos) - 1))]
+
+
 def prediction_points(cells: list[Cell], runs: dict[str, list[dict]], with_controls: bool) -> list[tuple]:
-    """(scheme, effect_retained, kept share of KnowMem, control?) per run and 4-or-fewer-bit scheme."""
+    """(scheme, effect_retained, kept share of KnowMem, control?, cell name) per run and 4-or-fewer-bit scheme."""
     points = []
     for cell in cells:
         if cell.control and not with_controls:
@@ -277,19 +360,29 @@ def prediction_points(cells: list[Cell], runs: dict[str, list[dict]], with_contr
                 signal = run["survival"].get(scheme, {}).get("effect_retained")
                 kept = run["kept"][scheme]["knowmem"]
                 if signal is not None and kept is not None and not math.isnan(signal):
-                    points.append((scheme, signal, kept, cell.control is not None))
+                    points.append((scheme, signal, kept, cell.control is not None, cell.name))
     return points
 
 
+def correlation(points: Sequence[tuple]) -> dict[str, Any]:
+    """Spearman's rho of (effect_retained, kept share) with its one-sided permutation p-value and a 95%
+    bootstrap interval over cells."""
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    interval = bootstrap_interval(list(zip(xs, ys)), [p[4] for p in points])
+    return {"rho": spearman(xs, ys), "n": len(points), "cells": len({p[4] for p in points}),
+            "p_one_sided": permutation_p(xs, ys), "interval_by_cell": list(interval) if interval else None}
+
+
 def correlations(cells: list[Cell], runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Per scheme and pooled, without the controls (the headline: a constructed control sits where it was
+    built to sit, so it says nothing about prediction) and with them."""
     out: dict[str, Any] = {}
-    for with_controls in (True, False):
+    for with_controls in (False, True):
         points = prediction_points(cells, runs, with_controls)
         key = "with_controls" if with_controls else "without_controls"
-        out[key] = {"all": {"rho": spearman([p[1] for p in points], [p[2] for p in points]), "n": len(points)}}
+        out[key] = {"all": correlation(points)}
         for scheme in SCHEMES:
-            mine = [p for p in points if p[0] == scheme]
-            out[key][scheme] = {"rho": spearman([p[1] for p in mine], [p[2] for p in mine]), "n": len(mine)}
+            out[key][scheme] = correlation([p for p in points if p[0] == scheme])
     return out
 
 
@@ -307,7 +400,12 @@ def _durable(value: bool | None) -> str:
 
 
 def _rho(value: dict) -> str:
-    return "—" if value["rho"] is None else f"{value['rho']:+.2f} (n = {value['n']})"
+    if value["rho"] is None:
+        return "—"
+    interval = value.get("interval_by_cell")
+    ci = f"; [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else ""
+    return (f"{value['rho']:+.2f} (n = {value['n']}, {value['cells']} cells; p = {value['p_one_sided']:.2g}{ci})"
+            .replace("-", "−"))
 
 
 def markdown(summaries: list[dict], corr: dict, epsilon: float, min_forgetting: float, seeds: list[int],
@@ -322,27 +420,35 @@ def markdown(summaries: list[dict], corr: dict, epsilon: float, min_forgetting: 
         lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     lines += ["", "### Kept share of forgetting (KnowMem; VerbMem below it) and the in-training verdict", "",
               "| cell | " + " | ".join(q for q in PRECISIONS if q != "full") + " | effect_retained nf4 / int3 "
-              "| changed nf4 | cosine nf4 | durable at ε (≤ 4 bits / with int3) |",
-              "|---|" + "---|" * (len(PRECISIONS) - 1) + "---|---|---|---|"]
+              "| changed nf4 | cosine nf4 | durable at ε (≤ 4 bits / with int3) | symmetric (≤ 4 bits) |",
+              "|---|" + "---|" * (len(PRECISIONS) - 1) + "---|---|---|---|---|"]
     for s in summaries:
         kept = [f"{_fmt(s['kept'][q]['knowmem'])}<br>{_fmt(s['kept'][q]['verbmem'])}" for q in PRECISIONS if q != "full"]
         sv = s["survival"]
         lines.append(f"| {s['label']} | " + " | ".join(kept)
                      + f" | {_fmt(sv['nf4']['effect_retained'])} / {_fmt(sv['int3']['effect_retained'])}"
                      + f" | {_fmt(sv['nf4']['changed'])} | {_fmt(sv['nf4']['cosine'])} | {_durable(s['durable'])} / "
-                     f"{_durable(s['durable_with_int3'])} |")
+                     f"{_durable(s['durable_with_int3'])} | {_durable(s['durable_symmetric'])} |")
     durable = [s["label"] for s in summaries if s["durable"]]
     forgetting = [s for s in summaries if s["durable"] is not None]
     with_int3 = [s["label"] for s in summaries if s["durable_with_int3"]]
-    lines += ["", f"Durable at ε = {epsilon:g} points (KnowMem and VerbMem at int8, nf4, fp4 and int4 within "
-              f"{epsilon:g} of full precision, every seed): {len(durable)} of the {len(forgetting)} cells that "
-              f"forgot at least {min_forgetting:g} KnowMem points in every seed"
-              + (": " + "; ".join(durable) if durable else "") + f". Counting int3 too: {len(with_int3)}.", "",
+    symmetric = [s["label"] for s in summaries if s["durable_symmetric"]]
+    lines += ["", f"Durable at ε = {epsilon:g} points (at int8, nf4, fp4 and int4 the quantized model forgets at "
+              f"least its full-precision forgetting minus {epsilon:g} points of KnowMem and of VerbMem, every "
+              f"seed): {len(durable)} of the {len(forgetting)} cells that forgot at least {min_forgetting:g} "
+              "KnowMem points in every seed" + (": " + "; ".join(durable) if durable else "")
+              + f". Counting int3 too: {len(with_int3)}. The symmetric test (within {epsilon:g} points either "
+              f"way, so forgetting *more* when quantized also fails): {len(symmetric)}"
+              + (": " + "; ".join(symmetric) if symmetric else "") + ".", "",
               "### Does the in-training signal predict the deployed outcome?", "",
               ("Spearman correlation between the last `survival/<scheme>/effect_retained` and the measured kept "
-               "share of KnowMem, one point per run and scheme:"), "",
+               "share of KnowMem, one point per run and scheme; p: one-sided permutation p-value (rho at least "
+               "the observed), which treats every run as exchangeable; then a 95% bootstrap interval that "
+               "resamples whole cells (a cell's seeds are not independent). The controls are built to sit "
+               "where they sit (PreserveQuantization at (0, 0) by construction; the quantization-aware cell "
+               "is a fix, not a reversion), so the headline is the row without them."), "",
               "| runs | all schemes | " + " | ".join(SCHEMES) + " |", "|---|---|" + "---|" * len(SCHEMES)]
-    for key, title in (("with_controls", "with the controls"), ("without_controls", "without the controls")):
+    for key, title in (("without_controls", "without the controls"), ("with_controls", "with the controls")):
         lines.append(f"| {title} | {_rho(corr[key]['all'])} | " + " | ".join(_rho(corr[key][s]) for s in SCHEMES) + " |")
     lines += [""] + [f"![{title}]({path})" for title, path in figures.items()]
     return "\n".join(lines) + "\n"
@@ -386,7 +492,7 @@ def figures(summaries: list[dict], cells: list[Cell], runs: dict[str, list[dict]
     ax = fig.subplots()
     points = prediction_points(cells, runs, with_controls=True)
     scheme_colour = {"nf4": "tab:blue", "fp4": "tab:orange", "int4": "tab:purple", "int3": "tab:brown"}
-    for scheme, signal, kept, control in points:
+    for scheme, signal, kept, control, _ in points:
         ax.scatter([signal], [kept], color=scheme_colour[scheme], marker="*" if control else "o", s=60 if control else 20)
     lo = min([0.0] + [min(p[1], p[2]) for p in points])
     hi = max([1.1] + [max(p[1], p[2]) for p in points])
@@ -531,6 +637,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epsilon", type=float, default=5.0, help="durability margin, in metric points")
     parser.add_argument("--min-forgetting", type=float, default=5.0,
                         help="below this many points forgotten at full precision the kept share is undefined")
+    parser.add_argument("--from-json", type=Path, metavar="JSON",
+                        help="fit nothing: rebuild the tables, statistics and figures from the runs stored in a "
+                             "reversion_map.json that this script wrote (e.g. docs/reversion_map.json)")
     parser.add_argument("--widths", nargs="+", metavar="WORLD",
                         help="instead of the grid: NPO+GDR (LoRA and full) on these world sizes (e.g. narrow "
                              "default wide), for how survival moves with model width")
@@ -552,16 +661,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_page(args.docs / "reversion_map.md", body, WIDTH_BEGIN, WIDTH_END)
         print(body)
         return {"widths": rows}
-    cells = grid(args.quick)
-    tasks = [(cell, seed) for cell in cells for seed in args.seeds]
-    if args.jobs == 1:
-        dirs = [fit(cell, seed, args.out, args.smoke, in_process=True) for cell, seed in tasks]
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        cells = [Cell(**c["cell"]) for c in stored["cells"]]
+        runs = {name: [with_kept(r, args.min_forgetting) for r in rs] for name, rs in stored["runs"].items()}
+        args.seeds, args.quick, args.smoke = stored["seeds"], stored["quick"], stored["smoke"]
     else:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            dirs = list(pool.map(lambda t: fit(t[0], t[1], args.out, args.smoke, in_process=False), tasks))
-    runs: dict[str, list[dict]] = {}
-    for (cell, _), run_dir in zip(tasks, dirs):
-        runs.setdefault(cell.name, []).append(run_numbers(run_dir, args.min_forgetting))
+        cells = grid(args.quick)
+        tasks = [(cell, seed) for cell in cells for seed in args.seeds]
+        if args.jobs == 1:
+            dirs = [fit(cell, seed, args.out, args.smoke, in_process=True) for cell, seed in tasks]
+        else:
+            with ThreadPoolExecutor(args.jobs) as pool:
+                dirs = list(pool.map(lambda t: fit(t[0], t[1], args.out, args.smoke, in_process=False), tasks))
+        runs = {}
+        for (cell, _), run_dir in zip(tasks, dirs):
+            runs.setdefault(cell.name, []).append(run_numbers(run_dir, args.min_forgetting))
     summaries = [summarize(cell, runs[cell.name], args.epsilon, args.min_forgetting) for cell in cells]
     corr = correlations(cells, runs)
     pictures = figures(summaries, cells, runs, args.docs / "images", args.docs)
