@@ -102,12 +102,23 @@ def test_every_path_deploys_the_same_weights(kind, scheme):
             assert torch.equal(got[name].view(-1).view(torch.uint8), weight.view(-1).view(torch.uint8)), (path, name)
     assert head not in want and torch.equal(evaluation[head], model.get_output_embeddings().weight)
     if scheme == "int8":
+        import bitsandbytes.functional as F
+
         merged = _reference(model, None)  # peft's merge, unquantized
+        # Independent oracle: bitsandbytes' own LLM.int8 weight quantization, as Int8Params applies it when
+        # a `load_in_8bit` layer is loaded (fp16 weight, one absmax per output row, round(w · 127 / absmax)).
+        bnb = {name: F.int8_vectorwise_quant(w.to(torch.float16))[:2] for name, w in merged.items()}
+        for name, (codes, scb) in bnb.items():
+            q = quantize(merged[name], "int8")
+            assert torch.equal(q.codes, codes) and torch.equal(q.scales, scb), name
+            # The stored weight is bitsandbytes' dequantization of its own codes.
+            dequantized = F.int8_vectorwise_dequant(codes, scb).to(want[name].dtype)
+            assert torch.equal(want[name].view(-1).view(torch.uint8), dequantized.view(-1).view(torch.uint8)), name
         for path, context in (("evaluation", lambda: deployed_weights(model, scheme)),
                               ("survival check", lambda: deployed_model(model, layers, s, lazy=True))):
             for name, (x, y) in _calls_seen(model, context()).items():
-                q = quantize(merged[name], "int8")
-                assert torch.equal(y, llm_int8_linear(x, q.codes, q.scales, None)), (path, name)
+                codes, scb = bnb[name]
+                assert torch.equal(y, llm_int8_linear(x, codes, scb, None)), (path, name)
 
 
 def _calls_seen(model: nn.Module, context) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -222,6 +233,23 @@ def test_export_writes_the_weights_its_report_describes(tmp_path, dtype):
     report = export(str(adapter_dir), str(tmp_path / "out"), base=str(base_dir), schemes=["nf4", "int4"],
                     progress=False)
     written = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=dtype)
+    # Independent oracle for nf4: peft's merge_and_unload, then bitsandbytes' quantize_4bit / dequantize_4bit
+    # (block 64). Blocks run over the flattened weight, so a weight viewed as rows of 64 has the same blocks,
+    # and rows that are whole blocks decode on this CPU as on CUDA (docs/bitsandbytes-cpu.md).
+    import bitsandbytes.functional as F
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    deployed = copy.deepcopy(written)
+    quantize_model_(deployed, "nf4")
+    oracle_layers = [n for n, m in merged.named_modules() if type(m) is nn.Linear and m is not output_head(merged)]
+    assert len(oracle_layers) == 14
+    for name in oracle_layers:
+        w = merged.get_submodule(name).weight.detach()
+        packed, state = F.quantize_4bit(w.reshape(-1, 64), blocksize=64, quant_type="nf4")
+        expected = F.dequantize_4bit(packed, state).reshape(w.shape)
+        got = deployed.get_submodule(name).weight
+        assert got.dtype == expected.dtype == dtype
+        assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), name
     for scheme in ("nf4", "int4"):
         want = _reference(model, scheme)
         deployed = copy.deepcopy(written)

@@ -61,14 +61,24 @@ def test_every_muse_config_checks_survival_and_saves_safetensors(path):
     assert path.read_text().startswith(f"# lit-unlearn fit -c configs/muse/{path.parent.name}/{path.name}\n")
 
 
+# P1's selected LoRA settings, written from PAPER.md ("Selected (r / lora_alpha) per row"), not from the
+# script's own table.
+P1_ROWS = {("books", "ga_gdr"): (16, 16), ("books", "ga_klr"): (16, 16), ("books", "npo_gdr"): (64, 128),
+           ("books", "npo_klr"): (16, 32), ("news", "ga_gdr"): (64, 64), ("news", "ga_klr"): (64, 64),
+           ("news", "npo_gdr"): (16, 16), ("news", "npo_klr"): (64, 128)}
+
+
 def test_p1s_lora_rows(script):
     books = _load(ROOT / "configs/muse/books/npo_gdr_lora.yaml")
     assert books["model"]["lora"]["r"] == 64 and books["model"]["lora"]["alpha"] == 128
     assert books["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(7e-4)
     assert books["trainer"]["max_epochs"] == 5 and books["model"]["retain_weight"] == 1.0
-    for (corpus, method), (r, alpha) in script.P1_RANK.items():
+    for (corpus, method), (r, alpha) in P1_ROWS.items():
         config = _load(ROOT / f"configs/muse/{corpus}/{method}_lora.yaml")
         assert (config["model"]["lora"]["r"], config["model"]["lora"]["alpha"]) == (r, alpha), (corpus, method)
+        # P1's LoRA: dropout 0.05 on every linear projection.
+        assert config["model"]["lora"]["dropout"] == pytest.approx(0.05), (corpus, method)
+    assert set(script.P1_RANK) == set(P1_ROWS), "the script's table covers P1's eight LoRA rows, no more"
     news = (ROOT / "configs/muse/news/npo_klr_lora.yaml").read_text()
     assert "not recoverable from P1" in news, "an unknown setting is said to be unknown"
     qlora = _load(ROOT / "configs/muse/books/npo_gdr_qlora.yaml")
