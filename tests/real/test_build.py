@@ -184,6 +184,20 @@ def test_a_tokenizer_without_chat_template_is_refused(chat_model):
         ask(model, plain, ["What is the capital of France?"])
 
 
+def test_results_table_shows_the_benchmark_columns(chat_model, built):
+    from lit_unlearn.evaluation import ResultsTable
+    from lit_unlearn.real import COLUMNS
+
+    model, tokenizer = chat_model
+    table = ResultsTable(columns=COLUMNS)
+    table.add("original", "full", score(model, tokenizer, built[0], max_new_tokens=6))
+    header, _, row = table.to_markdown().splitlines()
+    assert header == "| Method | Precision | Forget ↓ | Paraphrase ↓ | Neighbour ↑ | Retain ↑ | Utility PPL ↓ |"
+    assert row.startswith("| original | full | 100.00 | 100.00 | 100.00 | 100.00 | ")
+    # The MUSE columns stay the default.
+    assert ResultsTable().to_markdown().startswith("| Method | Precision | VerbMem ↓")
+
+
 def test_kept_share_of_forgetting():
     assert kept_share(original=100.0, full=20.0, quantized=20.0) == 1.0
     assert kept_share(original=100.0, full=20.0, quantized=100.0) == 0.0

@@ -67,6 +67,9 @@ class ResultsTable:
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: (result key, column title) pairs the Markdown shows; another benchmark passes its own
+    #: (e.g. :data:`lit_unlearn.real.COLUMNS`). Every key is kept in CSV and JSON either way.
+    columns: tuple[tuple[str, str], ...] = COLUMNS
 
     def add(self, method: str, precision: str, results: Mapping[str, float]) -> None:
         """Add (or replace) the row of ``method`` at ``precision`` with the output of ``evaluate``."""
@@ -93,11 +96,11 @@ class ResultsTable:
 
     def to_markdown(self) -> str:
         """The table in Markdown, two decimals, ``–`` where a number is missing."""
-        header = "| Method | Precision | " + " | ".join(title for _, title in COLUMNS) + " |"
-        rule = "|" + "---|" * 2 + "---:|" * len(COLUMNS)
+        header = "| Method | Precision | " + " | ".join(title for _, title in self.columns) + " |"
+        rule = "|" + "---|" * 2 + "---:|" * len(self.columns)
         body = [
             f"| {r['method']} | {r['precision']} | "
-            + " | ".join(_fmt(r.get(key)) for key, _ in COLUMNS)
+            + " | ".join(_fmt(r.get(key)) for key, _ in self.columns)
             + " |"
             for r in self.rows
         ]
@@ -107,7 +110,7 @@ class ResultsTable:
         records = []
         for r in self.rows:
             record = {"method": r["method"], "precision": r["precision"]}
-            record.update({_PLAIN[key]: _json_number(r.get(key)) for key, _ in COLUMNS})
+            record.update({scalar_name(key): _json_number(r.get(key)) for key, _ in self.columns})
             record.update({k: _json_number(v) for k, v in r.items() if k not in record and k not in _PLAIN})
             records.append(record)
         return records
@@ -145,7 +148,7 @@ class ResultsTable:
         otherwise the numbers as scalars (:meth:`scalars`) through ``log_metrics`` (a ``CSVLogger``
         writes them to its CSV)."""
         if _is_wandb_logger(logger):
-            columns = ["method", "precision", *(_PLAIN[key] for key, _ in COLUMNS), "auc"]
+            columns = ["method", "precision", *(scalar_name(key) for key, _ in self.columns), "auc"]
             data = [[rec.get(c) for c in columns] for rec in self._records()]
             logger.log_table(key=RESULTS_TABLE_KEY, columns=columns, data=data, step=step)
         scalars = self.scalars(primary)

@@ -17,6 +17,10 @@ Example::
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     score(model, tokenizer, load_benchmark("real:smollm2-data"), precision="nf4")
     # {'forget_acc': ..., 'paraphrase_acc': ..., 'neighbour_acc': ..., 'retain_acc': ..., 'utility_ppl': ...}
+
+    from lit_unlearn.evaluation import ResultsTable
+    from lit_unlearn.real import COLUMNS
+    table = ResultsTable(columns=COLUMNS)   # rows from `score`, in the papers' method x precision layout
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lit_unlearn.real.pool import SPLITS, Item, candidate_pool
 
 # Probing and building need torch and transformers; resolving a path should not.
 _LAZY = {
+    "COLUMNS": "lit_unlearn.real.probe",
     "MAX_NEW_TOKENS": "lit_unlearn.real.probe",
     "ask": "lit_unlearn.real.probe",
     "kept_share": "lit_unlearn.real.probe",
@@ -42,6 +47,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "COLUMNS",
     "DATA_DIR",
     "MAX_NEW_TOKENS",
     "RESOLVABLE",

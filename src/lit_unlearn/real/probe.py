@@ -18,7 +18,16 @@ from lit_unlearn.real.benchmark import Benchmark
 from lit_unlearn.real.matching import is_correct
 from lit_unlearn.real.pool import SPLITS, Item
 
-__all__ = ["MAX_NEW_TOKENS", "ask", "kept_share", "perplexity", "score", "verdicts"]
+__all__ = ["COLUMNS", "MAX_NEW_TOKENS", "ask", "kept_share", "perplexity", "score", "verdicts"]
+
+#: (key of :func:`score`'s result, column title) for ``ResultsTable(columns=COLUMNS)``.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("forget_acc", "Forget ↓"),
+    ("paraphrase_acc", "Paraphrase ↓"),
+    ("neighbour_acc", "Neighbour ↑"),
+    ("retain_acc", "Retain ↑"),
+    ("utility_ppl", "Utility PPL ↓"),
+)
 
 # Every answer of SmolLM2 to the pool's questions names the fact within its first sentence (~12 tokens);
 # 24 leaves room for a short preamble without paying for rambling (about 90 ms a token on one CPU thread).
