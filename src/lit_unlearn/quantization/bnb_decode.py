@@ -21,9 +21,19 @@ for bit, on every CPU.
   shorter than a block: every row with block 0's). fp4 pattern 8 decodes to ``+0.0`` here too.
 - ``"scalar"``, the native scalar loop, otherwise: CUDA's values, bit for bit.
 
-So a weight quantized on any CPU carries the same codes and scales as on a GPU (quantization does not
-depend on the decoder), but *running* a 4-bit model on an AVX-512 CPU computes with wrong weights in
-every layer whose rows are not whole blocks. :func:`cpu_deviation` says so for one weight.
+Quantization does not depend on the decoder, but *running* a 4-bit model on an AVX-512 CPU computes
+with wrong weights in every layer whose rows are not whole blocks. :func:`cpu_deviation` says so for one
+weight.
+
+**Quantizing is not the same on every device either.** bitsandbytes' CPU ``quantize_4bit`` bucketizes
+fp4 at the signed fp32 level midpoints; its CUDA kernel (``dQuantizeFP4``) decides by sign and by decimal
+magnitude pivots up to 14 ulps away, and orders the two zero patterns the other way round (see
+:mod:`~lit_unlearn.quantization.bnb4`). The CPU call stores another fp4 code for 0.56% of random weights
+(their ``±0``) and for 5.6% / 34% of weights parked on the upper / lower edge of their cell; nf4's pivots
+are the midpoints and agree. And the GPU's ``1 / absmax`` under ``--use_fast_math`` may be an ulp away
+from the IEEE reciprocal any CPU computes, which moves a weight sitting exactly on a code's edge.
+lit-unlearn quantizes as the CUDA kernel does (:mod:`~lit_unlearn.quantization.bnb4`);
+:func:`requantized_like`, which calls bitsandbytes on the weight's device, is the CPU's rule on a CPU.
 Reproducer (bitsandbytes 0.50.2, torch 2.13, an AVX-512 CPU)::
 
     import torch, bitsandbytes.functional as F
@@ -185,8 +195,10 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> T
 def requantized_like(weight: Tensor, like: Tensor) -> Tensor:
     """``weight`` quantized by bitsandbytes in the format of the 4-bit parameter ``like`` and decoded.
 
-    Quant type, block size and double quantization are ``like``'s; bitsandbytes' quantizer gives the same
-    codes and scales on every device, and the decode is the CUDA kernel's. The result has ``weight``'s dtype.
+    Quant type, block size and double quantization are ``like``'s; the decode is the CUDA kernel's. The
+    codes are those of bitsandbytes' quantizer on ``weight``'s device: on a CPU its fp4 differs from a
+    GPU's on weights at or next to a pivot and on the smallest ones (module docstring); nf4 agrees. The
+    result has ``weight``'s dtype.
     """
     import bitsandbytes.functional as bnbf
 
