@@ -211,3 +211,72 @@ def test_fit_ends_with_where_the_outputs_are_and_the_last_verdict(tmp_path, capl
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("QuantizationSurvival: table")]
     assert "quantization_survival.csv" in summary and "survival_curves.png" in summary
     assert "optimizer step 4" in summary and "nf4 effect_retained 0.00, 0% of codes changed" in summary
+
+
+# ---------------------------------------------------------------- the deployment's arithmetic
+def _kernel_codes(w: torch.Tensor, quant_type: str, ulps: int = 0) -> torch.Tensor:
+    """bitsandbytes' CUDA codes (dQuantizeNF4 / dQuantizeFP4 as transcribed in
+    tests/quantization/test_bitsandbytes_cuda_rule.py, vectorised) with ``1 / absmax`` moved by ``ulps``."""
+    from tests.quantization.test_bitsandbytes_cuda_rule import FP4_PIVOTS, NF4_PIVOTS
+
+    blocks = w.detach().float().reshape(-1, 64)
+    reciprocal = 1.0 / blocks.abs().amax(dim=1, keepdim=True)
+    for _ in range(abs(ulps)):
+        reciprocal = torch.nextafter(reciprocal, torch.tensor(float("inf") if ulps > 0 else 0.0))
+    x = (blocks * reciprocal).reshape(-1)
+    x = torch.where(x.abs() < 2.0**-126, x * 0.0, x)  # fast math flushes subnormals, keeping the sign
+    if quant_type == "nf4":
+        return (x[:, None] > torch.tensor([float(p) for p in NF4_PIVOTS])).sum(dim=1)
+    magnitude = (x.abs()[:, None] > torch.tensor([float(p) for p in FP4_PIVOTS])).sum(dim=1)
+    pattern = torch.tensor([0, 1, 6, 7, 4, 5, 2, 3])[magnitude]
+    return pattern + 8 * (x < 0)
+
+
+def _parked(tmp_path, scheme: str, margin: float | None):
+    seed_everything(0)
+    module = Unlearner(optimizer="sgd", lr=2.0)  # large steps: most weights end on their cell's edge
+    before = _linears(module.model)
+    extra = {} if margin is None else {"margin": margin}
+    preserve = PreserveQuantization(scheme, freeze_others=True, **extra)
+    trainer = make_trainer(tmp_path, 4, [preserve], logger=False)
+    trainer.fit(module, forget_retain_batches(4, repeat=True))
+    return before, _linears(module.model), preserve
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "fp4"])
+def test_parked_codes_survive_the_deployments_arithmetic(tmp_path, scheme):
+    """Quantized as a GPU may quantize them (``1 / absmax`` an ulp either way) or from a bf16 copy of the
+    checkpoint, the trained weights still have the codes the original has under the same arithmetic."""
+    before, after, preserve = _parked(tmp_path, scheme, None)
+    total = sum(w.numel() for w in before.values())
+    assert preserve.held < 0.25 * total, "most weights keep room to move"
+    moved = sum(int((after[n] != before[n]).sum()) for n in before)
+    assert moved > 0.5 * total
+    for name, w0 in before.items():
+        w1 = after[name]
+        for ulps in (-1, 0, 1):
+            assert torch.equal(_kernel_codes(w1, scheme, ulps), _kernel_codes(w0, scheme, ulps)), (name, ulps)
+        q1, q0 = quantize(w1.bfloat16(), scheme), quantize(w0.bfloat16(), scheme)
+        assert torch.equal(q1.codes, q0.codes), f"{name}: the bf16 copy changed codes"
+        assert torch.equal(quantize(w1, scheme).codes, quantize(w0, scheme).codes), name
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "fp4"])
+def test_exact_edges_do_not_survive_the_deployments_arithmetic(tmp_path, scheme):
+    """``margin=0.0`` (the edges themselves) keeps the codes only under this machine's arithmetic."""
+    before, after, _ = _parked(tmp_path, scheme, 0.0)
+    total = sum(w.numel() for w in before.values())
+    same = all(torch.equal(quantize(after[n], scheme).codes, quantize(w0, scheme).codes) for n, w0 in before.items())
+    assert same, "exact on this machine"
+    flipped_ulp = sum(int((_kernel_codes(after[n], scheme, 1) != _kernel_codes(w0, scheme, 1)).sum())
+                      for n, w0 in before.items())
+    flipped_bf16 = sum(int((quantize(after[n].bfloat16(), scheme).codes != quantize(w0.bfloat16(), scheme).codes).sum())
+                       for n, w0 in before.items())
+    assert flipped_ulp > 0.05 * total and flipped_bf16 > 0.05 * total, (flipped_ulp / total, flipped_bf16 / total)
+
+
+def test_margin_is_checked_and_casts_take_none():
+    with pytest.raises(ValueError, match=r"`margin`.*\[0, 0.5\).*-0.1"):
+        PreserveQuantization("nf4", margin=-0.1)
+    assert PreserveQuantization("bf16").margin == 0.0
+    assert PreserveQuantization("nf4").margin == 2.0**-7

@@ -31,6 +31,10 @@ from lit_unlearn.quantization.cells import quantization_cell
 __all__ = ["PreserveQuantization"]
 
 _CHECKPOINT_KEY = "preserve_quantization"
+# 2^-7 of the edge: twice what a bf16 copy of an fp32 checkpoint can move ``w / absmax`` (weight and scale
+# each rounded by up to 2^-9, so ``x`` by up to about 2^-8), and far more than a GPU's fast-math
+# ``1 / absmax`` (an ulp, 2^-23). Cells are 5–50% of their edge wide (nf4/fp4), so few weights lose room.
+DEFAULT_MARGIN = 2.0**-7
 
 
 class PreserveQuantization(Callback):
@@ -44,6 +48,15 @@ class PreserveQuantization(Callback):
     fake-quantized model then computes exactly what the fake-quantized original computes, while the
     full-precision model moves wherever the cells let it.
 
+    Projected weights pile up on cell edges (about 78% of them after a few steps), where the code is
+    decided by the last bit of ``w * (1 / absmax)``. A deployment does not compute that bit as this
+    machine does: bitsandbytes' CUDA kernels are built with fast math (``1 / absmax`` may be an ulp off),
+    and a bf16 copy of an fp32 checkpoint rounds weights and scales by up to 2^-9. Without room, 42–49%
+    (reciprocal) and 38% (bf16) of the parked codes flip. So each edge is moved inward by ``margin`` of
+    its magnitude (:func:`~lit_unlearn.quantization.cells.quantization_cell`); a weight whose original
+    value is already closer than that to an edge is held at ``W0``, so its deployed code is the
+    original's whatever the arithmetic. Casts (``bf16``, ``fp16``) have no scale and take no margin.
+
     Everything a deployment does not quantize would still change the quantized model: the callback
     refuses to start while embeddings, the output head, norms, biases or unselected linear layers are
     trainable, naming them, unless ``freeze_others=True`` freezes them (said once). LoRA runs are refused:
@@ -56,10 +69,14 @@ class PreserveQuantization(Callback):
         modules: The deployed layers to preserve (a regex, a list of names, or ``None`` for every linear
             layer but the output head, what a deployment quantizes).
         freeze_others: Freeze every trainable parameter outside the preserved weights instead of refusing.
+        margin: How far inside its cell a weight stays, as a fraction of the edge's magnitude (default
+            2^-7, see above; ``0.0`` parks weights on the exact edges, which only this machine's
+            arithmetic reproduces).
 
     Raises:
         ValueError: for an unknown scheme or a block size it does not allow; at fit start, for a LoRA
-            model, or for trainable parameters outside the preserved layers (without ``freeze_others``).
+            model, or for trainable parameters outside the preserved layers (without ``freeze_others``); for a
+            ``margin`` outside ``[0, 0.5)``.
         lit_unlearn.deployment.UnsupportedStrategyError: under a strategy that shards weights.
 
     Example::
@@ -74,13 +91,18 @@ class PreserveQuantization(Callback):
         block_size: int | None = None,
         modules: str | Sequence[str] | None = None,
         freeze_others: bool = False,
+        margin: float = DEFAULT_MARGIN,
     ) -> None:
         if scheme not in SCHEMES:
             choices = ", ".join(map(repr, SCHEMES))
             raise ValueError(f"`scheme`={scheme!r} is not a quantization scheme; choose one of {choices}.")
         if not isinstance(freeze_others, bool):
             raise ValueError(f"`freeze_others` must be True or False, got {freeze_others!r}.")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 0.5:
+            raise ValueError(f"`margin` must be a fraction of the cell edge in [0, 0.5), got {margin!r}.")
         self.scheme: Scheme = get_scheme(scheme, block_size)
+        # A cast rounds each weight alone: no scale, no reciprocal, nothing for a margin to absorb.
+        self.margin = 0.0 if self.scheme.family == "half" else float(margin)
         self.modules = modules
         self.freeze_others = freeze_others
         self._layers: list[DeployedLayer] = []
@@ -90,6 +112,8 @@ class PreserveQuantization(Callback):
         #: Optimizer steps projected in this fit, and how many weights the last projection moved back.
         self.projections = 0
         self.last_clamped = 0
+        #: Weights held at ``W0``: the scale setters, and those already within ``margin`` of a cell edge.
+        self.held = 0
 
     @property
     @override
@@ -144,8 +168,9 @@ class PreserveQuantization(Callback):
             weight = layer.linear.weight.detach()
             w0 = saved.to(weight.device, weight.dtype) if saved is not None and saved.shape == weight.shape else weight
             layer.snapshot = w0.to("cpu", copy=True)
-            self._cells.append(quantization_cell(w0, self.scheme))
+            self._cells.append(quantization_cell(w0, self.scheme, margin=self.margin))
         self._restored = {}
+        self.held = sum(int((lo == hi).sum()) for lo, hi in self._cells)
         self.projections = 0
         self._project()  # a resumed run starts inside the cells too
         self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]

@@ -26,8 +26,11 @@ def requantize_merged_(peft_model: nn.Module) -> nn.Module:
 
     In place, as ``merge_and_unload`` is: every adapted ``Linear4bit`` gets a new ``Params4bit`` holding
     ``Q(W0 + ΔW)`` (quant type, block size and double quantization of the base), the adapters are removed,
-    and the unwrapped model is returned. bitsandbytes quantizes the same on every device, so the codes are
-    those peft's merge writes on a GPU.
+    and the unwrapped model is returned. The codes are those bitsandbytes' quantizer writes on the weight's
+    device, as peft's merge does there: for nf4 the same on a CPU and a GPU (up to a weight exactly on a
+    code's edge, where a GPU's fast-math ``1 / absmax`` may round otherwise), for fp4 not on weights at or
+    next to one of ``dQuantizeFP4``'s pivots, nor on the smallest ones (see
+    :mod:`lit_unlearn.quantization.bnb_decode`). Merge on the GPU that will serve an fp4 model.
     """
     import bitsandbytes as bnb
 

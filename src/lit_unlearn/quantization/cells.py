@@ -92,12 +92,23 @@ def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = Non
 
 
 @torch.no_grad()
-def quantization_cell(w0: Tensor, scheme: str | Scheme, block_size: int | None = None) -> tuple[Tensor, Tensor]:
+def quantization_cell(
+    w0: Tensor, scheme: str | Scheme, block_size: int | None = None, margin: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """``(lo, hi)`` in ``w0``'s dtype and shape: the weights ``W`` with ``lo ≤ W ≤ hi`` quantize to exactly
     the codes and scales of ``quantize(w0)`` (for every element at once), and no wider interval does.
 
+    With ``margin > 0`` each edge moves inward by ``margin · |edge|`` (at least the dtype's smallest
+    normal, so nothing is parked among subnormals, which a GPU's fast math flushes to zero): a weight on
+    the new edge keeps its code even when the deployment computes ``w / absmax`` with a relative error
+    below ``margin`` (a scale, weight or reciprocal rounded otherwise). A weight whose ``w0`` lies outside
+    that narrower cell, already that close to an edge, gets ``lo = hi = w0``: it stays where it is, so
+    under any such error its code is whatever the original's is.
+
     Cost: about ``2 · (bits of the dtype)`` quantizations of ``w0`` (64 for fp32), once.
     """
+    if not margin >= 0.0:
+        raise ValueError(f"`margin` must be a non-negative fraction of the edge, got {margin!r}.")
     scheme = get_scheme(scheme, block_size)
     pinned, lower, upper = scale_setters(w0, scheme)
     w0 = w0.detach().contiguous()
@@ -126,4 +137,19 @@ def quantization_cell(w0: Tensor, scheme: str | Scheme, block_size: int | None =
             bad = torch.where(open_ & ~ok, middle, bad)
         bounds.append(torch.where(pinned, w0, _value(good, w0.dtype)))
     hi, lo = bounds
-    return lo, hi
+    return _narrowed(w0, lo, hi, margin) if margin > 0 else (lo, hi)
+
+
+def _narrowed(w0: Tensor, lo: Tensor, hi: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """``[lo, hi]`` moved inward by ``margin · |edge|`` (at least the smallest normal), in fp64, each new
+    edge rounded to ``w0``'s dtype towards the inside; ``[w0, w0]`` where ``w0`` is not inside it."""
+    floor = torch.finfo(w0.dtype).tiny
+    target_lo = lo.double() + (lo.double().abs() * margin).clamp(min=floor)
+    target_hi = hi.double() - (hi.double().abs() * margin).clamp(min=floor)
+    inner_lo, inner_hi = target_lo.to(w0.dtype), target_hi.to(w0.dtype)
+    # Round to nearest may have stepped outward: one representable value inward where it did.
+    inner_lo = torch.where(inner_lo.double() < target_lo, _value(_key(inner_lo) + 1, w0.dtype), inner_lo)
+    inner_hi = torch.where(inner_hi.double() > target_hi, _value(_key(inner_hi) - 1, w0.dtype), inner_hi)
+    x0 = w0.double()
+    inside = (inner_lo.double() <= x0) & (x0 <= inner_hi.double())
+    return torch.where(inside, inner_lo, w0), torch.where(inside, inner_hi, w0)
