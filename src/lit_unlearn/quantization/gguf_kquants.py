@@ -85,7 +85,9 @@ def _make_qkx2_quants(x: Tensor, nmax: int, rmin: float, rdelta: float, nstep: i
     Returns ``(scale, the_min, L)``: ``(subblocks,)``, ``(subblocks,)`` (``-min >= 0``) and ``(32, subblocks)``.
     """
     sum_x2 = _seqsum(x * x)
-    av_x = torch.sqrt(sum_x2 / 32.0)
+    # sqrtf is correctly rounded; torch's fp32 sqrt is not always (1 ulp off seen on CPU). A float64 root
+    # rounded once to fp32 is the correctly rounded fp32 root (53 >= 2·24 + 2 bits).
+    av_x = torch.sqrt((sum_x2 / 32.0).double()).float()
     w = av_x + x.abs()
     lo = x.amin(dim=0).clamp(max=0.0)  # `if (min > 0) min = 0;`
     hi = x.amax(dim=0)
@@ -103,6 +105,11 @@ def _make_qkx2_quants(x: Tensor, nmax: int, rmin: float, rdelta: float, nstep: i
     best_error = _seqsum(w * (diff * diff))
     best_min = lo.clone()
     for step in range(nstep + 1):
+        # The C loop updates `min` when a grid wins, and later grids start from that min: `x - min`
+        # and `max - min` are recomputed every step.
+        if step:
+            xs = x - best_min
+            safe_span = torch.where(flat, torch.ones_like(span), hi - best_min)
         numerator = float(_F32(rmin) + _F32(rdelta) * _F32(step) + _F32(nmax))
         trial = _nearest_int(_rdiv(numerator, safe_span) * xs).clamp_(0, nmax)
         wl = w * trial
