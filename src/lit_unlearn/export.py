@@ -20,9 +20,17 @@ writes the merged model in full precision (the decoded base plus ``ΔW``) and, i
 base's format), the merge re-quantized as peft's 4-bit merge writes it
 (:func:`lit_unlearn.deployment.four_bit.requantize_merged_`).
 
+With ``gguf`` (``--gguf FORMAT``) the merged model is also written as one llama.cpp file,
+``<output_dir>/model.<format>.gguf`` (:func:`lit_unlearn.gguf_io.write_gguf`), in a GGUF type (``q4_1``,
+``q4_k``...), a K mixture (``q4_k_m``), ``f16``/``f32``, or ``base``: the format the base was stored in when
+it was a ``.gguf`` file (SmolLM2's ``q4_1``), the deployment whose grid the base already sits on. The
+survival report then covers that format. A base may itself be a ``.gguf`` file: its metadata (tokenizer,
+chat template, hyper-parameters) is copied into the exported file.
+
 Example::
 
     lit-unlearn export logs/adapter merged/ --quantize nf4
+    lit-unlearn export logs/adapter merged/ --gguf base         # a .gguf base, re-quantized to its own format
     lit-unlearn export logs/model merged/ --base world:target   # full-parameter unlearning
 """
 
@@ -45,10 +53,20 @@ from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import DeployedLayer, Deployment, deployed_layers
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
 from lit_unlearn.four_bit_base import FourBitBase, read_four_bit_base
+from lit_unlearn.gguf_io import (
+    GGUF_EXPORT_FORMATS,
+    GGUFBase,
+    gguf_base_of,
+    is_gguf,
+    load_causal_lm,
+    load_tokenizer,
+    read_gguf_base,
+    write_gguf,
+)
 from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, get_scheme
 from lit_unlearn.quantization.bnb_decode import cpu_deviation, cpu_has_avx512, keep_4bit_layout
 
-__all__ = ["QUANTIZE_CHOICES", "ExportReport", "export", "main"]
+__all__ = ["GGUF_EXPORT_FORMATS", "QUANTIZE_CHOICES", "ExportReport", "export", "main"]
 
 Quantize = Literal["none", "full", "nf4", "fp4", "int8"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -78,6 +96,9 @@ class ExportReport:
             :mod:`lit_unlearn.quantization.bnb_decode`). Empty for int8 and block-aligned models.
         base_quantization: The 4-bit format of a QLoRA adapter's base (``nf4``), else ``None``: ``W0`` is
             then the decoded 4-bit base and ``quantized_dir`` the merge re-quantized to that format.
+        gguf_file: The llama.cpp file written with ``gguf``, or ``None``.
+        gguf_format: Its format (``q4_1``; ``base`` resolved to the base's), or ``None``.
+        gguf_tensor_types: GGUF tensor name → the type it is stored in, in ``gguf_file``.
     """
 
     source: str
@@ -90,6 +111,9 @@ class ExportReport:
     worst: int = 5
     avx512_misdecoded: list[str] = field(default_factory=list)
     base_quantization: str | None = None
+    gguf_file: str | None = None
+    gguf_format: str | None = None
+    gguf_tensor_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def schemes(self) -> list[str]:
@@ -121,6 +145,9 @@ class ExportReport:
             "quantize": self.quantize,
             "avx512_misdecoded": list(self.avx512_misdecoded),
             "base_quantization": self.base_quantization,
+            "gguf_file": self.gguf_file,
+            "gguf_format": self.gguf_format,
+            "gguf_tensor_types": dict(self.gguf_tensor_types),
             "schemes": {
                 scheme: {
                     "total": {"layers": len(layers), **self.total(scheme).as_dict()},
@@ -149,6 +176,8 @@ class ExportReport:
                          f"`{self.quantized_dir}`.")
         elif self.quantized_dir is not None:
             lines.append(f"bitsandbytes {self.quantize} copy: `{self.quantized_dir}`.")
+        if self.gguf_file is not None:
+            lines.append(f"llama.cpp file ({self.gguf_format}): `{self.gguf_file}`.")
         if self.avx512_misdecoded:
             lines.append(_avx512_note(self.quantize, self.avx512_misdecoded))
         lines += ["", _table_header("scheme")]
@@ -273,10 +302,16 @@ def _resolve_inputs(adapter_or_model: str, base: str | None) -> tuple[Path, Lite
             "Pass the directory UnlearningModule.save_pretrained wrote."
         )
     resolved_base = resolve_path(base)
-    if _looks_local(resolved_base) and not Path(resolved_base).expanduser().is_dir():
+    if is_gguf(resolved_base):
+        if not Path(resolved_base).expanduser().is_file():
+            raise FileNotFoundError(
+                f"Base GGUF file {resolved_base!r} does not exist. Pass the .gguf the model was trained from with "
+                "`base` (`--base`)."
+            )
+    elif _looks_local(resolved_base) and not Path(resolved_base).expanduser().is_dir():
         raise FileNotFoundError(
             f"Base model directory {resolved_base!r} does not exist. Pass the base with `base` (`--base`): a "
-            "local model directory, a hub id, or world:target."
+            "local model directory, a .gguf file, a hub id, or world:target."
         )
     return source, kind, resolved_base
 
@@ -394,11 +429,16 @@ class _SafetensorsWeights:
         return self._handles[path].get_tensor(key)
 
 
+def _gguf_weights(base: str) -> dict[str, torch.Tensor]:
+    """A ``.gguf`` base's weights, dequantized: a GGUF file has no per-tensor reads in transformers' names."""
+    return {key: value.detach() for key, value in load_causal_lm(base).state_dict().items()}
+
+
 @torch.no_grad()
 def _full_statistics(
     model: nn.Module, base: str, schemes: list[Scheme], progress: bool
 ) -> dict[str, dict[str, SurvivalStats]]:
-    base_weights = _SafetensorsWeights(base)
+    base_weights = _gguf_weights(base) if is_gguf(base) else _SafetensorsWeights(base)
     layers: dict[str, dict[str, SurvivalStats]] = {scheme.name: {} for scheme in schemes}
     deployed = deployed_layers(model)
     for layer in tqdm(deployed, desc="Survival statistics", unit="layer", disable=not progress):
@@ -417,12 +457,10 @@ def _full_statistics(
 
 # ---------------------------------------------------------------------- loading and saving
 def _load_tokenizer(source: Path, base: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
     # UnlearningModule saves the tokenizer next to the adapter; an adapter saved without one uses the base's.
     has_own = (source / "tokenizer_config.json").is_file()
     path = str(source) if has_own else base
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
 def _bitsandbytes_config(quantize: str, dtype: torch.dtype) -> Any:
@@ -473,6 +511,7 @@ def export(
     overwrite: bool = False,
     trust_remote_code: bool = False,
     progress: bool = True,
+    gguf: str | None = None,
 ) -> ExportReport:
     """Merge an adapter into its base (or take a full model), save it for deployment, report what 4-bit keeps.
 
@@ -500,6 +539,9 @@ def export(
         overwrite: Write into a non-empty ``output_dir``.
         trust_remote_code: Passed to ``from_pretrained``; off unless you trust the model's code.
         progress: Show tqdm progress bars.
+        gguf: Also write ``output_dir/model.<format>.gguf`` for llama.cpp: one of
+            :data:`GGUF_EXPORT_FORMATS` (``q4_1``, ``q4_k_m``, ``f16``, ...; ``base`` = the format of the
+            ``.gguf`` the base was loaded from). Its scheme is added to ``schemes``. Llama models only.
 
     Returns:
         The :class:`ExportReport` that ``survival.json`` holds.
@@ -507,8 +549,9 @@ def export(
     Raises:
         FileNotFoundError: if the adapter/model or a local base directory does not exist.
         FileExistsError: if ``output_dir`` is not empty and ``overwrite`` is off.
-        ValueError: for an unknown ``quantize``, ``dtype`` or scheme, a full model without ``base``, or a
-            base whose weights do not match. All argument checks run before any model is loaded.
+        ValueError: for an unknown ``quantize``, ``dtype``, ``gguf`` or scheme, ``gguf="base"`` for a base that
+            was no ``.gguf`` file, a full model without ``base``, or a base whose weights do not match. All
+            argument checks run before any model is loaded.
         RuntimeError: if bitsandbytes cannot serialise the quantized copy on this machine; the merged
             model is complete by then.
 
@@ -536,7 +579,10 @@ def export(
                 "model at load time if you want another format."
             )
         quantize = four_bit.quant_type
+    gguf_base = _recorded_gguf_base(source, base_path)
+    gguf_format = _check_gguf(gguf, gguf_base)
     schemes = _check_schemes(schemes, quantize)
+    schemes += [s for s in _gguf_schemes(gguf_format) if s.name not in {t.name for t in schemes}]
     out = _prepare_output(output_dir, source, overwrite)
 
     load_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -554,12 +600,18 @@ def export(
     tokenizer.save_pretrained(out)
     model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     misdecoded = _avx512_misdecoded(model, quantize)
+    gguf_file, gguf_types = None, {}
+    if gguf_format is not None:
+        gguf_file = out / f"model.{gguf_format}.gguf"
+        gguf_types = write_gguf(model, tokenizer, gguf_file, gguf_format, base=gguf_base_of(model) or gguf_base)
     del model  # the quantized copy is loaded from disk; two models never share memory
 
     report = ExportReport(
         source=str(adapter_or_model), base=str(base or base_path), kind=kind, output_dir=str(out),
         quantized_dir=None, quantize="none", layers=layers, worst=worst,
         base_quantization=None if four_bit is None else four_bit.quant_type,
+        gguf_file=None if gguf_file is None else str(gguf_file), gguf_format=gguf_format,
+        gguf_tensor_types=gguf_types,
     )
     # Written before quantizing, so a failed bitsandbytes save still leaves a complete, documented export.
     report.write(out)
@@ -580,13 +632,56 @@ def export(
     return report
 
 
+def _recorded_gguf_base(source: Path, base: str) -> GGUFBase | None:
+    """The GGUF file the exported model started from: the ``.gguf`` base, else the one recorded beside it."""
+    if is_gguf(base):
+        return GGUFBase.from_file(Path(base).expanduser())
+    # Beside an adapter or model whose base was a .gguf: its format and types (the file may be elsewhere now).
+    return read_gguf_base(source)
+
+
+def _check_gguf(gguf: str | None, base: GGUFBase | None) -> str | None:
+    """``gguf`` checked, with ``base`` resolved to the base's recorded format; ``None`` when not asked for."""
+    if gguf is None:
+        return None
+    _check_choice("gguf", gguf, GGUF_EXPORT_FORMATS)
+    if gguf == "base":
+        if base is None:
+            raise ValueError(
+                "`gguf`='base' writes the format the base was stored in, but the base was not loaded from a .gguf "
+                "file (no .gguf `base` and no base_gguf.json beside the adapter or model). Name a format instead, "
+                f"one of {', '.join(map(repr, GGUF_EXPORT_FORMATS[:-1]))}."
+            )
+        if base.format not in GGUF_EXPORT_FORMATS:
+            raise ValueError(
+                f"The base {base.path!r} is stored as {base.format!r}, which GGUF export does not write; choose "
+                f"one of {', '.join(map(repr, GGUF_EXPORT_FORMATS[:-1]))}."
+            )
+        return base.format
+    if gguf not in ("f32", "f16"):
+        try:
+            from lit_unlearn.quantization import gguf_bytes  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                f"`gguf`={gguf!r} needs lit_unlearn.quantization.gguf_bytes (ggml's block encoder), which this "
+                "installation lacks; export 'f16' or 'f32' and quantize with llama.cpp's llama-quantize."
+            ) from error
+    return gguf
+
+
+def _gguf_schemes(fmt: str | None) -> list[Scheme]:
+    """The survival-report scheme of a GGUF format: its own when the registry has it (``f16`` is ``fp16``)."""
+    if fmt is None or fmt == "f32":
+        return []
+    name = {"f16": "fp16"}.get(fmt, fmt)
+    return [get_scheme(name)] if name in SCHEMES else []
+
+
 def _load_lora(
     source: Path, base: str, dtype: Any, schemes: list[Scheme], trust_remote_code: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
     """The base with the adapter merged, and the statistics of each adapted layer taken before the merge."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
     peft_model = load_adapter(model, source).eval()
     layers = _lora_statistics(peft_model, schemes, progress)
     return merge_adapter(peft_model, progress), layers
@@ -626,9 +721,7 @@ def _load_full(
     source: Path, base: str, dtype: Any, schemes: list[Scheme], trust_remote_code: bool, progress: bool
 ) -> tuple[nn.Module, dict[str, dict[str, SurvivalStats]]]:
     """The full-parameter model, and the statistics of each of its linear layers against ``base``."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(source, dtype=dtype, trust_remote_code=trust_remote_code)
     return model, _full_statistics(model, base, schemes, progress)
 
 
@@ -654,6 +747,11 @@ def _parser() -> argparse.ArgumentParser:
         "--schemes", nargs="+", default=list(DEFAULT_SCHEMES), metavar="SCHEME",
         help=f"schemes to report (default: {' '.join(DEFAULT_SCHEMES)}); any of {', '.join(SCHEMES)}",
     )
+    parser.add_argument(
+        "--gguf", default=None, choices=GGUF_EXPORT_FORMATS, metavar="FORMAT",
+        help="also write OUTPUT_DIR/model.FORMAT.gguf for llama.cpp: " + ", ".join(GGUF_EXPORT_FORMATS)
+        + " (base = the format of the .gguf the base was loaded from)",
+    )
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="saved dtype (default: auto)")
     parser.add_argument("--worst", type=int, default=5, help="worst layers listed per scheme (default: 5)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUTPUT_DIR")
@@ -670,11 +768,13 @@ def main(argv: Sequence[str] | None = None) -> ExportReport:
         report = export(
             args.adapter_or_model, args.output_dir, base=args.base, quantize=args.quantize,
             schemes=args.schemes, dtype=args.dtype, worst=args.worst, overwrite=args.overwrite,
-            trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+            trust_remote_code=args.trust_remote_code, progress=not args.no_progress, gguf=args.gguf,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         parser.error(str(err))
     print(report.to_markdown())
     copy = f"; {report.quantize} copy: {report.quantized_dir}" if report.quantized_dir else ""
     print(f"Merged model: {report.output_dir}{copy}")
+    if report.gguf_file is not None:
+        print(f"llama.cpp file: {report.gguf_file}")
     return report

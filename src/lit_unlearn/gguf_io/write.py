@@ -12,7 +12,8 @@ from the model in memory:
   requested format, encoded in ggml's block layout by :func:`lit_unlearn.quantization.gguf_bytes`;
   the token embedding and the untied output head in the type the base stored them in when the base was a
   ``.gguf``, else in f16 (f32 for an f32 export): the deployment lit-unlearn measures quantizes the
-  decoder's linear layers, not the embedding and head.
+  decoder's linear layers, not the embedding and head. The mixtures ``q4_k_m``/``q5_k_m`` take
+  llama-quantize's type for every tensor (:func:`lit_unlearn.quantization.gguf_tensor_types`).
 * Metadata: when the base was a ``.gguf`` file, its key/value metadata (architecture, hyper-parameters,
   tokenizer, chat template) is copied from that file and only the tensor data is replaced; otherwise the
   Llama hyper-parameters come from the config and a byte-level BPE tokenizer (``tokenizer.ggml.model =
@@ -122,13 +123,14 @@ def gguf_tensor_plan(
     Raises:
         ValueError: if a decoder weight's rows do not hold whole blocks of ``fmt``.
     """
-    linear = {name: shape for name, shape in shapes.items() if _is_decoder_linear(name)}
     if fmt in _MIXTURES:
         from lit_unlearn.quantization import gguf_tensor_types
 
-        plan = dict(gguf_tensor_types(linear, fmt))
-    else:
-        plan = {name: fmt for name in linear}
+        # llama-quantize's own choice for every tensor, embedding and head included (its F16 is "fp16").
+        n_blocks = 1 + max(int(name.split(".")[1]) for name in shapes if name.startswith("blk."))
+        types = gguf_tensor_types(list(shapes.items()), fmt, n_blocks)
+        return {name: "f16" if kind == "fp16" else kind for name, kind in types.items()}
+    plan = {name: fmt for name in shapes if _is_decoder_linear(name)}
     for name, shape in shapes.items():
         if name in plan:
             continue
