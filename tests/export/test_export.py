@@ -73,9 +73,10 @@ def test_survival_json_and_markdown(adapter, tmp_path):
     assert saved == json.loads(json.dumps(report.as_dict()))
     assert set(saved) == {
         "source", "base", "kind", "output_dir", "quantized_dir", "quantize", "avx512_misdecoded", "base_quantization",
-        "schemes",
+        "schemes", "gguf_file", "gguf_format", "gguf_tensor_types",
     }
     assert saved["avx512_misdecoded"] == [], "no 4-bit copy was written"
+    assert saved["gguf_file"] is None and saved["gguf_tensor_types"] == {}, "no .gguf was asked for"
     assert saved["kind"] == "lora" and saved["quantized_dir"] is None
     assert list(saved["schemes"]) == ["nf4", "int8"]
     for scheme in saved["schemes"].values():
