@@ -181,3 +181,46 @@ def test_cpu_repacking_is_switched_off_and_a_repacked_weight_is_refused(base_dir
         dequantize_params4bit(weight)
     with pytest.raises(ValueError, match="model.layers.0.self_attn.q_proj.*already repacked"):
         keep_4bit_layout(other)
+
+
+def _codes(weight):
+    flat = weight.data.reshape(-1)
+    return torch.stack([flat >> 4, flat & 15], dim=1).reshape(-1)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_double_quant_base_reads_no_change_without_an_update(base_dir, quant_type):
+    """Re-quantizing draws fresh nested (8-bit) scales: the original must be deployed that way too, or a
+    zero update reads as most weights changed. Through the survival check's weight statistics and the
+    deployed weights the functional check runs."""
+    scheme = get_scheme(quant_type)
+    model = _qlora(base_dir, quant_type, double_quant=True, scale=0.0)  # lora_B = 0: ΔW = 0
+    layers = select_linear_layers(model, None)
+    prepare_references(layers, [scheme], {})
+    adapted = [layer for layer in layers if layer.lora is not None]
+    assert len(adapted) == 6 and all(layer.linear.weight.quant_state.nested for layer in adapted)
+    for layer in adapted:
+        stats = layer.survival([scheme])[quant_type]
+        assert stats.delta_norm == 0.0 and stats.changed == 0.0, layer.name
+        assert stats.qdelta_norm == 0.0 and stats.retained == 0.0 and stats.cosine == 0.0, layer.name
+        current, original = layer.weight(scheme), layer.weight(scheme, original=True)
+        assert torch.equal(current, original), f"{layer.name}: {(current != original).float().mean():.0%} differ"
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_double_quant_statistics_are_those_of_peft_merges(base_dir, quant_type):
+    """With an update, changed and ||dQ|| equal what two peft merges give: the adapter's and a zero one's."""
+    scheme = get_scheme(quant_type)
+    model = _qlora(base_dir, quant_type, double_quant=True, scale=0.05)
+    layers = select_linear_layers(model, None)
+    prepare_references(layers, [scheme], {})
+    stats = {layer.name: layer.survival([scheme])[quant_type] for layer in layers if layer.lora is not None}
+    merged = _peft_merged(_qlora(base_dir, quant_type, double_quant=True, scale=0.05))
+    zero = _peft_merged(_qlora(base_dir, quant_type, double_quant=True, scale=0.0))
+    for name, s in stats.items():
+        ours, base = merged.get_submodule(name).weight, zero.get_submodule(name).weight
+        changed = (_codes(ours) != _codes(base)).float().mean().item()
+        qdelta = (dequantize_params4bit(ours) - dequantize_params4bit(base)).norm().item()
+        assert s.changed == pytest.approx(changed, abs=1e-12), name
+        assert s.qdelta_norm == pytest.approx(qdelta, rel=1e-5), name
+        assert s.changed > 0.01, name

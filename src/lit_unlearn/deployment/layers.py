@@ -51,6 +51,7 @@ from lit_unlearn.quantization.bnb_decode import (
     params4bit_format,
     requantized_like,
 )
+from lit_unlearn.quantization.double_quant import double_quant_survival
 from lit_unlearn.quantization.merge import merge
 from lit_unlearn.sharding import (
     all_reduce_sums,
@@ -132,6 +133,12 @@ class DeployedLayer:
     def _is_base_format(self, scheme: Scheme) -> bool:
         return self.base_format is not None and scheme == self.base_format
 
+    def _double_quant_merge(self, scheme: Scheme | None) -> bool:
+        """Whether the deployment re-quantizes this layer with fresh nested scales (a LoRA merge into a
+        double-quantized base, in its own format): then ``Q(W0)`` is ``W0`` re-quantized the same way."""
+        return (self.lora is not None and self.quantized and scheme is not None and self._is_base_format(scheme)
+                and self.linear.weight.quant_state.nested)
+
     @property
     def forward_module(self) -> nn.Module:
         """The module whose call computes this layer: the LoRA wrapper if any, else the linear layer."""
@@ -183,6 +190,8 @@ class DeployedLayer:
         ``Q(W0)`` decodes the cached codes when there are any (equal to ``fake_quantize(W0)`` exactly).
         """
         if original:
+            if self._double_quant_merge(scheme):
+                return requantized_like(self.w0(), self.linear.weight)
             if scheme is None or not self.quantized or self._is_base_format(scheme):
                 return self.w0()
             cached = self.reference_codes.get(scheme.name)
@@ -192,9 +201,9 @@ class DeployedLayer:
         if self.lora is None and self._is_base_format(scheme):
             return self.w0()  # a 4-bit base without an adapter is deployed as stored
         merged = self.merged()
-        if self._is_base_format(scheme) and self.quantized and self.linear.weight.quant_state.nested:
-            # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself
-            # (the same on every device), as peft's merge re-quantizes, and decoded.
+        if self._double_quant_merge(scheme):
+            # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself,
+            # as peft's merge re-quantizes, and decoded.
             return requantized_like(merged, self.linear.weight)
         return merged if scheme is None or not self.quantized else fake_quantize(merged, scheme)
 
@@ -255,7 +264,9 @@ class DeployedLayer:
             # in that dtype, so the streamed merge rounds to it exactly as peft's sum does.
             delta = self.delta(buffer)
             w0 = self.w0().to(torch.promote_types(self.linear.weight.quant_state.dtype, delta.dtype))
-            return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
+            # Fresh nested scales on both sides (see quantization.double_quant), never against the stored base.
+            return {s.name: double_quant_survival(w0, w0 + delta, s.name, s.block_size) if self._double_quant_merge(s)
+                    else survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
         if self.lora is not None:
             w0, delta = self.linear.weight.detach(), self.delta(buffer)
             return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}

@@ -62,6 +62,7 @@ from lit_unlearn.quantization.bnb4 import NF4_LEVELS
 
 __all__ = [
     "CPU_DECODERS",
+    "block_scales",
     "cpu_decoder",
     "cpu_deviation",
     "cpu_has_avx512",
@@ -179,16 +180,22 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> T
             "holds the weight a GPU deployment loads. Call `lit_unlearn.quantization.bnb_decode."
             "keep_4bit_layout(model)` before the model's first forward (UnlearningModule and the callbacks do)."
         )
+    return dequantize_4bit_as_cuda(
+        weight.data, block_scales(state), state.quant_type, int(state.blocksize), tuple(state.shape),
+        state.dtype if dtype is None else dtype,
+    )
+
+
+def block_scales(state: object) -> Tensor:
+    """fp32 ``(blocks,)``: the absmax of each block a bitsandbytes ``QuantState`` decodes with; nested
+    (double-quantized) scales decoded to ``code2[q] * absmax2[i // blocksize2] + offset``."""
     absmax = state.absmax
     if state.nested:
         inner = state.state2
         index = torch.arange(absmax.numel(), device=absmax.device) // int(inner.blocksize)
         absmax = inner.code.to(absmax.device).float()[absmax.reshape(-1).long()] * inner.absmax.float()[index]
         absmax = absmax + state.offset.float()
-    return dequantize_4bit_as_cuda(
-        weight.data, absmax, state.quant_type, int(state.blocksize), tuple(state.shape),
-        state.dtype if dtype is None else dtype,
-    )
+    return absmax.float().reshape(-1)
 
 
 @torch.no_grad()
