@@ -4,7 +4,10 @@ What only a GPU can show, measured in one run and written to ``benchmarks/result
 
 1. **Quantization, real vs fake.** bitsandbytes' nf4/fp4 (``quantize_4bit``, decoded by its CUDA kernel)
    and LLM.int8 (``int8_vectorwise_quant``) against lit-unlearn's fake quantization: codes, scales and
-   dequantized values, bit for bit, on random weights and on every linear layer of the toy world's target.
+   dequantized values, bit for bit, on random weights and on every linear layer of the toy world's target;
+   and fp4/nf4 codes on weights at every pivot of ``dQuantizeFP4``/``dQuantizeNF4`` (and an ulp either
+   side), at ``±0`` and tiny values, where bitsandbytes' CPU path stores other fp4 codes than its CUDA
+   kernel (``docs/bitsandbytes-cpu.md``): on a GPU lit-unlearn must equal the kernel there too.
 2. **Evaluation, real vs fake.** The toy world's target evaluated MUSE-style through real bitsandbytes
    kernels (``quantizer="bitsandbytes"``: the merged model reloaded with ``BitsAndBytesConfig``) and
    through the fake path, metrics side by side, at int8, nf4 and fp4.
@@ -48,6 +51,27 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- 1. quantization
+# dQuantizeFP4's magnitude pivots; within _PIVOT_BAND of one, or below the first, bitsandbytes' CPU fp4
+# may store another code than its CUDA kernel (and lit-unlearn).
+_FP4_PIVOTS = (0.00260417, 0.0859375, 0.20833333, 0.29166667, 0.4166667, 0.583333, 0.8333333)
+_PIVOT_BAND = 1e-6
+
+
+def _codes(packed: torch.Tensor, n: int) -> torch.Tensor:
+    flat = packed.reshape(-1)
+    return torch.stack([flat >> 4, flat & 15], dim=1).reshape(-1)[:n]
+
+
+def _fp4_agreed(weight: torch.Tensor) -> torch.Tensor:
+    """Where bitsandbytes' CPU fp4 and its CUDA kernel store the same code (block 64)."""
+    flat = weight.reshape(-1).float()
+    pad = (-flat.numel()) % 64
+    blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 64)
+    x = (blocks / blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-38)).reshape(-1)[: flat.numel()].abs()
+    pivots = torch.tensor(_FP4_PIVOTS, device=x.device)
+    return ((x[:, None] - pivots).abs().amin(dim=1) > _PIVOT_BAND) & (x > pivots[0] + _PIVOT_BAND)
+
+
 def _compare_weight(weight: torch.Tensor) -> dict[str, bool]:
     """Real bitsandbytes against fake quantization of one weight, per format: codes, scales, values."""
     import bitsandbytes.functional as F
@@ -66,10 +90,14 @@ def _compare_weight(weight: torch.Tensor) -> dict[str, bool]:
             real = dequantize_4bit_as_cuda(packed, state.absmax, quant_type, 64, weight.shape, weight.dtype)
         q = quantize(weight, quant_type, 64)
         ours_packed, ours_absmax = q.to_bitsandbytes()
-        out[f"{quant_type}_codes"] = bool(torch.equal(ours_packed.to(packed.device), packed))
-        out[f"{quant_type}_scales"] = bool(torch.equal(_bits(ours_absmax.to(state.absmax.device)), _bits(state.absmax)))
         values = dequantize(q).to(real.device)
-        out[f"{quant_type}_values"] = bool(torch.equal(_bits(values), _bits(real)))  # fp4's -0.0 included
+        # A CPU's fp4 is not the GPU's on the smallest weights and next to pivots: compared elsewhere only.
+        agreed = _fp4_agreed(weight) if quant_type == "fp4" and not weight.is_cuda else slice(None)
+        ours_codes, real_codes = _codes(ours_packed.to(packed.device), weight.numel()), _codes(packed, weight.numel())
+        out[f"{quant_type}_codes"] = bool(torch.equal(ours_codes[agreed], real_codes[agreed]))
+        out[f"{quant_type}_scales"] = bool(torch.equal(_bits(ours_absmax.to(state.absmax.device)), _bits(state.absmax)))
+        ours_values, real_values = values.reshape(-1)[agreed], real.reshape(-1)[agreed]
+        out[f"{quant_type}_values"] = bool(torch.equal(_bits(ours_values), _bits(real_values)))  # fp4's -0.0 included
     half = weight.to(torch.float16)
     cb, scb, _ = F.int8_vectorwise_quant(half)
     q = quantize(half, "int8")
@@ -78,6 +106,37 @@ def _compare_weight(weight: torch.Tensor) -> dict[str, bool]:
     out["int8_scales"] = bool(torch.equal(_bits(ours_scb.to(scb.device)), _bits(scb)))
     real = F.int8_vectorwise_dequant(cb, scb).to(torch.float16)
     out["int8_values"] = bool(torch.equal(_bits(dequantize(q).to(real.device)), _bits(real)))
+    return out
+
+
+def check_pivots() -> dict[str, Any]:
+    """Codes of bitsandbytes' quantizer on this device against lit-unlearn's, on weights at every pivot of
+    its CUDA kernels, one ulp either side, ±0 and tiny values (blocks of absmax 1, so ``x`` is ``w``).
+    On a GPU every code must agree; on a CPU the fp4 count is bitsandbytes' CPU difference, reported."""
+    import bitsandbytes.functional as F
+
+    from lit_unlearn.quantization import quantize
+    from lit_unlearn.quantization.bnb4 import levels_for
+
+    device = _device()
+    out: dict[str, Any] = {"device": device.type}
+    for quant_type in ("nf4", "fp4"):
+        edges = levels_for(quant_type, "cpu").midpoints
+        pivots = torch.tensor(_FP4_PIVOTS) if quant_type == "fp4" else edges
+        pivots = torch.cat([pivots, -pivots]) if quant_type == "fp4" else pivots
+        points = torch.cat([pivots, edges])
+        values = torch.cat([points, torch.nextafter(points, points + 1), torch.nextafter(points, points - 1),
+                            torch.tensor([0.0, -0.0, 1e-4, -1e-4, 1e-30, -1e-30, 1e-40, -1e-40])])
+        body = torch.zeros(-(values.numel() // -63) * 63)
+        body[: values.numel()] = values
+        blocks = torch.cat([torch.ones(body.numel() // 63, 1), body.view(-1, 63)], dim=1)
+        weight = blocks.reshape(-1).to(device)
+        packed, _ = F.quantize_4bit(weight, blocksize=64, quant_type=quant_type)
+        ours, _ = quantize(weight, quant_type, 64).to_bitsandbytes()
+        differ = int((_codes(ours.to(packed.device), weight.numel()) != _codes(packed, weight.numel())).sum())
+        out[quant_type] = {"weights": weight.numel(), "codes_differ": differ}
+    out["failures"] = [f"{qt}: {out[qt]['codes_differ']} codes" for qt in ("nf4", "fp4")
+                       if out[qt]["codes_differ"] and (device.type == "cuda" or qt == "nf4")]
     return out
 
 
@@ -270,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["bitsandbytes"] = bitsandbytes.__version__
     shapes = [(64, 96), (256, 512)] if args.smoke else [(64, 96), (4096, 4096), (11008, 4096)]
     report["quantization"] = check_quantization(world, shapes)
+    report["pivots"] = check_pivots()
     report["evaluation"] = check_evaluation(world, tokenizer, EvalData.load("world:data"), args.smoke)
     del world
     if args.smoke:
@@ -304,6 +364,13 @@ def _markdown(r: dict[str, Any]) -> str:
         f"1. Quantization, real bitsandbytes vs fake: {q['checks']} checks on {q['cases']} weights, "
         + ("**all bit-identical**." if not q["failures"] else f"**{len(q['failures'])} differ**: {q['failures'][:5]}"),
     ]
+    p = r["pivots"]
+    lines.append(
+        f"   At the kernels' pivots ±1 ulp, ±0 and tiny values ({p['device']} quantizer): nf4 "
+        f"{p['nf4']['codes_differ']} of {p['nf4']['weights']} codes differ, fp4 {p['fp4']['codes_differ']} of "
+        f"{p['fp4']['weights']}" + ("" if p["device"] == "cuda" else " (bitsandbytes' CPU rule, not a GPU's)")
+        + (f"; **failures**: {p['failures']}." if p["failures"] else ".")
+    )
     if e["run"]:
         lines += ["2. Evaluation on the toy world's target, bitsandbytes vs fake:", "",
                   "| precision | quantizer | VerbMem | KnowMem | PrivLeak |", "|---|---|---:|---:|---:|"]
