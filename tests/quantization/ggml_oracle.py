@@ -53,3 +53,33 @@ def ggml_quantize(weight: np.ndarray, name: str) -> np.ndarray:
     written = lib.ggml_quantize_chunk(ggml_type, x.ctypes.data, out.ctypes.data, 0, rows, row_len, None)
     assert written == out.size, (written, out.size)
     return out
+
+
+_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
+
+
+def llama_quantize(source: Path, target: Path, mixture: str) -> dict[str, str]:
+    """``llama-quantize source target Q4_K_M`` through llama.cpp's own ``llama_model_quantize`` (default
+    parameters, one thread, no importance matrix); returns each tensor's stored type as ``gguf`` reads it
+    back, lower case (``"q6_k"``, ``"f16"``, ``"f32"``)."""
+    import gguf
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _FTYPES[mixture])
+    params.nthread = 1
+    _quiet_llama_log()
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        raise RuntimeError(f"llama_model_quantize({source}, {mixture}) returned {status}.")
+    return {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(target).tensors}
+
+
+@functools.cache
+def _quiet_llama_log() -> ctypes.CFUNCTYPE:
+    # llama.cpp prints a line per tensor; the callback must outlive every call, hence the cache.
+    import llama_cpp
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(lambda level, text, data: None)
+    llama_cpp.llama_log_set(callback, None)
+    return callback
