@@ -87,11 +87,14 @@ def test_output_directory_that_cannot_be_written(tmp_path, tiny_model_dir):
     assert module.model is None, "caught before the model is loaded"
 
 
-def test_block_size_that_does_not_divide_a_layer(tmp_path):
-    from lit_unlearn.quantization import quantize
+def test_block_size_that_does_not_divide_a_layer_takes_the_largest_divisor_below_it(tmp_path):
+    # Not an error any more: a real model's rows (SmolLM2's 576) must deploy under one config.
+    from lit_unlearn.quantization import fake_quantize, quantize
 
-    with pytest.raises(ValueError, match=r"`block_size`=48 does not divide the last dimension 100.*block_size=-1"):
-        quantize(torch.randn(16, 100), "int4", block_size=48)
+    w = torch.randn(16, 100)
+    q = quantize(w, "int4", block_size=48)
+    assert q.scheme.block_size == 25 and q.scales.shape == (16, 4)
+    assert torch.equal(q.dequantize(), fake_quantize(w, "int4", block_size=25))
 
 
 def test_non_finite_loss_and_missing_last_checkpoint_have_their_own_tests():

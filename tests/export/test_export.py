@@ -215,14 +215,19 @@ def test_adapter_without_base_and_missing_base(adapter, tmp_path):
         export(str(source), str(tmp_path / "out"), base="/no/such/base")
 
 
-def test_scheme_that_does_not_fit_a_layer_is_named(adapter, tmp_path):
-    # Groups of 24 do not divide the tiny model's rows of 32 (rows shorter than a group are one group).
+def test_a_group_that_does_not_divide_a_layer_takes_the_largest_divisor_below_it(tiny_model_dir, adapter, tmp_path):
+    # Groups of 24 do not divide the tiny model's rows of 32: each layer is measured at group 16 instead.
+    from transformers import AutoModelForCausalLM
+
     from lit_unlearn.quantization import get_scheme
 
-    match = r"'int4'.*layer 'model.layers.0.self_attn.q_proj'.*Drop it from `schemes`"
-    with pytest.raises(ValueError, match=match):
-        export(adapter[0], str(tmp_path / "out"), schemes=[get_scheme("int4", block_size=24)], progress=False)
-    assert not (tmp_path / "out").exists()
+    report = export(adapter[0], str(tmp_path / "out"), schemes=[get_scheme("int4", block_size=24)], progress=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    name = "model.layers.0.self_attn.q_proj"
+    w0, w1 = base.get_submodule(name).weight, merged.get_submodule(name).weight
+    assert report.layers["int4"][name] == survival_stats(w0, w1, "int4", block_size=16)
+    assert report.layers["int4"][name] != survival_stats(w0, w1, "int4", block_size=-1)
 
 
 def test_non_empty_output_dir_needs_overwrite(adapter, tmp_path):

@@ -81,11 +81,20 @@ def test_output_embeddings_skipped_whatever_their_name():
     assert quantize_model_(net, "fp4") == ["body"]
 
 
-def test_bad_scheme_or_shape_fails_before_touching_the_model():
+def test_bad_scheme_fails_before_touching_the_model():
     model = nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 200), nn.Linear(200, 8))
     before = [m.weight.detach().clone() for m in model]
     with pytest.raises(ValueError, match="Choose one of"):
         quantize_model_(model, "nf3")
-    with pytest.raises(ValueError, match="does not divide the last dimension 200"):
-        quantize_model_(model, "int4")  # the first two layers fit group 128, the last does not
     assert all(torch.equal(m.weight, w) for m, w in zip(model, before))
+
+
+def test_a_group_that_does_not_divide_a_row_takes_the_largest_divisor_below_it():
+    model = nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 200), nn.Linear(200, 8))
+    before = [m.weight.detach().clone() for m in model]
+    assert quantize_model_(model, "int4") == ["0", "1", "2"]
+    # 256 columns: group 128 as asked; 64: one group (shorter than 128); 200: group 100, not a raise.
+    assert torch.equal(model[0].weight, fake_quantize(before[0], "int4", block_size=128))
+    assert torch.equal(model[1].weight, fake_quantize(before[1], "int4", block_size=64))
+    assert torch.equal(model[2].weight, fake_quantize(before[2], "int4", block_size=100))
+    assert not torch.equal(model[2].weight, fake_quantize(before[2], "int4", block_size=-1))

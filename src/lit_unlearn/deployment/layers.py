@@ -10,7 +10,10 @@ weight through :class:`DeployedLayer`:
   the frozen weight itself (``"frozen"``, which has no update);
 * where ``ΔW`` comes from: ``scaling · B @ A`` (:func:`lit_unlearn.adapters.lora_delta`), or ``W − W0``;
 * the one merge, :func:`merge`: ``W0 + ΔW`` rounded once to the base's dtype, as peft merges;
-* ``Q(W0)`` cached per scheme, and the deployed weight per scheme (:meth:`DeployedLayer.weight`).
+* ``Q(W0)`` cached per scheme, and the deployed weight per scheme (:meth:`DeployedLayer.weight`);
+* the format it is deployed in under a scheme (:meth:`DeployedLayer.scheme_for`): a GGUF mixture's type
+  for this tensor (llama.cpp's rule, from every linear layer's name and shape), a GGUF or round-to-nearest
+  scheme fitted to its rows (:func:`~lit_unlearn.quantization.fit_scheme`), resolved once per scheme.
 
 A LoRA layer over a bitsandbytes 4-bit base (QLoRA: ``Linear4bit``, ``base_format`` set) deploys along
 peft's 4-bit merge: ``W0`` is the dequantized base (as the CUDA kernel decodes it), the merged weight is
@@ -39,6 +42,7 @@ from lit_unlearn.quantization import (
     SurvivalStats,
     default_filter,
     fake_quantize,
+    fit_scheme,
     get_scheme,
     quantize,
     survival_stats,
@@ -52,6 +56,7 @@ from lit_unlearn.quantization.bnb_decode import (
     requantized_like,
 )
 from lit_unlearn.quantization.double_quant import double_quant_survival
+from lit_unlearn.quantization.gguf_mixture import hf_tensor_types
 from lit_unlearn.quantization.merge import merge
 from lit_unlearn.sharding import (
     all_reduce_sums,
@@ -64,6 +69,7 @@ from lit_unlearn.sharding import (
 
 __all__ = [
     "DeployedLayer",
+    "MixtureTypes",
     "Modules",
     "Source",
     "deployed_layers",
@@ -93,6 +99,25 @@ def output_head(model: nn.Module) -> nn.Module | None:
     return getattr(head, "base_layer", head)
 
 
+class MixtureTypes:
+    """llama.cpp's type for each linear layer of one model under a GGUF mixture, computed on first use.
+
+    ``shapes`` maps every linear layer's deployed name to its weight's shape: the rule counts the model's
+    ``attn_v`` tensors and layers, so the table is one per model, not per layer.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.shapes = {f"{name}.weight": shape for name, shape in shapes.items()}
+        self._tables: dict[str, dict[str, str]] = {}
+
+    def type_of(self, mixture: str, name: str) -> str | None:
+        """The GGUF type of layer ``name`` (``"q6_k"``, ``"q5_0"``, ``"fp16"``), or ``None`` for a name
+        that is not a Llama tensor llama.cpp knows (it then gets the mixture's base type)."""
+        if mixture not in self._tables:
+            self._tables[mixture] = hf_tensor_types(self.shapes, mixture)
+        return self._tables[mixture].get(f"{name}.weight")
+
+
 @dataclass
 class DeployedLayer:
     """One linear layer of the deployed model.
@@ -108,6 +133,8 @@ class DeployedLayer:
         base_format: The 4-bit format a bitsandbytes ``Linear4bit`` base is stored in (QLoRA), else ``None``.
         mesh: The device mesh of a weight sharded by FSDP2 (``ModelParallelStrategy``), once
             :meth:`cache_references` saw it; a snapshot then holds only this rank's rows.
+        mixtures: The table of GGUF mixture types shared by the layers of one model (``None``: the layer
+            alone, whose mixtures resolve to their base type).
     """
 
     name: str
@@ -119,6 +146,22 @@ class DeployedLayer:
     reference_codes: dict[str, QuantizedTensor] = field(default_factory=dict)
     base_format: Scheme | None = None
     mesh: object = None
+    mixtures: MixtureTypes | None = field(default=None, repr=False)
+    _resolved: dict[Scheme, Scheme] = field(default_factory=dict, init=False, repr=False)
+
+    def scheme_for(self, scheme: Scheme) -> Scheme:
+        """The format this layer is deployed in under ``scheme``: for ``q4_k_m``/``q5_k_m`` the type
+        llama-quantize gives this tensor (``v_proj``/``down_proj`` of some layers ``q6_k``, rows no
+        super-block fits their fallback), else :func:`~lit_unlearn.quantization.fit_scheme` of its shape
+        (``int4`` at group 128 on 576 columns: group 96). Resolved once per scheme."""
+        resolved = self._resolved.get(scheme)
+        if resolved is None:
+            chosen = None
+            if scheme.family == "gguf_mixture" and self.mixtures is not None:
+                chosen = self.mixtures.type_of(scheme.name, self.name)
+            resolved = fit_scheme(scheme if chosen is None else chosen, self.shape)
+            self._resolved[scheme] = resolved
+        return resolved
 
     @property
     def numel(self) -> int:
@@ -197,7 +240,7 @@ class DeployedLayer:
             cached = self.reference_codes.get(scheme.name)
             if cached is not None:
                 return cached.to(self.linear.weight.device).dequantize()
-            return fake_quantize(self.w0(), scheme)
+            return fake_quantize(self.w0(), self.scheme_for(scheme))
         if self.lora is None and self._is_base_format(scheme):
             return self.w0()  # a 4-bit base without an adapter is deployed as stored
         merged = self.merged()
@@ -205,14 +248,16 @@ class DeployedLayer:
             # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself,
             # as peft's merge re-quantizes, and decoded.
             return requantized_like(merged, self.linear.weight)
-        return merged if scheme is None or not self.quantized else fake_quantize(merged, scheme)
+        return merged if scheme is None or not self.quantized else fake_quantize(merged, self.scheme_for(scheme))
 
     def quantized_weight(self, scheme: Scheme, original: bool = False) -> QuantizedTensor:
         """The codes and scales of :meth:`weight` (a selected layer): ``Q(merged)``, or ``Q(W0)``."""
         if original:
             cached = self.reference_codes.get(scheme.name)
-            return cached.to(self.linear.weight.device) if cached is not None else quantize(self.w0(), scheme)
-        return quantize(self.merged(), scheme)
+            if cached is not None:
+                return cached.to(self.linear.weight.device)
+            return quantize(self.w0(), self.scheme_for(scheme))
+        return quantize(self.merged(), self.scheme_for(scheme))
 
     @torch.no_grad()
     def cache_references(self, schemes: Sequence[Scheme], snapshot: torch.Tensor | None = None) -> None:
@@ -240,7 +285,7 @@ class DeployedLayer:
             # Q(W0) in any scheme is computed from the decoded base; in the base's own format it is the
             # base's codes (re-quantizing a decoded 4-bit weight with its format gives it back).
             w0 = self.w0()
-            self.reference_codes = {s.name: quantize(w0, s).to("cpu") for s in schemes}
+            self.reference_codes = {s.name: quantize(w0, self.scheme_for(s)).to("cpu") for s in schemes}
             return
         if self.source == "snapshot":
             saved = snapshot if snapshot is not None and snapshot.shape == weight.shape else weight
@@ -248,7 +293,7 @@ class DeployedLayer:
             host = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=weight.device.type == "cuda")
             self.snapshot = host.copy_(saved)
         w0 = self.w0()
-        self.reference_codes = {s.name: quantize(w0, s).to("cpu") for s in schemes}
+        self.reference_codes = {s.name: quantize(w0, self.scheme_for(s)).to("cpu") for s in schemes}
 
     def survival(self, schemes: Sequence[Scheme], buffer: torch.Tensor | None = None) -> dict[str, SurvivalStats]:
         """Weight-space statistics of ``Q(merged) − Q(W0)`` against ``ΔW`` under each scheme.
@@ -266,12 +311,14 @@ class DeployedLayer:
             w0 = self.w0().to(torch.promote_types(self.linear.weight.quant_state.dtype, delta.dtype))
             # Fresh nested scales on both sides (see quantization.double_quant), never against the stored base.
             return {s.name: double_quant_survival(w0, w0 + delta, s.name, s.block_size) if self._double_quant_merge(s)
-                    else survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
+                    else survival_stats_delta(w0, delta, self.scheme_for(s), reference=codes.get(s.name))
+                    for s in schemes}
         if self.lora is not None:
             w0, delta = self.linear.weight.detach(), self.delta(buffer)
-            return {s.name: survival_stats_delta(w0, delta, s, reference=codes.get(s.name)) for s in schemes}
+            return {s.name: survival_stats_delta(w0, delta, self.scheme_for(s), reference=codes.get(s.name))
+                    for s in schemes}
         w0, w1 = self.w0(), self.linear.weight.detach()
-        return {s.name: survival_stats(w0, w1, s, reference=codes.get(s.name)) for s in schemes}
+        return {s.name: survival_stats(w0, w1, self.scheme_for(s), reference=codes.get(s.name)) for s in schemes}
 
 
     def measured_per_rank(self, scheme: Scheme) -> bool:
@@ -280,7 +327,8 @@ class DeployedLayer:
         if self.mesh is None:
             return False
         weight = self.linear.weight
-        return _rows_hold_whole_blocks(scheme, weight.shape[0], weight.numel() // weight.shape[0], self.mesh.size())
+        return _rows_hold_whole_blocks(self.scheme_for(scheme), weight.shape[0], weight.numel() // weight.shape[0],
+                                       self.mesh.size())
 
     def whole_snapshot(self) -> torch.Tensor | None:
         """The snapshot of ``W0`` as a whole weight, for a checkpoint: gathered from every rank's rows when
@@ -326,8 +374,8 @@ class DeployedLayer:
         if weight.numel() == 0:
             return lambda scheme: SurvivalStats()  # a rank past the last row holds nothing
         if self.lora is not None:
-            return lambda scheme: survival_stats_delta(weight, delta, scheme)
-        return lambda scheme: survival_stats(w0, weight, scheme)
+            return lambda scheme: survival_stats_delta(weight, delta, self.scheme_for(scheme))
+        return lambda scheme: survival_stats(w0, weight, self.scheme_for(scheme))
 
     def _lora_delta(self, rows_of: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         """``Σ scaling · B @ A`` over the active adapters, with ``B``'s rows taken by ``rows_of`` and ``A``
@@ -391,6 +439,11 @@ def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedL
     keep_4bit_layout(model)  # decoded 4-bit bases must stay the stored weights on every CPU
     internal = adapter_internals(model)
     matches = _matcher(modules, model)
+    # Every linear layer's shape, selected or not: a GGUF mixture's rule reads the whole model.
+    mixtures = MixtureTypes({
+        deployed_name(n): tuple(m.weight.quant_state.shape if is_params4bit(m.weight) else m.weight.shape)
+        for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in internal
+    })
     layers: list[DeployedLayer] = []
     for module_name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or id(module) in internal:
@@ -405,7 +458,7 @@ def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedL
         if owner is None:
             if selected:
                 source: Source = "snapshot" if module.weight.requires_grad else "frozen"
-                layers.append(DeployedLayer(name, module, source, base_format=base_format))
+                layers.append(DeployedLayer(name, module, source, base_format=base_format, mixtures=mixtures))
             continue
         lora_name, lora = owner
         if getattr(lora, "merged", False):
@@ -420,5 +473,6 @@ def deployed_layers(model: nn.Module, modules: Modules = None) -> list[DeployedL
                 f"Layer {name!r} has a LoRA adapter but its base weight is trainable. The deployed weight is "
                 "W0 + scaling·B·A over a frozen base W0; freeze the base weights."
             )
-        layers.append(DeployedLayer(name, module, "lora", lora=lora, quantized=selected, base_format=base_format))
+        layers.append(DeployedLayer(name, module, "lora", lora=lora, quantized=selected, base_format=base_format,
+                                    mixtures=mixtures))
     return layers

@@ -1,16 +1,27 @@
 """Quantization cells: per weight, the interval of values that keep its code and its group's scale.
 
-Every format here but the bf16/fp16 casts (which have no scale) quantizes a group (block, row) of
-weights with a scale computed from the group's extremes — ``max |w|`` for the absmax formats (nf4, fp4, LLM.int8, symmetric RTN), ``min(w, 0)`` and
-``max(w, 0)`` for zero-point RTN — and then each weight on its own, by a rounding that is monotone in the
-weight. Hold the extremes where they are and the scale cannot change; then each other weight keeps its
-code exactly on an interval around its value, the *cell*:
+Every format here but the bf16/fp16 casts (which have no scale) and the GGUF K-quants quantizes a group
+(block, row) of weights with a scale computed from the group's extremes — ``max |w|`` for the absmax
+formats (nf4, fp4, LLM.int8, symmetric RTN, GGUF ``q8_0``), the signed element of largest ``|w|`` for GGUF
+``q4_0``/``q5_0`` (``d = max / -8``), ``min(w)`` and ``max(w)`` for GGUF ``q4_1``/``q5_1`` (``d = (max -
+min) / 15``, the minimum stored too), ``min(w, 0)`` and ``max(w, 0)`` for zero-point RTN — and then each
+weight on its own, by a rounding that is monotone in the weight. Hold the extremes where they are and the
+scale cannot change; then each other weight keeps its code exactly on an interval around its value, the
+*cell*:
 
     lo ≤ w ≤ hi   ⇔   code(w) = code(w0)  and  the scale is unchanged,
 
 computed here in the weight's own dtype, by bisection over its representable values, with the scheme's
 own quantizer as the oracle (its rounding and tie rules, not a re-derivation of them). A weight that sets
-its group's scale gets the one-point cell ``[w0, w0]``.
+its group's scale gets the one-point cell ``[w0, w0]``: moving a block's extreme moves its scale (``d``,
+and for q4_1/q5_1 its minimum) and with it every code of the block, so a cell is the set of values one
+weight may take *while its block's extremes stay put* — the same meaning as for nf4's absmax. For
+q4_0/q5_0 the sign of ``d`` follows the first element of largest ``|w|``: an earlier weight of the other
+sign may come up to that magnitude but not reach it (it would become the first maximum and flip ``d``).
+
+The K-quants (``q4_k``, ``q5_k``, ``q6_k``) and the mixtures ``q4_k_m``/``q5_k_m`` have no cells: each
+sub-block's scale and minimum come from a weighted least-squares search over all of its weights
+(``make_qkx2_quants``), so moving any weight may move the scale; :func:`quantization_cell` refuses them.
 
 Projecting a weight into its cell after every optimizer step (:class:`~lit_unlearn.callbacks.PreserveQuantization`)
 trains a model whose full-precision weights move while ``quantize(W)`` stays bit-identical to
@@ -33,10 +44,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_unlearn.quantization.fit import fit_scheme
 from lit_unlearn.quantization.functional import check_weight, codec_for, quantize
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
-__all__ = ["quantization_cell", "scale_setters"]
+__all__ = ["check_cell_scheme", "quantization_cell", "scale_setters"]
 
 _INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
            torch.float64: torch.int64}
@@ -62,11 +74,36 @@ def _groups(w: Tensor, group_len: int) -> tuple[Tensor, int]:
     return torch.cat([flat, flat.new_zeros(pad)]).view(-1, group_len), flat.numel()
 
 
+#: GGUF formats whose scale depends on every weight of a sub-block (a least-squares search): no cells.
+_NO_CELLS = frozenset({"q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"})
+
+
+def check_cell_scheme(scheme: Scheme, mixtures_only: bool = False) -> None:
+    """Raise for a scheme without quantization cells (GGUF K-quants and the mixtures built on them)."""
+    if scheme.name in _NO_CELLS and (scheme.family == "gguf_mixture" or not mixtures_only):
+        raise ValueError(
+            f"Scheme {scheme.name!r} has no quantization cells: a GGUF K-quant chooses each sub-block's scale "
+            "and minimum by a least-squares search over all of its weights, so no weight can move on its own "
+            "without moving them. Keep codes fixed under a legacy GGUF type ('q4_0', 'q4_1', 'q5_0', 'q5_1', "
+            "'q8_0'), or under 'nf4', 'fp4', 'int8' or an RTN scheme."
+        )
+
+
 def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(pinned, lower, upper)``: which weights set their group's scale, and the range the others must
-    stay in for it to hold (``[-max|w|, max|w|]``, or ``[min(w, 0), max(w, 0)]`` with a zero point)."""
+    stay in for it to hold (``[-max|w|, max|w|]``, ``[min(w), max(w)]`` for q4_1/q5_1, or
+    ``[min(w, 0), max(w, 0)]`` with a zero point).
+
+    The scheme is first fitted to ``w0``'s shape (:func:`~lit_unlearn.quantization.fit_scheme`).
+
+    Raises:
+        ValueError: for a GGUF K-quant or mixture (see :func:`check_cell_scheme`).
+    """
     scheme = get_scheme(scheme, block_size)
+    check_cell_scheme(scheme, mixtures_only=True)  # a mixture is refused whatever this weight's type
     check_weight(w0, "w0")
+    scheme = fit_scheme(scheme, w0.shape)
+    check_cell_scheme(scheme)  # a K-quant on rows of 576 is stored as q5_0, which has cells
     groups, n = _groups(w0.detach(), codec_for(scheme, w0.device).group_len(w0.shape))
     rows = torch.arange(groups.shape[0], device=w0.device)
     pinned = torch.zeros(groups.shape, dtype=torch.bool, device=w0.device)
@@ -82,11 +119,27 @@ def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = Non
         pinned[rows, at_high] |= high > 0
         lower = low.clamp(max=0)[:, None].expand_as(groups)
         upper = high.clamp(min=0)[:, None].expand_as(groups)
+    elif scheme.name in ("q4_1", "q5_1"):
+        # ggml's block minimum and maximum, not clamped to include 0; the first of each on ties.
+        low, at_low = groups.min(dim=1)
+        high, at_high = groups.max(dim=1)
+        pinned[rows, at_low] = True
+        pinned[rows, at_high] = True
+        lower = low[:, None].expand_as(groups)
+        upper = high[:, None].expand_as(groups)
     else:
         magnitude, at_max = groups.abs().max(dim=1)
         pinned[rows, at_max] = True
         upper = magnitude[:, None].expand_as(groups)
         lower = -upper
+        if scheme.name in ("q4_0", "q5_0"):
+            # d = max / -8 takes the sign of the first element of largest |w|: an earlier weight reaching
+            # that magnitude with the other sign would flip d, so it stops one representable value short.
+            first = torch.arange(groups.shape[1], device=w0.device)[None, :] < at_max[:, None]
+            negative = groups[rows, at_max] < 0
+            inside = _value(_key(upper.contiguous()) - 1, groups.dtype).clamp(min=0)
+            upper = torch.where(first & negative[:, None], inside, upper)
+            lower = torch.where(first & ~negative[:, None], -inside, lower)
     shape = w0.shape
     return tuple(t.reshape(-1)[:n].reshape(shape) for t in (pinned, lower, upper))  # type: ignore[return-value]
 
@@ -106,11 +159,15 @@ def quantization_cell(
     under any such error its code is whatever the original's is.
 
     Cost: about ``2 · (bits of the dtype)`` quantizations of ``w0`` (64 for fp32), once.
+
+    Raises:
+        ValueError: for a GGUF K-quant or mixture, which has no cells (:func:`check_cell_scheme`).
     """
     if not margin >= 0.0:
         raise ValueError(f"`margin` must be a non-negative fraction of the edge, got {margin!r}.")
     scheme = get_scheme(scheme, block_size)
     pinned, lower, upper = scale_setters(w0, scheme)
+    scheme = fit_scheme(scheme, w0.shape)
     w0 = w0.detach().contiguous()
     codes0 = quantize(w0, scheme).codes
     key0 = _key(w0)

@@ -1,18 +1,21 @@
 """Which concrete format a layer gets when a scheme's block does not tile its rows.
 
-Two rules, one function (:func:`fit_scheme`), and a per-model listing the callbacks can log
-(:func:`layer_schemes`):
+Two rules, one function (:func:`fit_scheme`), applied wherever a weight is quantized (``quantize``,
+``fake_quantize``, ``survival_stats``, ``quantize_model_``, the survival check, evaluation, export), and a
+per-model listing the callbacks log (:func:`layer_schemes`, :func:`describe`):
 
-* **GGUF** (applied automatically by ``quantize``, ``fake_quantize``, ``survival_stats`` and
-  ``quantize_model_``): what llama.cpp's quantize tool does. A K-quant on rows that are not whole
-  256-weight super-blocks is stored as Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0; a row that is not whole 32-weight
-  blocks either is stored as F16 (``"fp16"`` here). SmolLM2's 576-wide rows take the fallback. The
-  mixtures ``q4_k_m`` / ``q5_k_m`` resolve per tensor name (:mod:`.gguf_mixture`) in
-  :func:`layer_schemes` and ``quantize_model_``; without a name, to their base type (Q4_K / Q5_K).
-* **Round-to-nearest groups** (on request, through this function): a group size that does not divide a
-  row becomes the largest divisor of the row not above it (``int4`` at group 128 on 576 columns: 96), so
-  scales stay at least as fine as asked and every group is whole. ``quantize`` itself keeps raising for
-  such a group: a silent change of group size would make two runs with one config differ in format.
+* **GGUF**: what llama.cpp's quantize tool does. A K-quant on rows that are not whole 256-weight
+  super-blocks is stored as Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0; a row that is not whole 32-weight blocks
+  either is stored as F16 (``"fp16"`` here). SmolLM2's 576-wide rows take the fallback. The mixtures
+  ``q4_k_m`` / ``q5_k_m`` resolve per tensor name (:mod:`.gguf_mixture`) in the deployed layers
+  (:meth:`lit_unlearn.deployment.DeployedLayer.scheme_for`); a bare weight without a name gets the base
+  type (Q4_K / Q5_K).
+* **Round-to-nearest groups**: a group size that does not divide a row becomes the largest divisor of the
+  row not above it (``int4`` at group 128 on 576 columns: 96), so scales stay at least as fine as asked
+  and every group is whole. Why not raise: real models have such rows (SmolLM2's 576, Llama's 11008 with
+  group 256), and one config must deploy every layer of them; the resolved group is recorded in
+  ``QuantizedTensor.scheme`` and logged per layer by the callbacks, so the format is never a guess.
+  Rows shorter than the group are one group, as before.
 
 Example::
 
@@ -20,6 +23,8 @@ Example::
     'q5_0'
     >>> fit_scheme("int4", (1536, 576)).block_size
     96
+    >>> fit_scheme("int4", (1536, 512)).block_size
+    128
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from torch import nn
 
-from lit_unlearn.quantization.gguf_mixture import MIXTURE_BASE, gguf_fallback_type, hf_tensor_types
+from lit_unlearn.quantization.gguf_mixture import MIXTURE_BASE, gguf_fallback_type
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
 
@@ -62,10 +67,11 @@ def layer_schemes(
 ) -> dict[str, Scheme]:
     """The format each quantized linear layer of ``model`` gets: ``{qualified name: Scheme}``.
 
-    Layers are those :func:`~lit_unlearn.quantization.quantize_model_` selects. GGUF mixtures resolve
+    Layers are those :func:`~lit_unlearn.quantization.quantize_model_` selects, named as in the deployed
+    (merged) model, each resolved by :meth:`~lit_unlearn.deployment.DeployedLayer.scheme_for`: GGUF mixtures
     per tensor with llama.cpp's rule (:func:`~lit_unlearn.quantization.gguf_mixture.hf_tensor_types`, on
-    Hugging Face Llama names: ``v_proj`` is ``attn_v``, ``down_proj`` ``ffn_down``); every other scheme
-    through :func:`fit_scheme`. A callback can log the result once at the start of a fit.
+    Hugging Face Llama names: ``v_proj`` is ``attn_v``, ``down_proj`` ``ffn_down``), every other scheme
+    through :func:`fit_scheme`.
     """
     from lit_unlearn.deployment import Deployment, as_deployment, deployed_layers
 
@@ -75,20 +81,35 @@ def layer_schemes(
             return {}
         scheme, filter_fn = deployment.scheme, deployment.modules
     scheme = get_scheme(scheme)
-    names = {id(m): n for n, m in model.named_modules()}
-    layers = [(names[id(layer.linear)], layer.linear) for layer in deployed_layers(model, filter_fn) if layer.quantized]
-    if scheme.family != "gguf_mixture":
-        return {name: fit_scheme(scheme, module.weight.shape) for name, module in layers}
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.dim() >= 2}
-    types = hf_tensor_types(shapes, scheme.name)
-    out: dict[str, Scheme] = {}
-    for name, module in layers:
-        chosen = types.get(f"{name}.weight")
-        out[name] = fit_gguf(scheme, module.weight.shape) if chosen is None else get_scheme(chosen)
-    return out
+    return {layer.name: layer.scheme_for(scheme) for layer in deployed_layers(model, filter_fn) if layer.quantized}
+
+
+def label(scheme: Scheme) -> str:
+    """``"q6_k"``, ``"nf4@64"``, ``"int4@96"``: a resolved scheme in one word (its block size where it has a
+    choice of one)."""
+    fixed = scheme.family in ("gguf", "gguf_mixture", "half", "llm_int8") or scheme.block_size is None
+    return scheme.name if fixed else f"{scheme.name}@{scheme.block_size}"
 
 
 def describe(schemes: dict[str, Scheme]) -> dict[str, str]:
     """``{layer: "q6_k"}`` / ``{layer: "int4@96"}``: :func:`layer_schemes` as plain strings for a logger."""
-    return {name: s.name if s.family in ("gguf", "half", "llm_int8") else f"{s.name}@{s.block_size}"
-            for name, s in schemes.items()}
+    return {name: label(s) for name, s in schemes.items()}
+
+
+def summarize(asked: Scheme, schemes: dict[str, Scheme], shown: int = 3) -> str | None:
+    """One line saying which layers got another format than ``asked`` (``None`` when none did)::
+
+        int4@128 → int4@96 on 7 layers (model.layers.0.mlp.up_proj, …); int4@128 on 21
+
+    Layers are grouped by their format, most common first, each with up to ``shown`` of their names.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, scheme in schemes.items():
+        groups.setdefault(label(scheme), []).append(name)
+    if set(groups) <= {label(asked)}:
+        return None
+    parts = []
+    for got, names in sorted(groups.items(), key=lambda item: -len(item[1])):
+        listed = ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+        parts.append(f"{got} on {len(names)} layer{'s' if len(names) != 1 else ''} ({listed})")
+    return f"{label(asked)} → " + "; ".join(parts)

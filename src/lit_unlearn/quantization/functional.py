@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization._chunks import Chunk, Codec, Encoded, Workspace
 from lit_unlearn.quantization.bnb4 import Bnb4Codec, to_bitsandbytes
-from lit_unlearn.quantization.fit import fit_gguf
+from lit_unlearn.quantization.fit import fit_scheme
 from lit_unlearn.quantization.gguf import GgufCodec
 from lit_unlearn.quantization.half import HalfCodec
 from lit_unlearn.quantization.rtn import LlmInt8Codec, RtnCodec
@@ -49,9 +49,9 @@ class QuantizedTensor:
         zero_points: uint8, shaped like ``scales``, for asymmetric RTN; for GGUF formats with a minimum
             (``q4_1``, ``q5_1``, ``q4_k``, ``q5_k``) fp32 offsets added after scaling (the block min ``m``,
             or ``-dmin·m``); ``None`` otherwise.
-        scheme: The :class:`Scheme` (with its block size) that produced the codes: for a GGUF scheme the
-            format the weight's shape gets (``q4_k`` on 576-wide rows is ``q5_0``, see
-            :func:`~lit_unlearn.quantization.fit_scheme`).
+        scheme: The :class:`Scheme` (with its block size) that produced the codes: the format the weight's
+            shape gets (``q4_k`` on 576-wide rows is ``q5_0``, ``int4`` at group 128 there has group 96;
+            see :func:`~lit_unlearn.quantization.fit_scheme`).
         dtype: The original weight's dtype, which :meth:`dequantize` returns.
     """
 
@@ -179,10 +179,11 @@ def quantize(weight: Tensor, scheme: str | Scheme, block_size: int | None = None
         A :class:`QuantizedTensor` whose ``codes`` have ``weight``'s shape.
 
     Raises:
-        ValueError: for an unknown scheme, a block size that does not fit, or non-finite weights.
+        ValueError: for an unknown scheme or block size, or non-finite weights. A group that does not
+            divide the rows takes :func:`~lit_unlearn.quantization.fit_scheme`'s rule instead.
     """
     check_weight(weight)
-    scheme = fit_gguf(get_scheme(scheme, block_size), weight.shape)
+    scheme = fit_scheme(get_scheme(scheme, block_size), weight.shape)
     codec = codec_for(scheme, weight.device)
     shape, device = weight.shape, weight.device
     group_len = codec.group_len(shape)
@@ -237,9 +238,9 @@ def fake_quantize_into(weight: Tensor, scheme: Scheme, out: Tensor) -> Tensor:
     """:func:`fake_quantize` written into contiguous ``out``, which may be ``weight`` itself.
 
     In place is safe: each chunk is read completely (encoded into scratch buffers) before it is written.
-    A GGUF scheme is first fitted to the weight's shape (:func:`~lit_unlearn.quantization.fit_scheme`).
+    The scheme is first fitted to the weight's shape (:func:`~lit_unlearn.quantization.fit_scheme`).
     """
-    scheme = fit_gguf(scheme, weight.shape)
+    scheme = fit_scheme(scheme, weight.shape)
     codec = codec_for(scheme, weight.device)
     group_len = codec.group_len(weight.shape)
     flat = flat_view(weight)

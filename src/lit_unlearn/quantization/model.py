@@ -67,6 +67,11 @@ def quantize_model_(
     are overwritten chunk by chunk: no second copy of a layer is made. A weight shared by several
     selected modules is quantized once.
 
+    Each layer is quantized in the format its deployment gets
+    (:meth:`~lit_unlearn.deployment.DeployedLayer.scheme_for`): a GGUF mixture's per-tensor type
+    (``q4_k_m``: ``v_proj``/``down_proj`` of some layers ``q6_k``), a group fitted to its rows
+    (:func:`~lit_unlearn.quantization.fit_scheme`); :func:`~lit_unlearn.quantization.layer_schemes` lists them.
+
     Args:
         model: The network to modify.
         scheme: A name from :data:`~lit_unlearn.quantization.SCHEMES`, a :class:`Scheme`, or a
@@ -79,7 +84,7 @@ def quantize_model_(
         The qualified names of the modules whose weights were quantized, in ``named_modules`` order.
 
     Raises:
-        ValueError: for an unknown scheme or a block size that does not fit a selected weight (the model is
+        ValueError: for an unknown scheme or block size, or a weight that is not floating point (the model is
             then left untouched), or for non-finite weights (layers before the bad one stay quantized).
     """
     from lit_unlearn.deployment import Deployment, as_deployment, deployed_layers
@@ -92,22 +97,22 @@ def quantize_model_(
     scheme = get_scheme(scheme, block_size)
     # Names as ``named_modules`` gives them (for a plain model, the deployed names).
     names = {id(m): n for n, m in model.named_modules()}
-    selected = [(names[id(layer.linear)], layer.linear) for layer in deployed_layers(model, filter_fn)
-                if layer.quantized]
-    # Check every shape first, so that a block size that does not fit leaves the model untouched.
-    for name, module in selected:
+    selected = [(names[id(layer.linear)], layer.linear, layer.scheme_for(scheme))
+                for layer in deployed_layers(model, filter_fn) if layer.quantized]
+    # Check every weight first, so that one that cannot be quantized leaves the model untouched.
+    for name, module, fitted in selected:
         check_weight(module.weight, f"{name}.weight")
-        codec_for(scheme, module.weight.device).group_len(module.weight.shape)
+        codec_for(fitted, module.weight.device).group_len(module.weight.shape)
 
     done: set[int] = set()
-    for _, module in selected:
+    for _, module, fitted in selected:
         weight = module.weight
         if id(weight) in done:
             continue
         if weight.is_contiguous():
             # Decoded straight into the parameter: no second copy of the layer.
-            fake_quantize_into(weight, scheme, weight.data)
+            fake_quantize_into(weight, fitted, weight.data)
         else:
-            weight.copy_(fake_quantize(weight, scheme))
+            weight.copy_(fake_quantize(weight, fitted))
         done.add(id(weight))
-    return [name for name, _ in selected]
+    return [name for name, _, _ in selected]

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization import _fused
 from lit_unlearn.quantization._chunks import Workspace
-from lit_unlearn.quantization.fit import fit_gguf
+from lit_unlearn.quantization.fit import fit_scheme
 from lit_unlearn.quantization.functional import (
     QuantizedTensor,
     check_weight,
@@ -173,8 +173,8 @@ def survival_stats(
             that ``w0`` is never re-quantized; it must come from this ``w0`` (not checked, to stay cheap).
 
     Raises:
-        ValueError: for mismatched shapes, an unknown scheme, a block size that does not fit, a reference
-            built with another scheme, or non-finite weights.
+        ValueError: for mismatched shapes, an unknown scheme or block size, a reference built with another
+            scheme, or non-finite weights (a group that does not divide the rows takes ``fit_scheme``'s rule).
     """
     return _survival(w0, w1, None, scheme, block_size, reference)
 
@@ -214,8 +214,8 @@ def _survival(
         raise ValueError(
             f"`{other_name}` is on {other.device} but `w0` is on {w0.device}; move them to one device."
         )
-    # A GGUF scheme checks the format llama.cpp stores this shape in (K-quant fallbacks, mixtures).
-    scheme = fit_gguf(get_scheme(scheme, block_size), w0.shape)
+    # The format this shape is stored in: GGUF fallbacks, mixtures' base types, RTN groups that divide the row.
+    scheme = fit_scheme(get_scheme(scheme, block_size), w0.shape)
     if reference is not None:
         _check_reference(reference, w0, scheme)
         reference = reference.to(w0.device)
