@@ -8,7 +8,7 @@ weight's original storage put back.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from lit_unlearn._modes import eval_mode
 ProbeLoss = Callable[[Any], torch.Tensor]
 
 PROBE_HOOK = "quantization_probe_loss"
+HELDOUT_HOOK = "quantization_probe_batches"
 
 
 def split_probe(batch: Any) -> dict[str, Any]:
@@ -28,6 +29,41 @@ def split_probe(batch: Any) -> dict[str, Any]:
     if isinstance(batch, Mapping) and "forget" in batch:
         return {split: batch[split] for split in ("forget", "retain") if batch.get(split) is not None}
     return {"forget": batch}
+
+
+def heldout_probe(pl_module: Any, datamodule: Any) -> list[dict[str, Any]] | None:
+    """The held-out probe: ``quantization_probe_batches()`` of the module, else of the DataModule, split and on
+    the host; ``None`` when neither defines the hook or both return ``None``.
+
+    Each batch has the form of a training batch (:func:`split_probe`). The hook is asked again on every fit
+    (resume included), so it must return the same batches each time: a fixed set in a fixed order.
+
+    Raises:
+        TypeError: If the hook returns something other than a list or tuple of batches.
+        ValueError: If it returns an empty list.
+    """
+    for owner in (pl_module, datamodule):
+        hook = getattr(owner, HELDOUT_HOOK, None)
+        if not callable(hook):
+            continue
+        # A DataLoader draws its base seed from the global RNG; training must not see that draw.
+        with _forked_rng():
+            batches = hook()
+        if batches is None:
+            continue
+        where = f"`{type(owner).__name__}.{HELDOUT_HOOK}()`"
+        if not isinstance(batches, Sequence) or isinstance(batches, (str, bytes, Mapping)):
+            raise TypeError(
+                f"{where} returned a {type(batches).__name__}; return a list of batches, each a training batch "
+                "(`{\"forget\": ..., \"retain\": ...}` or a plain forget batch), e.g. `list(loader)`, or None for "
+                "no held-out probe."
+            )
+        if not batches:
+            raise ValueError(
+                f"{where} returned an empty list; return at least one batch, or None for no held-out probe."
+            )
+        return [to_device(split_probe(batch), "cpu") for batch in batches]
+    return None
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
@@ -42,10 +78,13 @@ def isolated_eval(module: nn.Module) -> Iterator[None]:
     Forking the RNG is belt and braces: in eval mode dropout draws nothing, but a model may sample in its
     forward regardless, and training with the callback must stay bit-identical to training without it.
     """
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    devices = [torch.cuda.current_device()] if cuda else []
-    with torch.random.fork_rng(devices=devices), eval_mode(module):
+    with _forked_rng(), eval_mode(module):
         yield
+
+
+def _forked_rng() -> contextlib.AbstractContextManager:
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [])
 
 
 def resolve_probe_loss(pl_module: nn.Module, model: nn.Module, batch: Any) -> ProbeLoss | None:

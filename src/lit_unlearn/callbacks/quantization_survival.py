@@ -38,6 +38,7 @@ from lit_unlearn.callbacks._survival_layers import (
 )
 from lit_unlearn.callbacks._survival_probe import (
     ProbeLoss,
+    heldout_probe,
     isolated_eval,
     resolve_probe_loss,
     split_probe,
@@ -91,6 +92,15 @@ class QuantizationSurvival(Callback):
       ``|L_fp(cur) − L_fp(orig)|`` is under :data:`MIN_FORGET_EFFECT` (1e-3 nats): there the ratio would
       divide quantization noise by almost nothing. Every value, logged or not, is kept in
       :attr:`functional_history`.
+    * **held-out function space**, when ``pl_module.quantization_probe_batches()`` or
+      ``trainer.datamodule.quantization_probe_batches()`` returns a list of batches (each in the form of a
+      training batch; ``ForgetRetainDataModule(heldout_forget=...)`` provides one): the same ratio on forget
+      data the model is not trained on, ``effect_retained_heldout``, next to ``effect_retained``. A forget
+      loss on the batch being trained on overstates what was forgotten; the held-out one says how much of
+      the forgetting generalises and survives quantization. Same :data:`MIN_FORGET_EFFECT` rule, so an update
+      that leaves the held-out loss where it was logs nothing. The held-out batches are not checkpointed:
+      they are asked for again on every fit, resume included (cheap), and their original losses are kept
+      in :meth:`state_dict`.
 
     Logged as ``survival/<scheme>/<stat>`` to every logger (from rank zero) and into
     ``trainer.callback_metrics`` (on every rank, so ``EarlyStopping``/``ModelCheckpoint`` may monitor
@@ -218,12 +228,17 @@ class QuantizationSurvival(Callback):
         self._last_step = -1
         # Probe losses of the original model: "fp" and one entry per scheme, each {split: loss}.
         self._original_losses: dict[str, dict[str, float]] | None = None
+        # The same for the held-out probe (None without one).
+        self._original_heldout: dict[str, dict[str, float]] | None = None
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
         self._layers: list[DeployedLayer] = []
         self._probe: list[dict[str, Any]] = []
         self._probe_ready = False
+        # The held-out probe, rebuilt from the data on every fit rather than checkpointed.
+        self._heldout: list[dict[str, Any]] | None = None
+        self._heldout_taken = False
         self._probe_loss: ProbeLoss | None = None
         self._probe_loss_resolved = False
         self._restored: dict[str, Any] = {}
@@ -377,6 +392,9 @@ class QuantizationSurvival(Callback):
             "original_losses": None if self._original_losses is None else {
                 state: dict(losses) for state, losses in self._original_losses.items()
             },
+            "original_losses_heldout": None if self._original_heldout is None else {
+                state: dict(losses) for state, losses in self._original_heldout.items()
+            },
         }
 
     @override
@@ -385,6 +403,7 @@ class QuantizationSurvival(Callback):
         self.functional_history = [dict(row) for row in state_dict.get("functional_history", [])]
         self._last_step = int(state_dict.get("last_step", -1))
         self._original_losses = state_dict.get("original_losses")
+        self._original_heldout = state_dict.get("original_losses_heldout")
 
     @override
     def on_save_checkpoint(
@@ -397,6 +416,7 @@ class QuantizationSurvival(Callback):
         snapshot = {layer.name: layer.whole_snapshot() for layer in self._layers if layer.snapshot is not None}
         if snapshot:
             saved["snapshot"] = snapshot
+        # The held-out probe is not saved: the hook rebuilds it from the data on resume.
         if self._probe_ready:
             saved["probe"] = self._probe
         if saved:
@@ -428,6 +448,25 @@ class QuantizationSurvival(Callback):
         # so this is the original model exactly, embeddings and norms included; with more, the watched
         # layers are put back to W0 and the other parameters are those of step `probe_batches - 1`.
         self._original_losses = self._probe_losses(pl_module, original=True)
+        self._take_heldout(trainer, pl_module, fresh=True)
+
+    def _take_heldout(self, trainer: Trainer, pl_module: LightningModule, fresh: bool) -> None:
+        """Ask for the held-out probe once per fit, and take its original losses with a fresh training probe
+        (the same model state as :meth:`_finish_probe`) or when a resumed run's checkpoint has none."""
+        if not self._heldout_taken:
+            self._heldout_taken = True
+            batches = heldout_probe(pl_module, getattr(trainer, "datamodule", None))
+            self._heldout = trainer.strategy.broadcast(batches, src=0)
+        if self._heldout is None:
+            self._original_heldout = None
+            return
+        if fresh or self._original_heldout is None:
+            if not fresh:
+                rank_zero_info(
+                    "QuantizationSurvival: the checkpoint holds no original losses of the held-out probe; they are "
+                    "taken now, with the watched layers at their original weights and the others as they are."
+                )
+            self._original_heldout = self._probe_losses(pl_module, original=True, probe=self._heldout)
 
     def _say_how_sharded(self) -> None:
         """Under FSDP2, one line per scheme: how many layers each rank measures on its own rows, how many are
@@ -451,6 +490,7 @@ class QuantizationSurvival(Callback):
             if not self._probe_ready and self._probe:
                 self._finish_probe(trainer, pl_module)
             if self._probe_ready:
+                self._take_heldout(trainer, pl_module, fresh=False)
                 metrics.update(self._function_space(pl_module, step, rows))
         self._log(trainer, metrics)
         if self.log_per_layer:
@@ -475,15 +515,18 @@ class QuantizationSurvival(Callback):
             metrics.update({f"survival/{scheme}/{key}": float(getattr(pooled, key)) for key in _LOGGED_STATS})
         return rows, metrics
 
-    def _probe_losses(self, pl_module: LightningModule, original: bool) -> dict[str, dict[str, float]] | None:
-        """Probe losses ``{"fp": {split: loss}, <scheme>: {split: loss}}`` of the original or current model.
+    def _probe_losses(
+        self, pl_module: LightningModule, original: bool, probe: list[dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, float]] | None:
+        """Losses ``{"fp": {split: loss}, <scheme>: {split: loss}}`` of the original or current model on
+        ``probe`` (the training probe by default).
 
         ``None`` when the module has no probe loss (said once, in an info line).
         """
         if self._probe_loss_resolved and self._probe_loss is None:
             return None
         model = model_of(pl_module)
-        probe = [to_device(batch, pl_module.device) for batch in self._probe]
+        probe = [to_device(batch, pl_module.device) for batch in (self._probe if probe is None else probe)]
         with isolated_eval(pl_module):
             if not self._probe_loss_resolved:
                 self._probe_loss = resolve_probe_loss(pl_module, model, probe[0]["forget"])
@@ -504,25 +547,38 @@ class QuantizationSurvival(Callback):
         current = self._probe_losses(pl_module, original=False)
         if current is None or original is None:
             return {}
+        heldout, heldout_original = None, self._original_heldout
+        if self._heldout is not None and heldout_original is not None:
+            heldout = self._probe_losses(pl_module, original=False, probe=self._heldout)
         metrics = {}
         for scheme in self.schemes:
             name, fp, q = scheme.name, current["fp"], current[scheme.name]
-            fp_effect = fp["forget"] - original["fp"]["forget"]
-            q_effect = q["forget"] - original[name]["forget"]
-            effect = q_effect / fp_effect if abs(fp_effect) >= MIN_FORGET_EFFECT else None
+            effect = _effect_retained(fp, q, original["fp"], original[name])
             shift = q["retain"] - fp["retain"] if "retain" in q else None
-            self.functional_history.append({
+            row = {
                 "step": step, "scheme": name,
                 "forget_fp": fp["forget"], "forget_q": q["forget"],
                 "forget_fp_original": original["fp"]["forget"], "forget_q_original": original[name]["forget"],
                 "effect_retained": effect,
                 "retain_fp": fp.get("retain"), "retain_q": q.get("retain"), "retain_shift": shift,
-            })
+            }
             if effect is not None:
                 metrics[f"survival/{name}/effect_retained"] = effect
                 self._maybe_warn(name, step, effect, rows)
             if shift is not None:
                 metrics[f"survival/{name}/retain_shift"] = shift
+            if heldout is not None:
+                h_fp, h_q = heldout["fp"], heldout[name]
+                h_effect = _effect_retained(h_fp, h_q, heldout_original["fp"], heldout_original[name])
+                row.update({
+                    "forget_fp_heldout": h_fp["forget"], "forget_q_heldout": h_q["forget"],
+                    "forget_fp_heldout_original": heldout_original["fp"]["forget"],
+                    "forget_q_heldout_original": heldout_original[name]["forget"],
+                    "effect_retained_heldout": h_effect,
+                })
+                if h_effect is not None:
+                    metrics[f"survival/{name}/effect_retained_heldout"] = h_effect
+            self.functional_history.append(row)
         return metrics
 
     def _losses(self, probe: list[dict[str, Any]]) -> dict[str, float]:
@@ -608,6 +664,17 @@ def _log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) ->
         return
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
+
+
+def _effect_retained(
+    fp: dict[str, float], q: dict[str, float], fp_original: dict[str, float], q_original: dict[str, float]
+) -> float | None:
+    """``(L_q(cur) − L_q(orig)) / (L_fp(cur) − L_fp(orig))`` of the forget loss; ``None`` under
+    :data:`MIN_FORGET_EFFECT`, where the ratio would divide quantization noise by almost nothing."""
+    fp_effect = fp["forget"] - fp_original["forget"]
+    if abs(fp_effect) < MIN_FORGET_EFFECT:
+        return None
+    return (q["forget"] - q_original["forget"]) / fp_effect
 
 
 def _modules_key(modules: object) -> object:

@@ -132,6 +132,10 @@ class ForgetRetainDataModule(LightningDataModule):
             ``TextSource``. Default: the toy world's forget split.
         retain: The retain set, same forms; ``None`` for forget-only objectives. Default: the toy world's
             ``retain1`` split.
+        heldout_forget: Forget texts kept out of training, same forms; ``None`` (default) for none. Its
+            batches, in order, are the held-out probe of ``QuantizationSurvival``
+            (:meth:`quantization_probe_batches`, logged as ``survival/<scheme>/effect_retained_heldout``).
+            Every probe batch runs once per scheme and check, so a few batches' worth of text is enough.
         tokenizer: Tokenizer path or hub id. ``None`` uses the trained module's ``model_name_or_path``.
         max_length: Tokens per example.
         packing: ``chunk`` cuts the joined token stream into ``max_length`` blocks (MUSE); ``document``
@@ -159,6 +163,7 @@ class ForgetRetainDataModule(LightningDataModule):
         self,
         forget: Source = WORLD_FORGET,
         retain: Source | None = WORLD_RETAIN,
+        heldout_forget: Source | None = None,
         tokenizer: str | None = None,
         max_length: int = 128,
         packing: Packing = "chunk",
@@ -175,9 +180,11 @@ class ForgetRetainDataModule(LightningDataModule):
             raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
         self.forget = _as_source(forget)
         self.retain = _as_source(retain)
+        self.heldout_forget = _as_source(heldout_forget)
         _check_local(self.forget, "forget")
-        if self.retain is not None:
-            _check_local(self.retain, "retain")
+        for name, source in (("retain", self.retain), ("heldout_forget", self.heldout_forget)):
+            if source is not None:
+                _check_local(source, name)
         self.tokenizer_name_or_path = tokenizer
         self.max_length = max_length
         self.packing = packing
@@ -188,13 +195,15 @@ class ForgetRetainDataModule(LightningDataModule):
         self.seed = seed
         self.tokenizer: Any = None
         self.datasets: dict[str, TokenizedTexts] = {}
+        # Not in `datasets`, whose every entry is a training loader.
+        self.heldout: TokenizedTexts | None = None
         self._resume: dict[str, int] | None = None  # {"epoch", "batches"} from a checkpoint
 
     @override
     def prepare_data(self) -> None:
         # Runs on one process per node before `setup`: builds the toy world once (it is locked and
         # cached, so a second node or a rerun only reads it).
-        for source in (self.forget, self.retain):
+        for source in (self.forget, self.retain, self.heldout_forget):
             if source is not None:
                 resolve_path(source.path)
 
@@ -236,20 +245,33 @@ class ForgetRetainDataModule(LightningDataModule):
 
     @override
     def setup(self, stage: str) -> None:
-        tokenizer = self.load_tokenizer()
+        self.load_tokenizer()
         sets = {"forget": self.forget, "retain": self.retain if self.wants_retain else None}
         for name, source in sets.items():
             if source is None or name in self.datasets:
                 continue
-            examples = tokenize(load_texts(source), tokenizer, self.max_length, self.packing)
-            if not examples:
-                raise ValueError(f"The {name} set {source} yields no tokens; check its `column` and contents.")
-            self.datasets[name] = TokenizedTexts(examples)
+            self.datasets[name] = self._tokenized(name, source)
+        if self.heldout_forget is not None and self.heldout is None:
+            self.heldout = self._tokenized("heldout_forget", self.heldout_forget)
 
-    def _loader(self, name: str, sampler: ResumableSampler | None = None) -> DataLoader:
+    def _tokenized(self, name: str, source: TextSource) -> TokenizedTexts:
+        examples = tokenize(load_texts(source), self.tokenizer, self.max_length, self.packing)
+        if not examples:
+            raise ValueError(f"The {name} set {source} yields no tokens; check its `column` and contents.")
+        return TokenizedTexts(examples)
+
+    def quantization_probe_batches(self) -> list[dict[str, torch.Tensor]] | None:
+        """The held-out forget batches, in the set's order, for ``QuantizationSurvival``'s held-out probe;
+        ``None`` without ``heldout_forget``. Built from the data each time (cheap), so a resumed fit probes
+        the same batches without storing them in the checkpoint."""
+        if self.heldout is None:
+            return None
+        return list(self._loader(self.heldout))
+
+    def _loader(self, name: str | TokenizedTexts, sampler: ResumableSampler | None = None) -> DataLoader:
         """A loader over one set: in ``sampler``'s order for training, in the set's order otherwise."""
         return DataLoader(
-            self.datasets[name],
+            self.datasets[name] if isinstance(name, str) else name,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
