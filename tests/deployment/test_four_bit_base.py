@@ -104,12 +104,31 @@ def test_deployed_layers_of_a_4bit_base(base_dir):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
 def test_merge_requantize_is_peft_merge_and_unload_bit_for_bit(base_dir, quant_type, double_quant):
+    """The oracle is peft's merge on bitsandbytes' ``Linear4bit`` (``compress_statistics`` = double_quant),
+    decoded by bitsandbytes' own ``dequantize_4bit`` from the merged ``Params4bit``'s ``quant_state``."""
+    import bitsandbytes.functional as bnbf
+
     ours_model, peft_model = _qlora(base_dir, quant_type, double_quant), _qlora(base_dir, quant_type, double_quant)
     scheme = get_scheme(quant_type)
-    deployed = {layer.name: layer.weight(scheme) for layer in deployed_layers(ours_model)}
+    layers = deployed_layers(ours_model)
+    deployed = {layer.name: layer.weight(scheme) for layer in layers}
     theirs = _peft_merged(peft_model)
     for name, weight in deployed.items():
-        assert torch.equal(weight, dequantize_params4bit(theirs.get_submodule(name).weight)), name
+        merged = theirs.get_submodule(name).weight
+        assert merged.quant_state.nested is double_quant, name
+        assert torch.equal(weight, bnbf.dequantize_4bit(merged.data, merged.quant_state)), name
+    if double_quant:
+        # The original model is deployed as peft merges a zero update: every adapted layer re-quantized
+        # with fresh nested scales, which decode to other values than the stored base's.
+        zero = _peft_merged(_qlora(base_dir, quant_type, double_quant, scale=0.0))
+        adapted = [layer for layer in layers if layer.lora is not None]
+        assert len(adapted) == 6
+        for layer in adapted:
+            merged = zero.get_submodule(layer.name).weight
+            expected = bnbf.dequantize_4bit(merged.data, merged.quant_state)
+            assert torch.equal(layer.weight(scheme, original=True), expected), layer.name
+            stored = layer.linear.weight
+            assert not torch.equal(expected, bnbf.dequantize_4bit(stored.data, stored.quant_state)), layer.name
     # The same weights through the functional check's model: logits equal the merged 4-bit model's.
     with torch.no_grad():
         expected = theirs(IDS).logits
