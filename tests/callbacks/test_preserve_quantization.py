@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import seed_everything
 from tests.callbacks.test_quantization_survival import Unlearner, forget_retain_batches, make_trainer
+from tests.quantization.test_bitsandbytes_cuda_rule import kernel_codes
 from torch import nn
 
 from lit_unlearn.callbacks import PreserveQuantization, QuantizationSurvival
@@ -32,12 +34,39 @@ def test_codes_and_scales_never_change_while_the_weights_move(tmp_path, scheme):
     after = _linears(module.model)
     moved = sum(int((after[n] != before[n]).sum()) for n in before)
     assert moved > 0.5 * sum(w.numel() for w in before.values()), "the full-precision weights moved"
+    if scheme in ("nf4", "fp4"):
+        _assert_bitsandbytes_codes_and_absmax_kept(before, after, scheme)
+        return
+    # The other formats' quantizers are checked against their references in tests/quantization.
     for name, w0 in before.items():
         q0, q1 = quantize(w0, scheme), quantize(after[name], scheme)
         assert torch.equal(q1.codes, q0.codes), name
         assert torch.equal(q1.scales.view(-1).view(torch.uint8), q0.scales.view(-1).view(torch.uint8)), name
         if q0.zero_points is not None:
             assert torch.equal(q1.zero_points, q0.zero_points), name
+
+
+def _assert_bitsandbytes_codes_and_absmax_kept(before, after, quant_type: str) -> None:
+    """Independent oracles, not lit-unlearn's quantizer: nf4 codes and absmax from bitsandbytes'
+    ``quantize_4bit`` on the CPU; fp4 codes from the per-element transcription of the CUDA kernel's
+    ``dQuantizeFP4`` (bitsandbytes' CPU fp4 rule differs near its pivots, docs/bitsandbytes-cpu.md) and
+    absmax as each block's largest magnitude."""
+    import bitsandbytes.functional as bnbf
+
+    for name, w0 in before.items():
+        w1 = after[name]
+        assert w0.numel() % 64 == 0, f"{name}: the oracles are compared on whole 64-blocks"
+        if quant_type == "nf4":
+            (packed0, state0), (packed1, state1) = (
+                bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4") for w in (w0.contiguous(), w1.contiguous())
+            )
+            assert torch.equal(packed1, packed0), name
+            absmax0, absmax1 = state0.absmax, state1.absmax
+        else:
+            codes0, codes1 = kernel_codes(w0, "fp4"), kernel_codes(w1, "fp4")
+            assert np.array_equal(codes1, codes0), f"{name}: {(codes1 != codes0).sum()} fp4 codes changed"
+            absmax0, absmax1 = (w.reshape(-1, 64).abs().amax(1) for w in (w0, w1))
+        assert torch.equal(absmax1.view(torch.int32), absmax0.view(torch.int32)), name
 
 
 def test_fake_quantized_logits_equal_the_fake_quantized_originals(tmp_path):
