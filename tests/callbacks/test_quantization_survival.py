@@ -462,3 +462,68 @@ def test_sharding_error_is_one_type_for_both_callbacks():
     for error in (survival_error.value, evaluation_error.value):
         assert isinstance(error, MisconfigurationException) and isinstance(error, ValueError)
         assert "FSDPStrategy shards" in str(error) and "FSDP2" in str(error)
+
+
+# ------------------------------------------------------------------------ formats: detected and per layer
+def test_base_weights_on_the_q4_1_grid_are_detected_and_watched(tmp_path, caplog):
+    from lit_unlearn.quantization import quantize_model_
+
+    seed_everything(0)
+    module = Unlearner(lora=True, lr=1e-4)
+    quantize_model_(module.model, "q4_1")  # every base weight on the Q4_1 grid, as a model read from a Q4_1 file
+    survival = QuantizationSurvival(every_n_steps=3, schemes=["nf4"], functional=False)
+    state_key = survival.state_key
+    trainer = make_trainer(tmp_path, 3, [survival])
+    with caplog.at_level("INFO"):
+        trainer.fit(module, forget_retain_batches(3))
+    lines = [m for m in caplog.messages if "sit on the" in m]
+    assert len(lines) == 1 and lines[0].startswith(
+        "QuantizationSurvival: the watched weights sit on the q4_1 grid (14 layers): re-quantizing to q4_1 gives "
+        "back updates under half a step; watching q4_1 too.")
+    assert survival.state_key == state_key, "checkpoints are keyed by the user's schemes only"
+    last = [r for r in logged(trainer) if "survival/q4_1/changed" in r][-1]
+    assert last["survival/q4_1/changed"] < 0.01
+    assert last["survival/q4_1/below_half_step"] > 0.99, "the update is real, and under half a Q4_1 step"
+    assert [s.name for s in survival.schemes] == ["nf4"], "after the fit the watched schemes are the user's again"
+
+
+def test_a_plain_model_is_on_no_grid(tmp_path, caplog):
+    survival = QuantizationSurvival(every_n_steps=2, schemes=["nf4"], functional=False)
+    trainer = make_trainer(tmp_path, 2, [survival])
+    with caplog.at_level("INFO"):
+        trainer.fit(Unlearner(lora=True, lr=1e-3), forget_retain_batches(2))
+    assert not [m for m in caplog.messages if "sit on the" in m]
+    assert {r["scheme"] for r in survival.history} == {"nf4"}
+
+
+def test_mixtures_and_fitted_groups_are_measured_per_layer_and_named_once(tmp_path, caplog):
+    # Hidden 32, FFN 64: q4_k_m's Q4_K falls back to Q5_0; the last layer's v_proj and down_proj (use_more_bits
+    # on 2 layers) ask for Q6_K and fall back to Q8_0. int4 at group 48 on 64-wide rows takes group 32.
+    from lit_unlearn.deployment import Deployment
+
+    seed_everything(0)
+    module = Unlearner(lr=1e-2)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    survival = QuantizationSurvival(every_n_steps=2, schemes=["q4_k_m", Deployment("int4", 48)], functional=False)
+    trainer = make_trainer(tmp_path, 2, [survival])
+    with caplog.at_level("INFO"):
+        trainer.fit(module, forget_retain_batches(2))
+    lines = [m for m in caplog.messages if "layer formats" in m]
+    assert len(lines) == 1 and "q4_k_m → q5_0 on 12 layers" in lines[0] and "q8_0 on 2 layers" in lines[0]
+    assert "int4@48 → int4@48 on 12 layers" in lines[0] and "int4@32 on 2 layers (model.layers.0.mlp.down_proj" in lines[0]
+    rows = {(r["layer"], r["scheme"]): r for r in survival.layer_table}
+    for name, expected in (("model.layers.1.self_attn.v_proj", "q8_0"), ("model.layers.0.self_attn.v_proj", "q5_0"),
+                           ("model.layers.1.mlp.down_proj", "q8_0")):
+        w0, w1 = before[f"{name}.weight"], module.model.get_submodule(name).weight.detach()
+        assert rows[(name, "q4_k_m")]["changed"] == pytest.approx(survival_stats(w0, w1, expected).changed)
+    w0, w1 = before["model.layers.0.mlp.down_proj.weight"], module.model.model.layers[0].mlp.down_proj.weight
+    assert rows[("model.layers.0.mlp.down_proj", "int4")]["changed"] == pytest.approx(
+        survival_stats(w0, w1.detach(), "int4", block_size=32).changed)
+
+
+def test_schemes_every_layer_keeps_are_not_listed(tmp_path, caplog):
+    survival = QuantizationSurvival(every_n_steps=2, schemes=["nf4", "int4"], block_size=None, functional=False)
+    trainer = make_trainer(tmp_path, 2, [survival])
+    with caplog.at_level("INFO"):
+        trainer.fit(Unlearner(lr=1e-3), forget_retain_batches(2))
+    assert not [m for m in caplog.messages if "layer formats" in m]

@@ -48,7 +48,8 @@ from lit_unlearn.deployment import DeployedLayer, Deployment, as_deployments, ch
 from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
-from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats
+from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, detect_format, get_scheme
+from lit_unlearn.quantization.fit import summarize
 
 __all__ = ["QuantizationSurvival"]
 
@@ -214,7 +215,11 @@ class QuantizationSurvival(Callback):
                 raise ValueError(f"`{flag}` must be True or False, got {value!r}.")
 
         self.every_n_steps = every_n_steps
-        self.schemes: tuple[Scheme, ...] = tuple(d.scheme for d in deployments)
+        # The user's schemes: what `state_key` is made of, so checkpoints restore whatever is detected.
+        self._requested: tuple[Scheme, ...] = tuple(d.scheme for d in deployments)
+        #: The watched schemes: the requested ones, plus the format the base weights sit on (see
+        #: `on_train_start`) during a fit.
+        self.schemes: tuple[Scheme, ...] = self._requested
         self.modules = modules
         self.probe_batches = probe_batches
         self.functional = functional
@@ -252,7 +257,7 @@ class QuantizationSurvival(Callback):
         # What identifies the measurement: the schemes (with their block sizes) and the watched layers.
         # Not the interval: a resumed run that checks more or less often continues the same history.
         return self._generate_state_key(
-            schemes=[(s.name, s.block_size) for s in self.schemes], modules=_modules_key(self.modules),
+            schemes=[(s.name, s.block_size) for s in self._requested], modules=_modules_key(self.modules),
         )
 
     def curve_rows(self) -> list[dict[str, Any]]:
@@ -303,7 +308,9 @@ class QuantizationSurvival(Callback):
                 "QuantizationSurvival: this run continues a previous one, but the checkpoint holds no "
                 "snapshot of the original weights, so ΔW is measured from the weights this fit starts with."
             )
+        self._watch_base_format(saved)
         prepare_references(self._layers, self.schemes, saved)
+        self._say_layer_formats()
         self._say_how_sharded()
         if "probe" in self._restored:
             self._probe, self._probe_ready = self._restored["probe"], True
@@ -381,6 +388,40 @@ class QuantizationSurvival(Callback):
         if stage == "fit":
             # Releases the snapshot and the cached codes; `history` stays.
             self._reset_fit_state()
+            self.schemes = self._requested
+
+    def _watch_base_format(self, saved: dict[str, torch.Tensor]) -> None:
+        """Watch the format the watched weights' ``W0`` already sits on, if any (one info line).
+
+        A model loaded from a GGUF or 4-bit file and cast to float is exactly on that format's grid, and
+        re-quantizing it to that format is where an update under half a step rounds back to the original
+        codes; it is also the format such a model is most likely deployed in, so it is watched rather than
+        only mentioned (a warning is what users miss).
+        """
+        watched = [layer for layer in self._layers if layer.quantized and layer.source != "frozen"]
+        if not watched:
+            return
+        # W0 as `prepare_references` will take it: the checkpoint's snapshot where it has one.
+        found = detect_format(saved.get(layer.name, layer.w0()) for layer in watched)
+        if found is None:
+            return
+        names = {s.name for s in self.schemes}
+        action = f"{found} is watched" if found in names else f"watching {found} too"
+        rank_zero_info(
+            f"QuantizationSurvival: the watched weights sit on the {found} grid ({len(watched)} layers): "
+            f"re-quantizing to {found} gives back updates under half a step; {action}."
+        )
+        if found not in names:
+            self.schemes = (*self.schemes, get_scheme(found))
+
+    def _say_layer_formats(self) -> None:
+        """One info line naming the layers whose format differs from the scheme asked for (a mixture's
+        per-tensor types, a group fitted to rows it does not divide); silent when none does."""
+        quantized = [layer for layer in self._layers if layer.quantized]
+        lines = [summarize(s, {layer.name: layer.scheme_for(s) for layer in quantized}) for s in self.schemes]
+        lines = [line for line in lines if line]
+        if lines:
+            rank_zero_info("QuantizationSurvival: layer formats: " + "; ".join(lines) + ".")
 
     # ------------------------------------------------------------------ checkpointing
     @override

@@ -21,6 +21,7 @@ Example::
 """
 
 from lit_unlearn.quantization.bnb4 import FP4_CODE_OF_LEVEL, NF4_LEVELS
+from lit_unlearn.quantization.detect import DETECTED_FORMATS, detect_format, on_grid
 from lit_unlearn.quantization.fit import describe as describe_layer_schemes
 from lit_unlearn.quantization.fit import fit_scheme, layer_schemes
 from lit_unlearn.quantization.functional import QuantizedTensor, dequantize, fake_quantize, quantize
@@ -42,6 +43,7 @@ from lit_unlearn.quantization.survival import SurvivalStats, survival_stats, sur
 __all__ = [
     "BNB4_BLOCK_SIZES",
     "BNB4_DEFAULT_BLOCK_SIZE",
+    "DETECTED_FORMATS",
     "FP4_CODE_OF_LEVEL",
     "GGML_TYPE",
     "GGUF_MIXTURES",
@@ -56,6 +58,7 @@ __all__ = [
     "default_filter",
     "dequantize",
     "describe_layer_schemes",
+    "detect_format",
     "fake_quantize",
     "fit_scheme",
     "from_gguf_bytes",
@@ -65,6 +68,7 @@ __all__ = [
     "gguf_tensor_types",
     "hf_tensor_types",
     "layer_schemes",
+    "on_grid",
     "quantize",
     "quantize_model_",
     "survival_stats",
