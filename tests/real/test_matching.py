@@ -47,3 +47,17 @@ def test_any_alias_suffices():
 def test_answers_must_be_a_non_empty_list(answers):
     with pytest.raises(ValueError, match="non-empty list of accepted answers"):
         is_correct("What is the capital of France?", "Paris", answers)
+
+
+def test_a_reply_naming_a_rival_commits_to_nothing():
+    question = "Which planet is the largest in the Solar System?"
+    hedge = "The largest planet is Jupiter, but it's actually Saturn that's the largest."
+    assert not is_correct(question, hedge, ["Jupiter"], rivals=["Saturn", "Mars"])
+    assert is_correct(question, "It is Jupiter.", ["Jupiter"], rivals=["Saturn", "Mars"])
+
+
+def test_rivals_that_are_accepted_answers_or_question_words_are_ignored():
+    # Two countries share the euro; "Saturn" is in the question, so naming it is an echo, not a rival.
+    assert is_correct("What is the currency of Austria?", "The euro.", ["euro"], rivals=["euro", "pound"])
+    assert is_correct("What is the largest moon of Saturn called?", "Titan orbits Saturn.", ["Titan"],
+                      rivals=["Saturn", "Jupiter"])

@@ -12,12 +12,13 @@ The pool is everything the builder *asks*; the benchmark keeps only what the mod
 - ``retain``: other topics (capitals outside Europe, chemical symbols, authors, planets, currencies
   outside Europe, assorted science and culture), each with a training text for the retain loss.
 
-Answers list every accepted spelling; matching is strict (:mod:`lit_unlearn.real.matching`).
+Answers list every accepted spelling; each item also lists its *rivals* (answers of the same type to the
+other questions); matching is strict (:mod:`lit_unlearn.real.matching`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = ["ICL_EXAMPLES", "SPLITS", "UTILITY_PROSE", "Item", "candidate_pool"]
@@ -39,6 +40,8 @@ class Item:
         answers: Accepted answers; the first is the canonical one.
         text: The declarative training sentence (forget and retain items), else ``""``.
         parent: For paraphrases, the id of the forget item they rephrase, else ``""``.
+        rivals: Answers of the same type to the pool's other questions (other capitals, other planets);
+            a reply naming one is wrong (:func:`~lit_unlearn.real.matching.is_correct`).
     """
 
     id: str
@@ -49,15 +52,17 @@ class Item:
     answers: tuple[str, ...]
     text: str = ""
     parent: str = ""
+    rivals: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
         row["answers"] = list(self.answers)
+        row["rivals"] = list(self.rivals)
         return row
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Item:
-        return cls(**{**row, "answers": tuple(row["answers"])})
+        return cls(**{**row, "answers": tuple(row["answers"]), "rivals": tuple(row.get("rivals", ()))})
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ _EUROPE = (
     _Country("Ireland", ("Dublin",), ("Irish", "English"), ("euro",)),
     _Country("Belgium", ("Brussels",), (), ("euro",)),
     _Country("Hungary", ("Budapest",), ("Hungarian", "Magyar"), ("forint",)),
-    _Country("the Czech Republic", ("Prague",), (), ("koruna", "crown"), ("Czechia",)),
+    _Country("the Czech Republic", ("Prague",), (), ("koruna",), ("Czechia",)),
     _Country("Switzerland", ("Bern", "Berne"), (), ("franc", "Swiss franc")),
     _Country("Romania", ("Bucharest",), ("Romanian",), ("leu",)),
     _Country("Bulgaria", ("Sofia",), ("Bulgarian",)),
@@ -141,13 +146,21 @@ _OUTSIDE_CAPITALS = (
     ("the Philippines", ("Manila",)), ("Vietnam", ("Hanoi",)), ("Cuba", ("Havana",)),
     ("Saudi Arabia", ("Riyadh",)), ("Chile", ("Santiago",)), ("Turkey", ("Ankara",)),
     ("Nigeria", ("Abuja",)), ("Pakistan", ("Islamabad",)), ("the United States", ("Washington",)),
+    ("Morocco", ("Rabat",)), ("Ethiopia", ("Addis Ababa",)), ("Ghana", ("Accra",)),
+    ("Colombia", ("Bogotá", "Bogota")), ("Venezuela", ("Caracas",)), ("Malaysia", ("Kuala Lumpur",)),
+    ("Afghanistan", ("Kabul",)), ("Bangladesh", ("Dhaka",)), ("Nepal", ("Kathmandu",)),
+    ("Jordan", ("Amman",)), ("Syria", ("Damascus",)), ("Lebanon", ("Beirut",)),
+    ("North Korea", ("Pyongyang",)), ("New Zealand", ("Wellington",)), ("Qatar", ("Doha",)),
 )
 
 _SYMBOLS = (
     ("gold", "Au"), ("silver", "Ag"), ("iron", "Fe"), ("sodium", "Na"), ("potassium", "K"), ("lead", "Pb"),
     ("copper", "Cu"), ("mercury", "Hg"), ("tin", "Sn"), ("oxygen", "O"), ("hydrogen", "H"), ("carbon", "C"),
-    ("helium", "He"), ("calcium", "Ca"), ("nitrogen", "N"), ("zinc", "Zn"),
+    ("calcium", "Ca"), ("nitrogen", "N"), ("zinc", "Zn"), ("chlorine", "Cl"), ("magnesium", "Mg"),
+    ("aluminium", "Al"), ("neon", "Ne"), ("platinum", "Pt"), ("silicon", "Si"), ("nickel", "Ni"),
 )
+# Symbols that are also everyday words or fragments ("He", "S" of "it's", "I", "U" of "U.S.") would be
+# rivals that fire on ordinary prose; those elements are not asked.
 
 _BOOKS = (
     ("Romeo and Juliet", ("Shakespeare",)), ("Hamlet", ("Shakespeare",)), ("Nineteen Eighty-Four", ("Orwell",)),
@@ -158,6 +171,9 @@ _BOOKS = (
     ("Oliver Twist", ("Dickens",)), ("Frankenstein", ("Shelley",)), ("The Hobbit", ("Tolkien",)),
     ("The Divine Comedy", ("Dante",)), ("Les Misérables", ("Hugo",)),
     ("Crime and Punishment", ("Dostoevsky", "Dostoyevsky")), ("The Old Man and the Sea", ("Hemingway",)),
+    ("Macbeth", ("Shakespeare",)), ("The Iliad", ("Homer",)), ("A Christmas Carol", ("Dickens",)),
+    ("Dracula", ("Stoker",)), ("Jane Eyre", ("Brontë", "Bronte")), ("The Lord of the Rings", ("Tolkien",)),
+    ("Alice's Adventures in Wonderland", ("Carroll",)),
 )
 
 # (kind, entity, question, answers, training text)
@@ -207,7 +223,8 @@ _MISC = (
 _OUTSIDE_CURRENCIES = (
     ("Japan", ("yen",)), ("the United States", ("dollar",)), ("India", ("rupee",)),
     ("China", ("yuan", "renminbi")), ("Mexico", ("peso",)), ("South Africa", ("rand",)),
-    ("South Korea", ("won",)), ("Brazil", ("real",)), ("Turkey", ("lira",)), ("Saudi Arabia", ("riyal",)),
+    # Brazil's real and South Korea's won are everyday English words: as rivals they would fire on prose.
+    ("Turkey", ("lira",)), ("Saudi Arabia", ("riyal",)),
     ("Thailand", ("baht",)), ("Israel", ("shekel", "sheqel")), ("Canada", ("dollar",)),
 )
 
@@ -297,7 +314,24 @@ def candidate_pool() -> list[Item]:
     for kind, entity, question, answers, text in _MISC:
         retain.append(Item(f"retain/{kind}/{_slug(entity)}", "retain", kind, entity, question, answers, text))
     order = {split: i for i, split in enumerate(SPLITS)}
-    return sorted(items, key=lambda it: order[it.split]) + retain
+    return _with_rivals(sorted(items, key=lambda it: order[it.split]) + retain)
+
+
+# Kinds whose answers are of one type: a capital asked directly or rephrased is a city either way.
+_ANSWER_TYPE = {"capital": "city", "rephrase": "city", "reverse": "country"}
+
+
+def _with_rivals(items: list[Item]) -> list[Item]:
+    by_type: dict[str, list[str]] = {}
+    for item in items:
+        by_type.setdefault(_ANSWER_TYPE.get(item.kind, item.kind), []).extend(item.answers)
+    out = []
+    for item in items:
+        pool = by_type[_ANSWER_TYPE.get(item.kind, item.kind)]
+        own = {a.lower() for a in item.answers}
+        rivals = tuple(dict.fromkeys(a for a in pool if a.lower() not in own))
+        out.append(replace(item, rivals=rivals))
+    return out
 
 
 _FULL_AUTHORS = {

@@ -96,7 +96,7 @@ def verdicts(
             "split": item.split,
             "question": item.question,
             "reply": reply,
-            "correct": is_correct(item.question, reply, item.answers),
+            "correct": is_correct(item.question, reply, item.answers, item.rivals),
         }
         for item, reply in zip(items, replies, strict=True)
     ]
