@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from tests.conftest import build_tiny_llama, build_tokenizer
 
 from lit_unlearn.real import Item, build_benchmark, kept_share, load_benchmark, score
 from lit_unlearn.real.probe import ask, perplexity
-from tests.conftest import build_tiny_llama, build_tokenizer
 
 TEMPLATE = (
     "{% for message in messages %}Q: {{ message['content'] }}\n{% endfor %}"
@@ -97,7 +97,7 @@ def test_keeps_exactly_what_the_model_knows_under_the_rules(built):
 
 
 def test_writes_training_texts_probe_and_muse_layout(built):
-    benchmark, out = built
+    _, out = built
     forget = [json.loads(line)["text"] for line in (out / "forget.jsonl").read_text().splitlines()]
     assert forget == ["The capital of France is Paris.", "The capital of Spain is Madrid."]
     assert [json.loads(line) for line in (out / "retain.jsonl").read_text().splitlines()] == [
@@ -164,11 +164,11 @@ def test_scores_a_fake_quantized_deployment_and_restores_the_weights(chat_model,
 
 def test_a_model_knowing_nothing_of_a_split_is_refused(chat_model, tmp_path):
     model, tokenizer = chat_model
-    unknown = [POOL[2], POOL[0], POOL[7], POOL[8]]  # the only retain question known is absent: Hamlet is not
+    # The model knows the France capital but not Hamlet's author: the retain split would be empty.
     with pytest.raises(ValueError, match=r"no question of split\(s\) \['retain'\]"):
         build_benchmark(model, tokenizer, tmp_path, pool=[POOL[0], POOL[8]], max_new_tokens=6)
-    with pytest.raises(ValueError, match="unique"):
-        build_benchmark(model, tokenizer, tmp_path, pool=unknown + [POOL[0]], max_new_tokens=6)
+    with pytest.raises(ValueError, match=r"unique; repeated: \['forget/france'\]"):
+        build_benchmark(model, tokenizer, tmp_path, pool=[POOL[0], POOL[7], POOL[0]], max_new_tokens=6)
 
 
 def test_perplexity_refuses_a_text_longer_than_the_context(chat_model):
@@ -178,7 +178,7 @@ def test_perplexity_refuses_a_text_longer_than_the_context(chat_model):
 
 
 def test_a_tokenizer_without_chat_template_is_refused(chat_model):
-    model, tokenizer = chat_model
+    model, _ = chat_model
     plain = build_tokenizer(["a b c"] * 10)
     with pytest.raises(ValueError, match="no chat template"):
         ask(model, plain, ["What is the capital of France?"])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lit_unlearn.data.sources import TextSource, load_texts
-from lit_unlearn.real import SPLITS, DATA_DIR, is_correct, load_benchmark
+from lit_unlearn.real import DATA_DIR, SPLITS, is_correct, load_benchmark
 from lit_unlearn.real.pool import candidate_pool
 
 
