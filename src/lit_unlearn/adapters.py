@@ -23,6 +23,7 @@ __all__ = [
     "adapters_disabled",
     "apply_lora",
     "default_target_modules",
+    "deployed_name",
     "is_peft_model",
     "linear_module_names",
     "load_adapter",
@@ -30,8 +31,24 @@ __all__ = [
     "lora_deltas",
     "lora_layers",
     "merge_adapter",
+    "output_head",
     "reference_mode",
 ]
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def deployed_name(module_name: str) -> str:
+    """The name a module has in the merged model: no peft ``base_model.model.`` prefix, no ``.base_layer``."""
+    return module_name.removeprefix(_PEFT_PREFIX).removesuffix(".base_layer")
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The output head a deployment keeps in full precision: ``get_output_embeddings()``, unwrapped from a
+    peft layer if one wraps it; ``None`` for a model without one."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    return getattr(head, "base_layer", head)
 
 
 @dataclass
@@ -67,8 +84,6 @@ class LoRA:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct leaf names of the model's ``nn.Linear`` modules, output head excluded, sorted."""
-    from lit_unlearn.deployment.layers import output_head
-
     head = output_head(model)
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
     return sorted(names)
@@ -125,7 +140,7 @@ def merge_adapter(model: nn.Module, progress: bool = False) -> nn.Module:
     """The plain model with the adapter merged in, as peft's ``merge_and_unload`` writes it (in the base
     dtype, :func:`lit_unlearn.deployment.merge`)."""
     for name, layer in lora_layers(model):
-        check_mergeable(layer, _clean_name(name))
+        check_mergeable(layer, deployed_name(name))
     return model.merge_and_unload(progressbar=progress)
 
 
@@ -189,12 +204,6 @@ def check_mergeable(layer: nn.Module, name: str | None = None) -> None:
         )
 
 
-def _clean_name(name: str) -> str:
-    from lit_unlearn.deployment.layers import deployed_name
-
-    return deployed_name(name)
-
-
 @torch.no_grad()
 def lora_delta(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """``scaling · B @ A`` of one peft ``LoraLayer``, summed over its active adapters, as peft merges it.
@@ -252,11 +261,11 @@ def lora_deltas(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Ten
         ValueError: for a DoRA adapter, whose merge is not ``W0 + ΔW``.
     """
     for name, layer in lora_layers(model):
-        check_mergeable(layer, _clean_name(name))
+        check_mergeable(layer, deployed_name(name))
         delta = lora_delta(layer)
         if delta is None:
             continue
-        yield _clean_name(name), layer.get_base_layer().weight, delta
+        yield deployed_name(name), layer.get_base_layer().weight, delta
 
 
 def reference_mode(model: nn.Module) -> contextlib.AbstractContextManager:

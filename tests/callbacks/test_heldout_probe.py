@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from lit_unlearn.callbacks import QuantizationSurvival
 from lit_unlearn.callbacks._survival_probe import heldout_probe
 from lit_unlearn.data import ForgetRetainDataModule, load_texts, tokenize
-from lit_unlearn.quantization import quantize_model_
+from lit_unlearn.deployment import quantize_model_
 
 VOCAB = 64
 HELDOUT = "survival/{}/effect_retained_heldout"

@@ -15,7 +15,8 @@ from tests.quantization.test_bitsandbytes_cuda_rule import kernel_codes
 from torch import nn
 
 from lit_unlearn.callbacks import PreserveQuantization, QuantizationSurvival
-from lit_unlearn.quantization import SCHEMES, quantize, quantize_model_
+from lit_unlearn.deployment import quantize_model_
+from lit_unlearn.quantization import SCHEMES, quantize
 
 
 def _linears(model: nn.Module) -> dict[str, torch.Tensor]:

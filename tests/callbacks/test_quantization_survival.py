@@ -466,7 +466,7 @@ def test_sharding_error_is_one_type_for_both_callbacks():
 
 # ------------------------------------------------------------------------ formats: detected and per layer
 def test_base_weights_on_the_q4_1_grid_are_detected_and_watched(tmp_path, caplog):
-    from lit_unlearn.quantization import quantize_model_
+    from lit_unlearn.deployment import quantize_model_
 
     seed_everything(0)
     module = Unlearner(lora=True, lr=1e-4)

@@ -20,8 +20,9 @@ from lit_unlearn.deployment import (
     merge,
     merged_state_dict,
     output_head,
+    quantize_model_,
 )
-from lit_unlearn.quantization import get_scheme, quantize, quantize_model_
+from lit_unlearn.quantization import get_scheme, quantize
 from lit_unlearn.quantization.llm_int8 import llm_int8_linear
 
 SCHEMES = ["nf4", "int4", "int8"]
@@ -194,7 +195,7 @@ def test_deployment_names_its_parts_and_refuses_bad_ones():
     assert [layer.name for layer in d.layers(build_tiny_llama(360))][:2] == [
         "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
     assert Deployment("full").scheme is None
-    with pytest.raises(ValueError, match=r"'nf5'.*'full', 'nf4'"):
+    with pytest.raises(ValueError, match=r"'nf5'.*'full', 'int8', 'nf4'"):
         Deployment("nf5")
     with pytest.raises(ValueError, match="block_size"):
         Deployment("full", 64)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lit_unlearn.deployment import Deployment, deployed_layers, deployed_weights
-from lit_unlearn.quantization import fake_quantize, layer_schemes, quantize_model_
+from lit_unlearn.deployment import (
+    Deployment,
+    deployed_layers,
+    deployed_weights,
+    layer_schemes,
+    quantize_model_,
+)
+from lit_unlearn.quantization import fake_quantize
 
 
 def _tiny_llama() -> LlamaForCausalLM:

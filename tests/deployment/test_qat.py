@@ -10,9 +10,9 @@ from tests.conftest import build_tiny_llama
 from torch import nn
 
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.deployment import deployed_layers
+from lit_unlearn.deployment import deployed_layers, quantize_model_
 from lit_unlearn.deployment.qat import quantization_aware
-from lit_unlearn.quantization import fake_quantize, get_scheme, quantize_model_
+from lit_unlearn.quantization import fake_quantize, get_scheme
 
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 2], [1, 50, 60, 70, 80, 90, 100, 110]])
 

@@ -5,6 +5,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from lit_unlearn.adapters import LoRA, apply_lora
+from lit_unlearn.deployment import quantize_model_
 from lit_unlearn.evaluation import (
     PRECISIONS,
     QA,
@@ -15,7 +16,6 @@ from lit_unlearn.evaluation import (
     truncate_tokens,
 )
 from lit_unlearn.metrics import rouge_l_f1
-from lit_unlearn.quantization import quantize_model_
 
 # Short generations keep the tiny model fast; the protocol's 128/32 tokens are the defaults.
 FAST = {"verbmem_max_new_tokens": 6, "knowmem_max_new_tokens": 4, "batch_size": 4, "progress": False}

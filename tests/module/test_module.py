@@ -244,7 +244,7 @@ def test_reference_runs_without_dropout_while_training_keeps_it(tiny_model_dir, 
 
 @pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
 def test_quantization_aware_losses_see_the_deployed_model(tiny_model_dir, lora):
-    from lit_unlearn.quantization import quantize_model_
+    from lit_unlearn.deployment import quantize_model_
 
     module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora, quantization_aware="nf4")
     batch = combined(module)

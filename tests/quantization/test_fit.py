@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from lit_unlearn.deployment import layer_schemes
 from lit_unlearn.quantization import (
     describe_layer_schemes,
     detect_format,
     fake_quantize,
     fit_scheme,
     get_scheme,
-    layer_schemes,
     on_grid,
 )
 from lit_unlearn.quantization.fit import summarize

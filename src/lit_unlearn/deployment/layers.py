@@ -35,7 +35,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lit_unlearn.adapters import adapter_internals, check_mergeable, lora_delta, lora_layers
+# The naming rules live with the peft seam (below this package), which needs them too.
+from lit_unlearn.adapters import (
+    adapter_internals,
+    check_mergeable,
+    deployed_name,
+    lora_delta,
+    lora_layers,
+    output_head,
+)
 from lit_unlearn.quantization import (
     QuantizedTensor,
     Scheme,
@@ -82,22 +90,6 @@ Source = Literal["lora", "snapshot", "frozen"]
 #: A layer selection: ``None`` (what a deployment quantizes), a regex searched in each deployed name, a
 #: list of names (each a full name or its trailing components), or ``filter_fn(name, module) -> bool``.
 Modules = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def deployed_name(module_name: str) -> str:
-    """The name a module has in the merged model: no peft ``base_model.model.`` prefix, no ``.base_layer``."""
-    return module_name.removeprefix(_PEFT_PREFIX).removesuffix(".base_layer")
-
-
-def output_head(model: nn.Module) -> nn.Module | None:
-    """The output head a deployment keeps in full precision: ``get_output_embeddings()``, unwrapped from a
-    peft layer if one wraps it; ``None`` for a model without one."""
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
-    return getattr(head, "base_layer", head)
-
 
 class MixtureTypes:
     """llama.cpp's type for each linear layer of one model under a GGUF mixture, computed on first use.

@@ -23,11 +23,11 @@ Example::
 from lit_unlearn.quantization.bnb4 import FP4_CODE_OF_LEVEL, NF4_LEVELS
 from lit_unlearn.quantization.detect import DETECTED_FORMATS, detect_format, on_grid
 from lit_unlearn.quantization.fit import describe as describe_layer_schemes
-from lit_unlearn.quantization.fit import fit_scheme, layer_schemes
+from lit_unlearn.quantization.fit import fit_scheme
 from lit_unlearn.quantization.functional import QuantizedTensor, dequantize, fake_quantize, quantize
 from lit_unlearn.quantization.gguf_bytes import GGML_TYPE, from_gguf_bytes, gguf_bytes
 from lit_unlearn.quantization.gguf_mixture import gguf_fallback_type, gguf_tensor_types, hf_tensor_types
-from lit_unlearn.quantization.model import OUTPUT_HEAD_NAMES, default_filter, quantize_model_
+from lit_unlearn.quantization.model import OUTPUT_HEAD_NAMES, default_filter
 from lit_unlearn.quantization.schemes import (
     BNB4_BLOCK_SIZES,
     BNB4_DEFAULT_BLOCK_SIZE,
@@ -67,10 +67,8 @@ __all__ = [
     "gguf_fallback_type",
     "gguf_tensor_types",
     "hf_tensor_types",
-    "layer_schemes",
     "on_grid",
     "quantize",
-    "quantize_model_",
     "survival_stats",
     "survival_stats_delta",
 ]

@@ -2,7 +2,7 @@
 
 Two rules, one function (:func:`fit_scheme`), applied wherever a weight is quantized (``quantize``,
 ``fake_quantize``, ``survival_stats``, ``quantize_model_``, the survival check, evaluation, export), and a
-per-model listing the callbacks log (:func:`layer_schemes`, :func:`describe`):
+per-model listing the callbacks log (:func:`lit_unlearn.deployment.layer_schemes`, :func:`describe`):
 
 * **GGUF**: what llama.cpp's quantize tool does. A K-quant on rows that are not whole 256-weight
   super-blocks is stored as Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0; a row that is not whole 32-weight blocks
@@ -29,10 +29,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from torch import nn
+from collections.abc import Sequence
 
 from lit_unlearn.quantization.gguf_mixture import MIXTURE_BASE, gguf_fallback_type
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
@@ -62,28 +59,6 @@ def fit_scheme(scheme: str | Scheme, shape: Sequence[int]) -> Scheme:
     return scheme
 
 
-def layer_schemes(
-    model: nn.Module, scheme: str | Scheme | Any, filter_fn: Callable[[str, nn.Module], bool] | None = None
-) -> dict[str, Scheme]:
-    """The format each quantized linear layer of ``model`` gets: ``{qualified name: Scheme}``.
-
-    Layers are those :func:`~lit_unlearn.quantization.quantize_model_` selects, named as in the deployed
-    (merged) model, each resolved by :meth:`~lit_unlearn.deployment.DeployedLayer.scheme_for`: GGUF mixtures
-    per tensor with llama.cpp's rule (:func:`~lit_unlearn.quantization.gguf_mixture.hf_tensor_types`, on
-    Hugging Face Llama names: ``v_proj`` is ``attn_v``, ``down_proj`` ``ffn_down``), every other scheme
-    through :func:`fit_scheme`.
-    """
-    from lit_unlearn.deployment import Deployment, as_deployment, deployed_layers
-
-    if isinstance(scheme, Deployment):
-        deployment = as_deployment(scheme, None, filter_fn)
-        if deployment.scheme is None:
-            return {}
-        scheme, filter_fn = deployment.scheme, deployment.modules
-    scheme = get_scheme(scheme)
-    return {layer.name: layer.scheme_for(scheme) for layer in deployed_layers(model, filter_fn) if layer.quantized}
-
-
 def label(scheme: Scheme) -> str:
     """``"q6_k"``, ``"nf4@64"``, ``"int4@96"``: a resolved scheme in one word (its block size where it has a
     choice of one)."""
@@ -92,7 +67,8 @@ def label(scheme: Scheme) -> str:
 
 
 def describe(schemes: dict[str, Scheme]) -> dict[str, str]:
-    """``{layer: "q6_k"}`` / ``{layer: "int4@96"}``: :func:`layer_schemes` as plain strings for a logger."""
+    """``{layer: "q6_k"}`` / ``{layer: "int4@96"}``: :func:`~lit_unlearn.deployment.layer_schemes` as plain
+    strings for a logger."""
     return {name: label(s) for name, s in schemes.items()}
 
 

@@ -202,7 +202,7 @@ def _data_dir(world: Any) -> Path:
 def _quantized(model: Any, precision: str) -> Any:
     if precision == "fp32":
         return model
-    from lit_unlearn.quantization import quantize_model_
+    from lit_unlearn.deployment import quantize_model_
 
     clone = copy.deepcopy(model)
     quantize_model_(clone, precision)
@@ -224,7 +224,7 @@ def knowledge_report(
             each quantized precision is measured on a copy.
         tokenizer: The world's tokenizer.
         world: A :class:`~lit_unlearn.world.WorldPaths` or the path of the world's dataset directory.
-        schemes: ``"fp32"`` (as is) and/or scheme names of :func:`lit_unlearn.quantization.quantize_model_`
+        schemes: ``"fp32"`` (as is) and/or scheme names of :func:`lit_unlearn.deployment.quantize_model_`
             (``"int8"``, ``"nf4"``, ``"fp4"``, ``"int4"``, ...): each ``nn.Linear`` but the output head
             is fake-quantized.
         max_items: Use only the first ``max_items`` questions / documents of each set (None: all).
