@@ -45,6 +45,7 @@ from lit_unlearn.callbacks._survival_probe import (
     to_device,
 )
 from lit_unlearn.deployment import DeployedLayer, Deployment, as_deployments, check_strategy, deployed_model
+from lit_unlearn.deployment.layers import holding_deployed
 from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
@@ -564,33 +565,42 @@ class QuantizationSurvival(Callback):
 
         ``None`` when the module has no probe loss (said once, in an info line).
         """
+        losses = self._losses_of(pl_module, original, [self._probe if probe is None else probe])
+        return None if losses is None else losses[0]
+
+    def _losses_of(
+        self, pl_module: LightningModule, original: bool, probes: list[list[dict[str, Any]]]
+    ) -> list[dict[str, dict[str, float]]] | None:
+        """:meth:`_probe_losses` of several probes, one list entry per probe. Each scheme's deployed weights are
+        quantized once for all of their batches and splits (:func:`holding_deployed`), not once per forward."""
         if self._probe_loss_resolved and self._probe_loss is None:
             return None
         model = model_of(pl_module)
-        probe = [to_device(batch, pl_module.device) for batch in (self._probe if probe is None else probe)]
+        probes = [[to_device(batch, pl_module.device) for batch in probe] for probe in probes]
         with isolated_eval(pl_module):
             if not self._probe_loss_resolved:
-                self._probe_loss = resolve_probe_loss(pl_module, model, probe[0]["forget"])
+                self._probe_loss = resolve_probe_loss(pl_module, model, probes[0][0]["forget"])
                 self._probe_loss_resolved = True
                 if self._probe_loss is None:
                     return None
             with self._model_as(model, None, original) if original else contextlib.nullcontext():
-                losses = {"fp": self._losses(probe)}
+                losses = [{"fp": self._losses(probe)} for probe in probes]
             for scheme in self.schemes:
-                with self._model_as(model, scheme, original):
-                    losses[scheme.name] = self._losses(probe)
+                with holding_deployed(self._layers), self._model_as(model, scheme, original):
+                    for probe, entry in zip(probes, losses):
+                        entry[scheme.name] = self._losses(probe)
         return losses
 
     def _function_space(
         self, pl_module: LightningModule, step: int, rows: list[dict[str, Any]]
     ) -> dict[str, float]:
-        original = self._original_losses
-        current = self._probe_losses(pl_module, original=False)
-        if current is None or original is None:
+        original, heldout_original = self._original_losses, self._original_heldout
+        with_heldout = self._heldout is not None and heldout_original is not None
+        probes = [self._probe, self._heldout] if with_heldout else [self._probe]
+        found = self._losses_of(pl_module, original=False, probes=probes)
+        if found is None or original is None:
             return {}
-        heldout, heldout_original = None, self._original_heldout
-        if self._heldout is not None and heldout_original is not None:
-            heldout = self._probe_losses(pl_module, original=False, probe=self._heldout)
+        current, heldout = found[0], found[1] if with_heldout else None
         metrics = {}
         for scheme in self.schemes:
             name, fp, q = scheme.name, current["fp"], current[scheme.name]

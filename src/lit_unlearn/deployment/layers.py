@@ -27,8 +27,9 @@ the layer a deployment keeps in full precision.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,6 +83,7 @@ __all__ = [
     "Source",
     "deployed_layers",
     "deployed_name",
+    "holding_deployed",
     "merge",
     "output_head",
 ]
@@ -140,6 +142,8 @@ class DeployedLayer:
     mesh: object = None
     mixtures: MixtureTypes | None = field(default=None, repr=False)
     _resolved: dict[Scheme, Scheme] = field(default_factory=dict, init=False, repr=False)
+    # Q(merged) per scheme name while :func:`holding_deployed` holds it (``None`` outside).
+    _held: dict[str, QuantizedTensor] | None = field(default=None, init=False, repr=False)
 
     def scheme_for(self, scheme: Scheme) -> Scheme:
         """The format this layer is deployed in under ``scheme``: for ``q4_k_m``/``q5_k_m`` the type
@@ -235,6 +239,8 @@ class DeployedLayer:
             return fake_quantize(self.w0(), self.scheme_for(scheme))
         if self.lora is None and self._is_base_format(scheme):
             return self.w0()  # a 4-bit base without an adapter is deployed as stored
+        if self._held is not None and scheme is not None and self.quantized and not self._double_quant_merge(scheme):
+            return self.quantized_weight(scheme).dequantize()  # equal to fake_quantize(merged) exactly
         merged = self.merged()
         if self._double_quant_merge(scheme):
             # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself,
@@ -249,7 +255,12 @@ class DeployedLayer:
             if cached is not None:
                 return cached.to(self.linear.weight.device)
             return quantize(self.w0(), self.scheme_for(scheme))
-        return quantize(self.merged(), self.scheme_for(scheme))
+        if self._held is None:
+            return quantize(self.merged(), self.scheme_for(scheme))
+        held = self._held.get(scheme.name)
+        if held is None:
+            held = self._held[scheme.name] = quantize(self.merged(), self.scheme_for(scheme)).to("cpu")
+        return held.to(self.linear.weight.device)
 
     @torch.no_grad()
     def cache_references(self, schemes: Sequence[Scheme], snapshot: torch.Tensor | None = None) -> None:
@@ -380,6 +391,25 @@ class DeployedLayer:
             b = rows_of(lora.lora_B[adapter].weight).float()
             delta += (b @ a) * lora.scaling[adapter]
         return delta
+
+
+@contextlib.contextmanager
+def holding_deployed(layers: Sequence[DeployedLayer]) -> Iterator[None]:
+    """Within the context, each layer quantizes its current merged weight once per scheme and keeps the codes.
+
+    :meth:`DeployedLayer.weight` and :meth:`DeployedLayer.quantized_weight` of the current model then decode
+    (or return) the kept ``Q(merged)``, so several forward passes over the deployed model (a probe's forget
+    and retain batches, a held-out probe) quantize each layer once, not once per pass. The codes (1 byte per
+    weight, plus the scales) are kept in host RAM, as the cached ``Q(W0)`` are, until the context exits; the
+    weights must not change inside it. Not reentrant.
+    """
+    for layer in layers:
+        layer._held = {}
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._held = None
 
 
 def _rows_hold_whole_blocks(scheme: Scheme, rows: int, cols: int, world: int) -> bool:
