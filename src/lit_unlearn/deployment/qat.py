@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_unlearn.deployment.layers import DeployedLayer, merge
-from lit_unlearn.quantization import Scheme, fake_quantize
+from lit_unlearn.quantization import Scheme, _fused, fake_quantize, fit_scheme
+from lit_unlearn.quantization.functional import codec_for
 
 __all__ = ["QuantizationAwareSwitch", "quantization_aware", "ste_weight"]
 
@@ -56,10 +57,79 @@ def ste_weight(layer: DeployedLayer, scheme: Scheme) -> torch.Tensor:
     return merged + (quantized - merged).detach()
 
 
+def _quantized_merge(w0: torch.Tensor, delta: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """``fake_quantize(merge(w0, delta), scheme)``: one compiled pass on a CPU where it applies, else eagerly."""
+    fitted = fit_scheme(scheme, w0.shape)
+    fused = _fused.fake_quantize_merged(w0, delta, fitted, codec_for(fitted, w0.device).group_len(w0.shape))
+    return fused if fused is not None else fake_quantize(merge(w0, delta), fitted)
+
+
+def _lora_factors(layer: DeployedLayer) -> list[tuple[str, torch.Tensor, torch.Tensor]] | None:
+    """``(adapter, A, B)`` of the active adapters of a quantized LoRA layer that :class:`_DeployedLoRA` serves
+    (``ΔW = Σ s·B@A``), or ``None`` for any other layer."""
+    lora = layer.lora
+    if lora is None or not layer.quantized or lora.disable_adapters or getattr(lora, "fan_in_fan_out", False):
+        return None
+    active = [a for a in lora.active_adapters if a in lora.lora_A]
+    if not active:
+        return None
+    return [(a, lora.lora_A[a].weight, lora.lora_B[a].weight) for a in active]
+
+
+class _DeployedLoRA(torch.autograd.Function):
+    """``y = x @ Q(W0 + Σ s·B@A)ᵀ + b`` with straight-through gradients to ``x``, ``A``, ``B`` (and ``b``).
+
+    Nothing weight-sized is kept for backward: the deployed weight is formed again there (the same
+    arithmetic, so the same values) for ``∂L/∂x = g·Q(W)``, and ``∂L/∂W = gᵀx`` is never formed as a matrix:
+    ``∂L/∂B = s·gᵀ(x Aᵀ)`` and ``∂L/∂A = s·(g B)ᵀ x`` take ``tokens × r`` intermediates. At most one layer's
+    merged weight exists at a time, in forward and in backward alike.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: DeployedLayer, scheme: Scheme,
+                adapters: tuple[str, ...], *factors: torch.Tensor) -> torch.Tensor:
+        ctx.layer, ctx.scheme, ctx.adapters = layer, scheme, adapters
+        ctx.save_for_backward(x, *factors)
+        weight = _DeployedLoRA.weight(layer, scheme, adapters)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def weight(layer: DeployedLayer, scheme: Scheme, adapters: tuple[str, ...]) -> torch.Tensor:
+        with torch.no_grad():
+            delta = sum(layer.lora.get_delta_weight(adapter) for adapter in adapters)
+            return _quantized_merge(layer.linear.weight.detach(), delta, scheme)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, *factors = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x = grad_bias = None
+        if needs[0]:
+            weight = _DeployedLoRA.weight(ctx.layer, ctx.scheme, ctx.adapters)
+            grad_x = grad.matmul(weight.to(grad.dtype))
+            del weight
+        g = grad.reshape(-1, grad.shape[-1])
+        if needs[1]:
+            grad_bias = g.sum(0)
+        rows = x.reshape(-1, x.shape[-1])
+        grads: list[torch.Tensor | None] = []
+        for adapter, a, b in zip(ctx.adapters, factors[0::2], factors[1::2]):
+            scaling = ctx.layer.lora.scaling[adapter]
+            grad_b = (g.t() @ (rows @ a.t().to(rows.dtype))).mul_(scaling).to(b.dtype) if b.requires_grad else None
+            grad_a = ((g @ b.to(g.dtype)).t() @ rows).mul_(scaling).to(a.dtype) if a.requires_grad else None
+            grads += [grad_a, grad_b]
+        return (grad_x, grad_bias, None, None, None, *grads)
+
+
 def _deployed_forward(layer: DeployedLayer, scheme: Scheme):
     linear = layer.linear
 
     def forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        factors = _lora_factors(layer)
+        if factors is not None:
+            adapters = tuple(adapter for adapter, _, _ in factors)
+            flat = [t for _, a, b in factors for t in (a, b)]
+            return _DeployedLoRA.apply(x, linear.bias, layer, scheme, adapters, *flat)
         weight = ste_weight(layer, scheme)
         return F.linear(x, weight.to(x.dtype), None if linear.bias is None else linear.bias.to(x.dtype))
 

@@ -1,0 +1,35 @@
+"""The compiled quantize-the-merge kernel of quantization-aware steps equals merge + fake_quantize bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_unlearn.quantization import _fused, fake_quantize, fit_scheme, get_scheme
+from lit_unlearn.quantization.functional import codec_for
+from lit_unlearn.quantization.merge import merge
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["nf4", "fp4", "int4", "int3", "int8"])
+def test_fused_fake_quantize_of_the_merge_is_the_eager_one(name: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    w0 = (torch.randn(96, 256, generator=g) * 0.02).to(dtype)
+    w0[0, :64], w0[1, :64] = 0.0, -1e-30  # a zero block, and one of tiny negatives (fp4's -0.0, RTN's +0.0)
+    delta = torch.randn(96, 256, generator=g) * 1e-3
+    delta[3, :64] = -w0[3, :64].float()  # a block merged to zero
+    scheme = fit_scheme(get_scheme(name), w0.shape)
+    got = _fused.fake_quantize_merged(w0, delta, scheme, codec_for(scheme, w0.device).group_len(w0.shape))
+    if scheme.family == "llm_int8":
+        assert got is None  # int8 stays eager
+        return
+    want = fake_quantize(merge(w0, delta), scheme)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert got.dtype == dtype and torch.equal(got.view(bits), want.view(bits))
+
+
+def test_fused_fake_quantize_refuses_non_finite_weights() -> None:
+    w0 = torch.zeros(4, 64)
+    w0[2, 5] = float("nan")
+    with pytest.raises(ValueError):
+        _fused.fake_quantize_merged(w0, torch.zeros(4, 64), get_scheme("nf4"), 64)
