@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from lit_unlearn.adapters import load_adapter, lora_delta, merge_adapter
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import DeployedLayer, Deployment, deployed_layers
+from lit_unlearn.deployment import FULL, DeployedLayer, Deployment, deployed_layers
+from lit_unlearn.deployment.config import unsupported
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
 from lit_unlearn.four_bit_base import FourBitBase, read_four_bit_base
 from lit_unlearn.gguf_io import (
@@ -70,7 +71,8 @@ __all__ = ["GGUF_EXPORT_FORMATS", "QUANTIZE_CHOICES", "ExportReport", "export", 
 
 Quantize = Literal["none", "full", "nf4", "fp4", "int8"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-# "full" is the unquantized precision's name everywhere else in lit-unlearn; "none" says the same here.
+# The formats bitsandbytes stores a copy in (at its fixed block 64), and "full" for none. "none", the word
+# this command used first, is kept as an alias of "full" (README: `--quantize none`).
 QUANTIZE_CHOICES: tuple[str, ...] = ("none", "full", "nf4", "fp4", "int8")
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 # The two 4-bit formats of P1's deployments (fp4 in its first runs, nf4 later).
@@ -227,8 +229,16 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"`{name}`={value!r} is not supported; choose one of {allowed}.")
 
 
+def _check_quantize(quantize: str) -> str:
+    """``quantize`` parsed by :meth:`Deployment.parse`: the bitsandbytes format of the copy, or ``"none"``."""
+    deployment = Deployment.parse(FULL if quantize == "none" else quantize, what="quantize")
+    if deployment.precision not in QUANTIZE_CHOICES or deployment.block_size is not None:
+        raise unsupported("quantize", quantize, QUANTIZE_CHOICES, " (bitsandbytes stores these, at block 64)")
+    return "none" if deployment.scheme is None else deployment.precision
+
+
 def _check_schemes(schemes: Sequence[str | Deployment], quantize: str) -> list[Scheme]:
-    """The schemes to report: names (each at its default block size) or Deployments (with their own)."""
+    """The schemes to report: names (each at its default block size, or ``"name:block"``) or Deployments."""
     listed = [schemes] if isinstance(schemes, (str, Deployment)) else list(schemes)
     for item in listed:
         if isinstance(item, Deployment) and item.modules is not None:
@@ -236,8 +246,10 @@ def _check_schemes(schemes: Sequence[str | Deployment], quantize: str) -> list[S
                 f"`schemes` holds {item} with `modules`: export reports every layer the deployment quantizes. "
                 "Leave the Deployment's `modules` unset."
             )
-    resolved = [get_scheme(item.precision, item.block_size) if isinstance(item, Deployment) else get_scheme(item)
-                for item in listed]  # raises for unknown names, listing SCHEMES
+    refuse = {FULL: "the report measures what quantization keeps of the update; name a scheme such as 'nf4'."}
+    # A Scheme is already resolved (its block size, None = one scale per row for RTN, is kept as it is).
+    resolved = [item if isinstance(item, Scheme) else Deployment.parse(item, what="schemes", refuse=refuse).scheme
+                for item in listed]
     # The format the copy is saved in is always reported: it is the one that will be deployed.
     if quantize != "none" and quantize not in {s.name for s in resolved}:
         resolved.append(get_scheme(quantize))
@@ -530,10 +542,10 @@ def export(
             ``base_model_name_or_path`` of ``adapter_config.json``; for a full model it is required. Its
             weights are ``W0``; for a full model they are read from its safetensors files.
         quantize: Also save a bitsandbytes copy: ``nf4``/``fp4`` (``load_in_4bit``, block 64) or ``int8``
-            (LLM.int8, ``load_in_8bit``); ``none`` (or ``full``) saves only the merged model. Its scheme
-            is added to ``schemes`` so the report covers the deployed format.
+            (LLM.int8, ``load_in_8bit``); ``full`` (or its alias ``none``) saves only the merged model. Its
+            scheme is added to ``schemes`` so the report covers the deployed format.
         schemes: Schemes of :data:`lit_unlearn.quantization.SCHEMES` to report, each at its default block
-            size, or :class:`~lit_unlearn.deployment.Deployment` s with their own.
+            size or with its own (``"int4:64"``), or :class:`~lit_unlearn.deployment.Deployment` s.
         dtype: Dtype to load and save the model in; ``auto`` keeps the base's stored dtype.
         worst: How many of the worst layers the report lists per scheme.
         overwrite: Write into a non-empty ``output_dir``.
@@ -562,8 +574,7 @@ def export(
         report = export("logs/adapter", "merged", quantize="nf4")
         print(report.total("nf4").cosine)
     """
-    _check_choice("quantize", quantize, QUANTIZE_CHOICES)
-    quantize = "none" if quantize == "full" else quantize
+    quantize = _check_quantize(quantize)
     _check_choice("dtype", dtype, DTYPE_CHOICES)
     if worst < 1:
         raise ValueError(f"`worst` must be a positive number of layers, got {worst}.")

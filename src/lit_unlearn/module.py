@@ -28,7 +28,7 @@ from lit_unlearn._paths import run_directory
 from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import deployed_layers
+from lit_unlearn.deployment import FULL, Deployment, deployed_layers
 from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
@@ -39,7 +39,7 @@ from lit_unlearn.objectives import (
     mean_token_nll,
     sure_row_masks,
 )
-from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
+from lit_unlearn.quantization import Scheme
 from lit_unlearn.quantization.bnb_decode import keep_4bit_layout
 from lit_unlearn.sharding import gathered_state_dict, is_sharded, shard_model, sharding_mesh
 
@@ -51,30 +51,23 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 _RNG_KEY = "lit_unlearn_rng_states"
 
 
+# Training fake-quantizes weights only, while an int8 deployment is LLM.int8, which also quantizes activations
+# row-wise and keeps outlier feature columns in 16 bits: training through int8 would optimise for another
+# model than the one deployed.
+_QAT_REFUSED = {
+    FULL: "trains through no quantization; leave it unset (None) for plain unlearning, or name a scheme such "
+    "as 'nf4' or 'int4:64'.",
+    "int8": "'int8' is evaluated as LLM.int8 (activations quantized too, outlier columns in 16 bits), which "
+    "weight-only fake quantization cannot train through. Use 'rtn8' (group-wise weight-only 8-bit "
+    "round-to-nearest) to train through an 8-bit weight grid.",
+}
+
+
 def _qat_scheme(spec: str | None) -> Scheme | None:
-    """``"nf4"`` or ``"int4:64"`` → the scheme (block size after the colon); ``None`` → ``None``."""
+    """``"nf4"`` or ``"int4:64"`` → the scheme (parsed by :meth:`Deployment.parse`); ``None`` → ``None``."""
     if spec is None:
         return None
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`quantization_aware`={spec!r} must be a scheme name such as 'nf4' or 'int4:64'.")
-    name, _, block = spec.partition(":")
-    if name not in SCHEMES:
-        raise ValueError(
-            f"`quantization_aware`={spec!r} names no quantization scheme; choose one of "
-            f"{', '.join(map(repr, SCHEMES))}, optionally with a block size ('int4:64')."
-        )
-    if block and not block.isdigit():
-        raise ValueError(f"`quantization_aware`={spec!r}: the block size after ':' must be an integer.")
-    if name == "int8":
-        # Training fake-quantizes weights only, while an int8 deployment is LLM.int8, which also quantizes
-        # activations row-wise and keeps outlier feature columns in 16 bits: training through int8 would
-        # optimise for another model than the one deployed.
-        raise ValueError(
-            f"`quantization_aware`={spec!r}: 'int8' is evaluated as LLM.int8 (activations quantized too, outlier "
-            "columns in 16 bits), which weight-only fake quantization cannot train through. Use 'rtn8' "
-            "(group-wise weight-only 8-bit round-to-nearest) to train through an 8-bit weight grid."
-        )
-    return get_scheme(name, int(block) if block else None)
+    return Deployment.parse(spec, what="quantization_aware", refuse=_QAT_REFUSED).scheme
 
 
 def _check_writable(directory: Path) -> None:

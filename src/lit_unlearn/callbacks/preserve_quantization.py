@@ -24,9 +24,9 @@ from typing_extensions import override
 
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.callbacks._survival_layers import model_of
-from lit_unlearn.deployment import DeployedLayer, check_strategy, deployed_layers
-from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
-from lit_unlearn.quantization.cells import quantization_cell
+from lit_unlearn.deployment import FULL, DeployedLayer, Deployment, check_strategy, deployed_layers
+from lit_unlearn.quantization import SCHEMES, Scheme
+from lit_unlearn.quantization.cells import check_cell_scheme, quantization_cell
 
 __all__ = ["PreserveQuantization"]
 
@@ -55,7 +55,10 @@ class PreserveQuantization(Callback):
     (reciprocal) and 38% (bf16) of the parked codes flip. So each edge is moved inward by ``margin`` of
     its magnitude (:func:`~lit_unlearn.quantization.cells.quantization_cell`); a weight whose original
     value is already closer than that to an edge is held at ``W0``, so its deployed code is the
-    original's whatever the arithmetic. Casts (``bf16``, ``fp16``) have no scale and take no margin.
+    original's whatever the arithmetic. Casts (``bf16``, ``fp16``) have no scale and take no margin. On
+    8-bit grids (``int8``, ``rtn8``, ``q8_0``) a cell near a block's maximum is only about 2^-7 of it wide,
+    so the margin is capped at an eighth of the cell: that absorbs the reciprocal's ulp, but not a bf16 copy
+    (which moves such weights by up to a quarter of a cell) — keep those checkpoints in fp32.
 
     Everything a deployment does not quantize would still change the quantized model: the callback
     refuses to start while embeddings, the output head, norms, biases or unselected linear layers are
@@ -64,7 +67,8 @@ class PreserveQuantization(Callback):
 
     Args:
         scheme: The quantization format whose codes are preserved, a name of
-            :data:`~lit_unlearn.quantization.SCHEMES` (nf4, fp4, int8, int2…int7, rtn8, ``-asym``).
+            :data:`~lit_unlearn.quantization.SCHEMES` (nf4, fp4, int8, int2…int7, rtn8, ``-asym``), optionally
+            with its block size (``"int4:64"``), read by :meth:`~lit_unlearn.deployment.Deployment.parse`.
         block_size: Its block (group) size; ``None`` takes the format's default.
         modules: The deployed layers to preserve (a regex, a list of names, or ``None`` for every linear
             layer but the output head, what a deployment quantizes).
@@ -74,7 +78,7 @@ class PreserveQuantization(Callback):
             arithmetic reproduces).
 
     Raises:
-        ValueError: for an unknown scheme or a block size it does not allow; at fit start, for a LoRA
+        ValueError: for an unknown scheme, ``"full"`` or a block size it does not allow; at fit start, for a LoRA
             model, or for trainable parameters outside the preserved layers (without ``freeze_others``); for a
             ``margin`` outside ``[0, 0.5)``.
         lit_unlearn.deployment.UnsupportedStrategyError: under a strategy that shards weights.
@@ -93,14 +97,15 @@ class PreserveQuantization(Callback):
         freeze_others: bool = False,
         margin: float = DEFAULT_MARGIN,
     ) -> None:
-        if scheme not in SCHEMES:
-            choices = ", ".join(map(repr, SCHEMES))
-            raise ValueError(f"`scheme`={scheme!r} is not a quantization scheme; choose one of {choices}.")
+        refuse = {FULL: f"quantizes nothing, so it has no codes to keep; choose one of {', '.join(map(repr, SCHEMES))}."}
+        deployment = Deployment.parse(scheme, block_size, what="scheme", refuse=refuse)
         if not isinstance(freeze_others, bool):
             raise ValueError(f"`freeze_others` must be True or False, got {freeze_others!r}.")
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 0.5:
             raise ValueError(f"`margin` must be a fraction of the cell edge in [0, 0.5), got {margin!r}.")
-        self.scheme: Scheme = get_scheme(scheme, block_size)
+        self.scheme: Scheme = deployment.scheme
+        # A mixture gives some layer a K-quant whatever the shapes: refused now, not at fit start.
+        check_cell_scheme(self.scheme, mixtures_only=True)
         # A cast rounds each weight alone: no scale, no reciprocal, nothing for a margin to absorb.
         self.margin = 0.0 if self.scheme.family == "half" else float(margin)
         self.modules = modules

@@ -21,7 +21,7 @@ from lit_unlearn.deployment.model import deployed_model
 from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
 from lit_unlearn.sharding import is_sharded
 
-__all__ = ["FULL", "PRECISIONS", "Deployment", "as_deployment", "as_deployments", "deployed_weights"]
+__all__ = ["FULL", "PRECISIONS", "Deployment", "as_deployment", "as_deployments", "deployed_weights", "unsupported"]
 
 #: The unquantized deployment's precision name.
 FULL = "full"
@@ -34,12 +34,11 @@ PRECISIONS: tuple[str, ...] = _COMMON + tuple(s for s in SCHEMES if s not in _CO
 _FIELDS = ("precision", "block_size", "modules")
 
 
-def _unknown(what: str, value: Any, allowed: Sequence[str] = PRECISIONS, hint: str = "") -> ValueError:
-    """The one message for a precision that is not one: the bad value, the allowed ones, the block form."""
-    return ValueError(
-        f"`{what}`={value!r} is not supported{hint}; choose one of {', '.join(map(repr, allowed))}, "
-        "optionally with a block size after a colon ('int4:64')."
-    )
+def unsupported(what: str, value: Any, allowed: Sequence[str] = PRECISIONS, hint: str = "") -> ValueError:
+    """The one message for a precision that is not one (or not one a backend runs, given its ``allowed``):
+    the argument, the bad value, the allowed ones and, for lit-unlearn's own quantizer, the block form."""
+    block_form = ", optionally with a block size after a colon ('int4:64')" if allowed is PRECISIONS else ""
+    return ValueError(f"`{what}`={value!r} is not supported{hint}; choose one of {', '.join(map(repr, allowed))}{block_form}.")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class Deployment:
                 raise ValueError(f"`block_size`={self.block_size!r} means nothing at precision 'full'; drop it.")
             return
         if self.precision not in SCHEMES:
-            raise _unknown("precision", self.precision)
+            raise unsupported("precision", self.precision)
         get_scheme(self.precision, self.block_size)
 
     @classmethod
@@ -79,6 +78,7 @@ class Deployment:
         modules: Modules = None,
         *,
         what: str = "precision",
+        refuse: Mapping[str, str] | None = None,
     ) -> Deployment:
         """The one door: a :class:`Deployment` from any form an entry point accepts.
 
@@ -89,6 +89,8 @@ class Deployment:
             block_size: The block size of a name given without one.
             modules: The layer selection of a name or mapping without one.
             what: The argument's name in error messages (``"quantization_aware"``, ``"--quantize"``).
+            refuse: Precisions this entry point cannot serve, each with the reason and the fix; refused
+                before its block size is checked.
 
         Raises:
             ValueError: naming ``what``, the bad value and the allowed ones.
@@ -116,7 +118,7 @@ class Deployment:
                     f"(precision required){f', not {unknown}' if unknown else ''}."
                 )
             if isinstance(value["precision"], str) and ":" in value["precision"]:
-                raise _unknown(what, value["precision"], hint=" (give the block size as `block_size`)")
+                raise unsupported(what, value["precision"], hint=" (give the block size as `block_size`)")
             block_size = value.get("block_size", block_size)
             modules = value.get("modules", modules)
             value = value["precision"]
@@ -130,7 +132,9 @@ class Deployment:
                 raise ValueError(f"`{what}`={value!r} and `block_size`={block_size!r} disagree; give the block size once.")
             block_size = int(block)
         if name != FULL and name not in SCHEMES:
-            raise _unknown(what, value)
+            raise unsupported(what, value)
+        if refuse and name in refuse:
+            raise ValueError(f"`{what}`={value!r}: {refuse[name]}")
         return cls(name, block_size, modules)
 
     @property

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.deployment import base_dtype, deployed_weights, merged_state_dict
-from lit_unlearn.quantization import SCHEMES
+from lit_unlearn.deployment import PRECISIONS, Deployment, base_dtype, deployed_weights, merged_state_dict
+from lit_unlearn.deployment.config import unsupported
 
 __all__ = [
     "BITSANDBYTES_PRECISIONS",
@@ -34,11 +34,8 @@ __all__ = [
     "merged_state_dict",
 ]
 
-# "full" is the unquantized model; the rest are lit_unlearn.quantization schemes: LLM.int8 (row-wise
-# int8 weights and activations), bitsandbytes' 4-bit nf4/fp4 (blockwise absmax), symmetric round-to-nearest
-# int4 (group 128), and every other scheme (int2…int7, rtn8, the -asym variants, bf16, fp16) after them.
-_COMMON = ("full", "int8", "nf4", "fp4", "int4")
-PRECISIONS: tuple[str, ...] = _COMMON + tuple(s for s in SCHEMES if s not in _COMMON)
+# The precisions are the deployments' (:data:`lit_unlearn.deployment.PRECISIONS`): "full", LLM.int8,
+# bitsandbytes' nf4/fp4, round-to-nearest int4, then every other scheme.
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Quantizer = Literal["fake", "bitsandbytes"]
 QUANTIZERS: tuple[str, ...] = ("fake", "bitsandbytes")
@@ -46,26 +43,23 @@ QUANTIZERS: tuple[str, ...] = ("fake", "bitsandbytes")
 BITSANDBYTES_PRECISIONS: tuple[str, ...] = ("full", "int8", "nf4", "fp4")
 
 
-def check_precision(precision: str, quantizer: str = "fake") -> None:
-    """Raise a ``ValueError`` naming the bad value and the allowed ones."""
+def check_precision(precision: str | Deployment, quantizer: str = "fake") -> Deployment:
+    """The :class:`~lit_unlearn.deployment.Deployment` of ``precision`` (parsed by
+    :meth:`~lit_unlearn.deployment.Deployment.parse`), checked to be one ``quantizer`` runs.
+
+    Raises:
+        ValueError: naming the bad value and the allowed ones.
+    """
     if quantizer not in QUANTIZERS:
         raise ValueError(
             f"`quantizer`={quantizer!r} is not supported; choose one of {', '.join(map(repr, QUANTIZERS))} "
             "('fake' runs anywhere; 'bitsandbytes' needs CUDA)."
         )
-    allowed = PRECISIONS if quantizer == "fake" else BITSANDBYTES_PRECISIONS
-    if precision not in allowed:
-        hint = (
-            " (bitsandbytes has no int4 round-to-nearest; use quantizer='fake' for it)"
-            if precision == "int4"
-            else ""
-        )
-        raise ValueError(
-            f"`precision`={precision!r} is not supported{hint}; choose one of "
-            f"{', '.join(map(repr, allowed))}."
-        )
-
-
+    deployment = Deployment.parse(precision)
+    if quantizer == "bitsandbytes" and deployment.precision not in BITSANDBYTES_PRECISIONS:
+        hint = " (bitsandbytes has no int4 round-to-nearest; use quantizer='fake' for it)"
+        raise unsupported("precision", deployment.precision, BITSANDBYTES_PRECISIONS, hint if deployment.precision == "int4" else "")
+    return deployment
 
 
 def load_bitsandbytes(
@@ -84,7 +78,7 @@ def load_bitsandbytes(
         RuntimeError: without CUDA.
         ValueError: for ``full`` or ``int4`` (not bitsandbytes formats).
     """
-    check_precision(precision, "bitsandbytes")
+    precision = check_precision(precision, "bitsandbytes").precision
     if precision == "full":
         raise ValueError("`precision`='full' needs no bitsandbytes reload; evaluate the model itself.")
     if not torch.cuda.is_available():

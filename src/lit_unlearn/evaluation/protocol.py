@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lit_unlearn._modes import eval_mode as evaluation_mode
-from lit_unlearn.deployment import Deployment, Modules, as_deployment
+from lit_unlearn.deployment import Deployment, Modules
 from lit_unlearn.evaluation.data import QA, EvalData
 from lit_unlearn.evaluation.deployment import check_precision, deployed_weights, load_bitsandbytes
 from lit_unlearn.evaluation.generation import generate_greedy, min_k_scores, model_device, truncate_tokens
@@ -130,11 +130,8 @@ def evaluate(
             ``auc_retrain``, or data that is not in MUSE layout.
     """
     conv = get_convention(convention)
-    if not isinstance(precision, Deployment):
-        check_precision(precision, quantizer)
-    deployment = as_deployment(precision, block_size, filter_fn)
+    deployment = check_precision(Deployment.parse(precision, block_size, filter_fn), quantizer)
     precision, block_size, filter_fn = deployment.precision, deployment.block_size, deployment.modules
-    check_precision(precision, quantizer)
     selected = check_tasks(tasks)
     reference_auc = resolve_auc_retrain(auc_retrain)
     if isinstance(data, str):

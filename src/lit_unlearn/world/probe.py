@@ -200,7 +200,7 @@ def _data_dir(world: Any) -> Path:
 
 
 def _quantized(model: Any, precision: str) -> Any:
-    if precision == "fp32":
+    if precision in ("fp32", "full"):
         return model
     from lit_unlearn.deployment import quantize_model_
 
@@ -224,7 +224,7 @@ def knowledge_report(
             each quantized precision is measured on a copy.
         tokenizer: The world's tokenizer.
         world: A :class:`~lit_unlearn.world.WorldPaths` or the path of the world's dataset directory.
-        schemes: ``"fp32"`` (as is) and/or scheme names of :func:`lit_unlearn.deployment.quantize_model_`
+        schemes: ``"fp32"`` or ``"full"`` (as is) and/or precisions of :meth:`lit_unlearn.deployment.Deployment.parse`
             (``"int8"``, ``"nf4"``, ``"fp4"``, ``"int4"``, ...): each ``nn.Linear`` but the output head
             is fake-quantized.
         max_items: Use only the first ``max_items`` questions / documents of each set (None: all).
@@ -240,13 +240,11 @@ def knowledge_report(
     if not schemes:
         raise ValueError(f"`schemes` is empty; give some of {list(PRECISIONS)}.")
     if any(s != "fp32" for s in schemes):
-        from lit_unlearn.quantization import SCHEMES
+        from lit_unlearn.deployment import FULL, Deployment
 
-        unknown = [s for s in schemes if s != "fp32" and s not in SCHEMES]
-        if unknown:
-            raise ValueError(
-                f"Unknown precision(s) {unknown} in `schemes`; choose from {['fp32', *SCHEMES]}."
-            )
+        # "fp32" is the world's name for full precision (the manifest's key), mapped here alone.
+        for scheme in schemes:
+            Deployment.parse(FULL if scheme == "fp32" else scheme, what="schemes")
     data_dir = _data_dir(world)
     cap = slice(None, max_items)
     sets = {
