@@ -103,13 +103,16 @@ def test_moving_an_absmax_changes_values_not_codes():
 
 
 def test_fp4_zero_codes_count_as_a_change():
-    # fp4 has two codes for 0.0: x in (-0.0026, 0] gets pattern 0, x in (0, 0.0026] pattern 8.
+    # fp4 has two codes for 0.0. bitsandbytes' CUDA kernel (dQuantizeFP4) gives pattern 8 (-0.0) to
+    # x in (-0.0026, 0) and pattern 0 to 0 and to x in (0, 0.0026]: a small negative update of a zero weight
+    # changes the stored code without changing its value; a small positive one changes nothing.
     w0 = torch.cat([torch.ones(1), torch.zeros(63)])
-    w1 = w0.clone()
-    w1[5] = 1e-3
-    stats = survival_stats(w0, w1, "fp4")
+    negative, positive = w0.clone(), w0.clone()
+    negative[5], positive[5] = -1e-3, 1e-3
+    stats = survival_stats(w0, negative, "fp4")
     assert stats.n_changed == 1
     assert stats.qdelta_norm < 1e-30 and stats.retained == pytest.approx(0.0, abs=1e-30)
+    assert survival_stats(w0, positive, "fp4").n_changed == 0
 
 
 def test_no_update_gives_zeros_not_nan():

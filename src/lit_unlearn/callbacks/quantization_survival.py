@@ -309,7 +309,7 @@ class QuantizationSurvival(Callback):
                 "QuantizationSurvival: this run continues a previous one, but the checkpoint holds no "
                 "snapshot of the original weights, so ΔW is measured from the weights this fit starts with."
             )
-        self._watch_base_format(saved)
+        self._watch_base_format(trainer, saved)
         prepare_references(self._layers, self.schemes, saved)
         self._say_layer_formats()
         self._say_how_sharded()
@@ -391,7 +391,7 @@ class QuantizationSurvival(Callback):
             self._reset_fit_state()
             self.schemes = self._requested
 
-    def _watch_base_format(self, saved: dict[str, torch.Tensor]) -> None:
+    def _watch_base_format(self, trainer: Trainer, saved: dict[str, torch.Tensor]) -> None:
         """Watch the format the watched weights' ``W0`` already sits on, if any (one info line).
 
         A model loaded from a GGUF or 4-bit file and cast to float is exactly on that format's grid, and
@@ -402,8 +402,11 @@ class QuantizationSurvival(Callback):
         watched = [layer for layer in self._layers if layer.quantized and layer.source != "frozen"]
         if not watched:
             return
-        # W0 as `prepare_references` will take it: the checkpoint's snapshot where it has one.
-        found = detect_format(saved.get(layer.name, layer.w0()) for layer in watched)
+        # W0 as `prepare_references` will take it: the checkpoint's snapshot where it has one. Under FSDP2
+        # each rank reads its own rows (whole rows: every GGUF block, and nf4/fp4 blocks of rows whose
+        # length is a multiple of 64), and rank zero's answer is everyone's, so all ranks watch the same.
+        found = detect_format(_local(saved.get(layer.name, layer.w0())) for layer in watched)
+        found = trainer.strategy.broadcast(found)
         if found is None:
             return
         names = {s.name for s in self.schemes}
@@ -761,3 +764,8 @@ def _check_modules(modules: object) -> None:
         or not all(isinstance(m, str) and m for m in modules)
     ):
         raise ValueError(f"`modules`={modules!r} is not a layer selection. {fix}")
+
+
+def _local(weight: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a weight sharded by FSDP2 (a ``DTensor``); any other tensor as it is."""
+    return weight.to_local() if hasattr(weight, "to_local") else weight

@@ -152,7 +152,9 @@ def quantization_cell(
     the codes and scales of ``quantize(w0)`` (for every element at once), and no wider interval does.
 
     With ``margin > 0`` each edge moves inward by ``margin · |edge|`` (at least the dtype's smallest
-    normal, so nothing is parked among subnormals, which a GPU's fast math flushes to zero): a weight on
+    normal, so nothing is parked among subnormals, which a GPU's fast math flushes to zero; at most an
+    eighth of the cell's width, so that 8-bit grids, whose cells near a block's maximum are only about
+    2^-7 of it wide, keep three quarters of each cell to move in): a weight on
     the new edge keeps its code even when the deployment computes ``w / absmax`` with a relative error
     below ``margin`` (a scale, weight or reciprocal rounded otherwise). A weight whose ``w0`` lies outside
     that narrower cell, already that close to an edge, gets ``lo = hi = w0``: it stays where it is, so
@@ -198,11 +200,13 @@ def quantization_cell(
 
 
 def _narrowed(w0: Tensor, lo: Tensor, hi: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    """``[lo, hi]`` moved inward by ``margin · |edge|`` (at least the smallest normal), in fp64, each new
-    edge rounded to ``w0``'s dtype towards the inside; ``[w0, w0]`` where ``w0`` is not inside it."""
+    """``[lo, hi]`` moved inward by ``margin · |edge|`` (at least the smallest normal, at most an eighth of
+    the cell's width), in fp64, each new edge rounded to ``w0``'s dtype towards the inside; ``[w0, w0]``
+    where ``w0`` is not inside it."""
     floor = torch.finfo(w0.dtype).tiny
-    target_lo = lo.double() + (lo.double().abs() * margin).clamp(min=floor)
-    target_hi = hi.double() - (hi.double().abs() * margin).clamp(min=floor)
+    most = (hi.double() - lo.double()) / 8
+    target_lo = lo.double() + torch.minimum(lo.double().abs() * margin, most).clamp(min=floor)
+    target_hi = hi.double() - torch.minimum(hi.double().abs() * margin, most).clamp(min=floor)
     inner_lo, inner_hi = target_lo.to(w0.dtype), target_hi.to(w0.dtype)
     # Round to nearest may have stepped outward: one representable value inward where it did.
     inner_lo = torch.where(inner_lo.double() < target_lo, _value(_key(inner_lo) + 1, w0.dtype), inner_lo)
