@@ -38,12 +38,15 @@ class LegacyBlocks(NamedTuple):
 
     ``codes``: fp32 integer values as stored (Q4_0 0…15, Q5_0/Q5_1 0…31, Q4_1 0…15, Q8_0 -127…127);
     ``d``: ``(blocks,)`` the fp16 scale as fp32 (negative for Q4_0/Q5_0 when the largest weight is
-    positive); ``m``: ``(blocks,)`` the fp16 minimum as fp32 for Q4_1/Q5_1, else ``None``.
+    positive); ``m``: ``(blocks,)`` the fp16 minimum as fp32 for Q4_1/Q5_1, else ``None``; ``finite``:
+    ``(blocks,)`` bool, whether every weight of the block is finite, where the quantizer's own block
+    reductions tell it (Q4_1/Q5_1: min and max; Q8_0: max ``|x|``; NaN reaches both), else ``None``.
     """
 
     codes: Tensor
     d: Tensor
     m: Tensor | None
+    finite: Tensor | None = None
 
 
 def _to_fp16_value(x: Tensor) -> Tensor:
@@ -91,12 +94,13 @@ def quantize_legacy(x: Tensor, name: str) -> LegacyBlocks:
         scaled = (x - lo[:, None]) * _inverse(d)[:, None]
         # Q4_1 clamps with MIN(15, ...); Q5_1 casts to uint8 without a clamp, and (x - min)/d never passes 31.5.
         codes = torch.trunc(scaled + 0.5).clamp_(0, LEGACY_QMAX[name])
-        return LegacyBlocks(codes, _to_fp16_value(d), _to_fp16_value(lo))
+        return LegacyBlocks(codes, _to_fp16_value(d), _to_fp16_value(lo), torch.isfinite(lo) & torch.isfinite(hi))
     if name == "q8_0":
-        d = x.abs().amax(dim=1) / 127.0
+        amax = x.abs().amax(dim=1)
+        d = amax / 127.0
         # + 0.0: a stored int8 0 decodes to +0.0, where trunc left -0.0 for small negatives.
         codes = _round_half_away(x * _inverse(d)[:, None]).add_(0.0)
-        return LegacyBlocks(codes, _to_fp16_value(d), None)
+        return LegacyBlocks(codes, _to_fp16_value(d), None, torch.isfinite(amax))
     raise ValueError(f"{name!r} is not a legacy GGUF format; choose one of 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0'.")
 
 
