@@ -2,7 +2,7 @@ import csv
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -123,6 +123,57 @@ def test_test_loop_writes_reference_rows_and_computes_auc_retrain(tmp_path, toke
     assert ga["privleak"] == pytest.approx((ga["auc"] - retrain_auc) / retrain_auc * 100)
     assert (tmp_path / "table" / "results.md").exists()
     assert evaluation.state_dict()["computed_auc_retrain"] == retrain_auc
+
+
+class _StatesAtTrainStart(Callback):
+    """Records the watched callbacks' states once a checkpoint has been restored into them."""
+
+    def __init__(self, watched):
+        self.watched, self.seen = watched, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.seen = [callback.state_dict() for callback in self.watched]
+
+
+def test_two_evaluations_in_one_fit_keep_their_own_state_through_a_checkpoint(tmp_path, tokenizer, muse_dir):
+    def pair():
+        settings = {"data": muse_dir, "auc_retrain": 0.5, "every_n_steps": 1, "tasks": ["knowmem_forget"],
+                    "cache_references": False, **FAST}
+        return QuantizedEvaluation(precisions=["full"], **settings), QuantizedEvaluation(precisions=["nf4"], **settings)
+
+    full, nf4 = pair()
+    assert full.state_key != nf4.state_key
+    assert QuantizedEvaluation(data=muse_dir, precisions=["int4:64"]).state_key != QuantizedEvaluation(
+        data=muse_dir, precisions=["int4"]).state_key, "a block size is part of what is measured"
+    trainer = _trainer(tmp_path, [full, nf4])
+    trainer.fit(_module(tokenizer))
+    assert full.state_dict()["curve"] and full.state_dict()["curve"] != nf4.state_dict()["curve"]
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    assert saved[full.state_key] == full.state_dict() and saved[nf4.state_key] == nf4.state_dict()
+
+    resumed = pair()
+    record = _StatesAtTrainStart(resumed)
+    Trainer(
+        max_steps=3, logger=False, callbacks=[*resumed, record], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        default_root_dir=tmp_path / "resumed",
+    ).fit(_module(tokenizer), ckpt_path=path)
+    assert record.seen == [full.state_dict(), nf4.state_dict()]
+
+    # A checkpoint from before the key (state under the class name) still resumes a lone instance.
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["callbacks"] = {"QuantizedEvaluation": checkpoint["callbacks"].pop(nf4.state_key)}
+    torch.save(checkpoint, tmp_path / "legacy.ckpt")
+    lone = pair()[1]
+    record = _StatesAtTrainStart([lone])
+    Trainer(
+        max_steps=3, logger=False, callbacks=[lone, record], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        default_root_dir=tmp_path / "legacy",
+    ).fit(_module(tokenizer), ckpt_path=tmp_path / "legacy.ckpt")
+    assert record.seen == [nf4.state_dict()]
 
 
 def test_evaluation_model_hook_and_missing_tokenizer(tmp_path, tokenizer, muse_dir):

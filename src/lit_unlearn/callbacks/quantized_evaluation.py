@@ -168,21 +168,18 @@ class QuantizedEvaluation(Callback):
             )
         if isinstance(precisions, (str, Deployment)):
             precisions = [precisions]
-        if not precisions:
-            raise ValueError(
-                "`precisions` is empty; give at least one of 'full', 'int8', 'nf4', 'fp4', 'int4'."
-            )
-        for precision in precisions:
-            check_precision(precision.precision if isinstance(precision, Deployment) else precision, quantizer)
-        custom = any(isinstance(p, Deployment) and p.block_size is not None for p in precisions)
+        # One Deployment per precision, each parsed once (an unknown name or a block size a scheme refuses
+        # fails here, before any model loads), then checked against what the quantizer runs.
+        deployments = as_deployments(list(dict.fromkeys(precisions)), block_size, modules, what="precisions")
+        for deployment in deployments:
+            check_precision(deployment, quantizer)
+        custom = any(d.block_size is not None for d in deployments)
         if quantizer == "bitsandbytes" and (block_size is not None or modules is not None or custom):
             raise ValueError(
                 "`block_size` and `modules` choose what the fake quantizer deploys; quantizer='bitsandbytes' "
                 "reloads the model with transformers' fixed choice (block 64, every linear layer but the "
                 "head). Drop them, or use quantizer='fake'."
             )
-        # One Deployment per precision; a block size a scheme refuses fails here, before any model loads.
-        deployments = as_deployments(list(dict.fromkeys(precisions)), block_size, modules, what="precisions")
         for name, value in (("every_n_steps", every_n_steps), ("max_items", max_items)):
             if value is not None and not _positive_int(value):
                 raise ValueError(f"`{name}`={value!r} must be a positive integer, or None to turn it off.")
@@ -329,6 +326,21 @@ class QuantizedEvaluation(Callback):
         with torch.inference_mode(False):
             self.run(trainer, pl_module)
 
+    @property
+    @override
+    def state_key(self) -> str:
+        # What identifies the measurement: the data, the precisions with their block sizes, the quantized
+        # layers, the quantizer and the convention, so two instances in one Trainer keep their own rows and
+        # curves. Not the interval or the output: a resumed run that evaluates more or less often continues
+        # the same curve.
+        return self._generate_state_key(
+            data=self.data,
+            precisions=[(d.precision, d.block_size) for d in self._deployments.values()],
+            modules=self.modules if self.modules is None or isinstance(self.modules, str) else list(self.modules),
+            quantizer=self.quantizer,
+            convention=self.convention,
+        )
+
     @override
     def state_dict(self) -> dict[str, Any]:
         # Reference models do not change, so a resumed run need not evaluate them again; the curve keeps
@@ -338,6 +350,16 @@ class QuantizedEvaluation(Callback):
             "computed_auc_retrain": self._computed_auc_retrain,
             "curve": [dict(point) for point in self._curve],
         }
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint written before the callback had a `state_key` holds its state under the class name
+        # alone; one instance (the only one then possible) continues it.
+        states = checkpoint.get("callbacks") or {}
+        legacy = type(self).__qualname__
+        if self.state_key not in states and legacy in states:
+            if sum(isinstance(c, QuantizedEvaluation) for c in trainer.callbacks) == 1:
+                self.load_state_dict(states[legacy])
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
