@@ -149,3 +149,53 @@ def test_a_failing_compiler_falls_back_to_eager_once(compiled, monkeypatch, capl
     )
     assert [r.getMessage() for r in caplog.records] == [message]
     assert _fused._state["failed"]
+
+
+def gguf_blocks(shift: int) -> torch.Tensor:
+    """Random weights with ggml's edge blocks: ±absmax ties (Q4_0/Q5_0 take the first), zero blocks, a
+    block of tiny negatives (codes 0 decode to +0.0), and codes on .5 after scaling (trunc, roundf ties)."""
+    torch.manual_seed(shift)
+    w = torch.randn(64, 512) * 0.02
+    w[0, :32] = torch.linspace(-1, 1, 32)
+    w[0, 32:64] = torch.linspace(1, -1, 32)
+    w[1, :32] = 0.0
+    w[1, 32:64] = -1e-30
+    w[2, :32] = torch.arange(32) - 15.5
+    w[3, :32] = (torch.arange(32) - 16.0) * 127.0 / 16.0 + 0.5
+    return w
+
+
+@pytest.mark.parametrize(("scheme", "dtype", "with_reference", "as_delta"), [
+    ("q4_0", torch.float32, False, False),
+    ("q4_0", torch.bfloat16, True, True),
+    ("q4_1", torch.float32, True, True),
+    ("q4_1", torch.float16, False, False),
+    ("q5_0", torch.float32, True, False),
+    ("q5_1", torch.bfloat16, False, True),
+    ("q8_0", torch.float32, False, True),
+    ("q8_0", torch.bfloat16, True, False),
+])
+def test_compiled_gguf_check_equals_eager(compiled, monkeypatch, scheme, dtype, with_reference, as_delta):
+    w0, w1 = gguf_blocks(0).to(dtype), (gguf_blocks(0) + gguf_blocks(1) * 0.05).to(dtype)
+    w1[8:16] = w0[8:16]
+    reference = quantize(w0, scheme) if with_reference else None
+    fn, other = (survival_stats_delta, w1.float() - w0.float()) if as_delta else (survival_stats, w1)
+    got = fn(w0, other, scheme, reference=reference)
+    if _fused._state["failed"]:
+        assert not _has_cxx(), "torch.compile failed although a C++ compiler is installed"
+        pytest.skip("no C++ compiler here; the checks ran eagerly")
+    want = eager(monkeypatch, fn, w0, other, scheme, reference=reference)
+    assert len(compiled) == 1
+    assert [getattr(got, k) for k in COUNTS] == [getattr(want, k) for k in COUNTS]
+    assert 0 < got.n_changed < got.numel
+    for key in SUMS:
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-4), key
+
+
+@pytest.mark.parametrize("scheme", ["q4_0", "q4_1", "q5_0", "q8_0"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_compiled_gguf_check_reports_non_finite_weights(compiled, scheme, bad):
+    w = torch.randn(16, 256)
+    w[5, 40] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        survival_stats(w, torch.zeros_like(w), scheme)

@@ -6,6 +6,11 @@ pass over the chunk; on a CPU that caps a check at a few percent of memory bandw
 passes that encode both weights and sum), and nf4/fp4's table lookups become chains of vector
 compare-and-select instead of serial gathers: 2-2.5x faster for nf4/fp4 (``benchmarks/``).
 
+The legacy GGUF block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) compile the same way: ggml's reference
+quantizer per 32-weight block (fp32 division, ``trunc``, fp16 scales) fused with the statistics, several
+times faster than the eager port's ~30 passes. The K-quants stay eager: their per-sub-block least-squares
+search is the cost, compiled or not.
+
 Only the CPU uses it: inductor's C++ code keeps IEEE semantics (no fast-math, no FMA contraction, so
 ``x * (1 / absmax)`` and ``x / s`` round exactly as in eager torch and in bitsandbytes), while GPU
 kernels may approximate division. The integer statistics (changed codes, updates below half a step)
@@ -30,6 +35,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization._chunks import iter_chunks, raise_not_finite
 from lit_unlearn.quantization.bnb4 import _ABSMAX_FLOOR, levels_for
+from lit_unlearn.quantization.gguf_legacy import LEGACY_OFFSET, LEGACY_QMAX, LEGACY_WITH_MIN
 from lit_unlearn.quantization.rtn import _INV_127
 from lit_unlearn.quantization.schemes import Scheme
 
@@ -62,7 +68,8 @@ def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int, has_reference
     """
     return (
         numel >= MIN_ELEMENTS
-        and scheme.family in ("bnb4", "llm_int8", "rtn")  # casts (bf16/fp16) are checked eagerly
+        # casts (bf16/fp16) are checked eagerly, and so are the K-quants (a search per sub-block)
+        and (scheme.family in ("bnb4", "llm_int8", "rtn") or scheme.name in LEGACY_OFFSET)
         and not (scheme.family == "rtn" and has_reference)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES
@@ -85,39 +92,82 @@ def _bnb4_lookup(scaled: Tensor, midpoints: tuple[float, ...], *tables: tuple[fl
     return out
 
 
+def _inverse(d: Tensor) -> Tensor:
+    # ggml's `d ? 1.0f/d : 0.0f`, as gguf_legacy computes it.
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+def _encode_legacy(x: Tensor, name: str) -> tuple[Tensor, ...]:
+    """:func:`~lit_unlearn.quantization.gguf_legacy.quantize_legacy` of 32-weight blocks, as :func:`_encode`
+    returns it: ``values`` are the codes less the format's offset, ``scales`` the fp16 ``d``, ``zero_points``
+    the fp16 minimum (an offset added after scaling) or ``None``."""
+    offset, qmax = LEGACY_OFFSET[name], LEGACY_QMAX[name]
+    if name in ("q4_0", "q5_0"):
+        absx = x.abs()
+        amax = absx.amax(dim=1, keepdim=True)
+        # The element of largest |x|, the first on ties (ggml's scan); +0.0 for a block of zeros.
+        picked = x.gather(1, absx.argmax(dim=1, keepdim=True))
+        d = torch.where(amax > 0, picked, torch.zeros_like(picked)) / float(-offset)
+        codes = torch.trunc(x * _inverse(d) + (offset + 0.5)).clamp(0, 2 * offset - 1)
+        scales = d.to(torch.float16).float()
+        # Not from d: a NaN block has d = -0.0. Its amax is NaN.
+        return codes - offset, scales, None, scales.abs() / 2, ~torch.isfinite(amax)
+    if name in LEGACY_WITH_MIN:
+        lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+        d = (hi - lo) / float(qmax)
+        codes = torch.trunc((x - lo) * _inverse(d) + 0.5).clamp(0, qmax)
+        scales = d.to(torch.float16).float()
+        # NaN reaches both lo and hi; an overflow of hi - lo or of the fp16 scale alone is no error.
+        bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+        return codes, scales, lo.to(torch.float16).float(), scales.abs() / 2, bad
+    amax = x.abs().amax(dim=1, keepdim=True)
+    d = amax / 127.0
+    v = x * _inverse(d)
+    t = torch.trunc(v)
+    codes = torch.where((v - t).abs() >= 0.5, t + torch.sign(v), t) + 0.0  # roundf: ties away from zero
+    scales = d.to(torch.float16).float()
+    return codes, scales, None, scales.abs() / 2, ~torch.isfinite(amax)
+
+
 def _encode(x: Tensor, scheme: Scheme, tables: dict[str, tuple[float, ...]]) -> tuple[Tensor, ...]:
-    """``(values, scales, zero_points, half_step)`` of an fp32 ``(groups, group_len)`` chunk.
+    """``(values, scales, zero_points, half_step, not_finite)`` of an fp32 ``(groups, group_len)`` chunk.
 
     As the eager codecs compute them: ``values`` are distinct per code (nf4/fp4: the comparison
-    levels of :mod:`~lit_unlearn.quantization.bnb4`; RTN and int8: the integer codes), and
-    ``half_step`` is half the local step at each element (broadcastable).
+    levels of :mod:`~lit_unlearn.quantization.bnb4`; RTN and int8: the integer codes; GGUF: the codes less
+    the offset), ``half_step`` is half the local step at each element (broadcastable), and ``not_finite``
+    per group whether the eager codec would refuse it (a non-finite weight).
     """
+    if scheme.family == "gguf":
+        return _encode_legacy(x, scheme.name)
     if scheme.family == "bnb4":
         absmax = x.abs().amax(dim=1, keepdim=True)
         scaled = x * (1.0 / absmax.clamp(min=_ABSMAX_FLOOR))
         values, half_step = _bnb4_lookup(scaled, tables["midpoints"], tables["compare"], tables["half_step"])
-        return values, absmax, None, half_step * absmax
+        return values, absmax, None, half_step * absmax, ~torch.isfinite(absmax)
     if scheme.family == "llm_int8":
         x = x.to(torch.float16).float()
         scales = x.abs().amax(dim=1, keepdim=True)
         factor = torch.where(scales > 0, 127.0 / scales, torch.zeros_like(scales))
-        return torch.round(x * factor), scales, None, scales * (_INV_127 / 2)
+        return torch.round(x * factor), scales, None, scales * (_INV_127 / 2), ~torch.isfinite(scales)
     qmax = float(scheme.qmax)
     if scheme.symmetric:
         scales = x.abs().amax(dim=1, keepdim=True) / qmax
         safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-        return torch.round(x / safe).clamp(-qmax, qmax), scales, None, scales / 2
+        return torch.round(x / safe).clamp(-qmax, qmax), scales, None, scales / 2, ~torch.isfinite(scales)
     lo = x.amin(dim=1, keepdim=True).clamp(max=0.0)
     scales = (x.amax(dim=1, keepdim=True).clamp(min=0.0) - lo) / qmax
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     zero_points = torch.round(-lo / safe).clamp(0, qmax)
-    return (torch.round(x / safe) + zero_points).clamp(0, qmax), scales, zero_points, scales / 2
+    return (torch.round(x / safe) + zero_points).clamp(0, qmax), scales, zero_points, scales / 2, ~torch.isfinite(scales)
 
 
 def _dequantize(values: Tensor, scales: Tensor, zero_points: Tensor | None, scheme: Scheme) -> Tensor:
     """fp32 ``Q(w)`` from per-element fp32 values, as the eager codec's ``scale``."""
     if scheme.family == "llm_int8":
         return values * scales * _INV_127
+    if scheme.family == "gguf":
+        q = values * scales
+        return q if zero_points is None else q + zero_points
     if zero_points is not None:
         values = values - zero_points
     return values * scales
@@ -138,8 +188,8 @@ def _chunk_stats(
 
     # W0 is encoded again rather than read from cached codes: inside one fused pass that is cheaper
     # than loading and decoding a reference.
-    v0, scales0, zp0, half0 = _encode(x0, scheme, tables)
-    v1, scales1, zp1, _ = _encode(x1, scheme, tables)
+    v0, scales0, zp0, half0, bad0 = _encode(x0, scheme, tables)
+    v1, scales1, zp1, _, bad1 = _encode(x1, scheme, tables)
     q0 = _dequantize(v0, scales0, zp0, scheme)
     q1 = _dequantize(v1, scales1, zp1, scheme)
     # Q(W) is the dequantized weight in the model's dtype, as deployed.
@@ -150,7 +200,7 @@ def _chunk_stats(
 
     dq = q1 - q0
     residual = dq - d
-    nonfinite = (~torch.isfinite(scales1)).sum() + (~torch.isfinite(scales0)).sum()
+    nonfinite = bad1.sum() + bad0.sum()
     return torch.stack(
         [
             # Counts as fp32 sums of 0/1 (a quarter faster than int64): exact, as no chunk exceeds 2^24.
@@ -190,13 +240,13 @@ def _chunk_fake_quantize(raw0: Tensor, delta: Tensor | None, scheme: Scheme, tab
         scaled = x * (1.0 / absmax.clamp(min=_ABSMAX_FLOOR))
         (levels,) = _bnb4_lookup(scaled, tables["midpoints"], tables["dequant"])
         q = levels * absmax
-        scales = absmax
+        bad = ~torch.isfinite(absmax)
     else:
-        values, scales, zero_points, _ = _encode(x, scheme, tables)
+        values, scales, zero_points, _, bad = _encode(x, scheme, tables)
         q = _dequantize(values, scales, zero_points, scheme)
         if zero_points is None:
             q = q + 0.0  # a stored integer code 0 decodes to +0.0, where rounding left -0.0
-    return q.to(raw0.dtype), (~torch.isfinite(scales)).sum()
+    return q.to(raw0.dtype), bad.sum()
 
 
 def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group_len: int) -> Tensor | None:
