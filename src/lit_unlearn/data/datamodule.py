@@ -110,7 +110,9 @@ def _check_local(source: TextSource, arg: str) -> None:
     """Fail at construction, before any model is loaded, when a local path cannot exist."""
     path = source.path
     if path.startswith("world:"):
-        return
+        return  # prepared on first use (`prepare_data`)
+    if path.startswith("real:"):
+        path = resolve_path(path)  # a file of the shipped benchmark; names an unknown one, or the extra
     if source.split is None and not Path(path).expanduser().exists():
         raise FileNotFoundError(
             f"`{arg}` path {path!r} does not exist. Give an existing .txt/.jsonl file or directory, or a "

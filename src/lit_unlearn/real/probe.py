@@ -51,7 +51,10 @@ def _prompt_ids(tokenizer: Any, question: str) -> torch.Tensor:
     return ids["input_ids"]
 
 
-def ask(model: nn.Module, tokenizer: Any, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+def ask(
+    model: nn.Module, tokenizer: Any, questions: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 1,
+) -> list[str]:
     """The model's greedy reply to each question, asked alone as a chat user turn.
 
     Args:
@@ -59,6 +62,9 @@ def ask(model: nn.Module, tokenizer: Any, questions: Sequence[str], max_new_toke
         tokenizer: Its tokenizer, with a chat template.
         questions: The questions.
         max_new_tokens: Generated tokens per question at most; generation stops at the end-of-turn token.
+        batch_size: Questions generated together, left-padded (about 10x faster on a CPU at 32). ``1``
+            (the default, and how the shipped verdicts were made) asks each alone, with no padding; a batch
+            computes each row with other matrix shapes, which may flip a near-tied greedy token.
 
     Returns:
         The replies, special tokens removed and whitespace stripped.
@@ -67,29 +73,39 @@ def ask(model: nn.Module, tokenizer: Any, questions: Sequence[str], max_new_toke
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens`={max_new_tokens!r} must be a positive integer (default {MAX_NEW_TOKENS}).")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size`={batch_size!r} must be a positive integer (1: each question alone).")
     device = _device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     replies = []
     with eval_mode(model):
-        for question in questions:
-            ids = _prompt_ids(tokenizer, question).to(device)
+        for start in range(0, len(questions), batch_size):
+            prompts = [_prompt_ids(tokenizer, q)[0] for q in questions[start : start + batch_size]]
+            width = max(len(p) for p in prompts)
+            # Left padding: every row's next token sits in the last column.
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, prompt in enumerate(prompts):
+                ids[row, width - len(prompt) :] = prompt
+                mask[row, width - len(prompt) :] = 1
             out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=pad,
             )
-            replies.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+            replies += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return replies
 
 
 def verdicts(
-    model: nn.Module, tokenizer: Any, items: Sequence[Item], max_new_tokens: int = MAX_NEW_TOKENS
+    model: nn.Module, tokenizer: Any, items: Sequence[Item], max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 1,
 ) -> list[dict[str, Any]]:
-    """``{"id", "split", "question", "reply", "correct"}`` for each item, in order."""
-    replies = ask(model, tokenizer, [item.question for item in items], max_new_tokens)
+    """``{"id", "split", "question", "reply", "correct"}`` for each item, in order (see :func:`ask`)."""
+    replies = ask(model, tokenizer, [item.question for item in items], max_new_tokens, batch_size)
     return [
         {
             "id": item.id,
@@ -129,6 +145,7 @@ def score(
     *,
     precision: str = "full",
     max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 1,
     details: bool = False,
 ) -> dict[str, Any]:
     """What ``model`` knows of the benchmark: strict-match accuracy per split and utility perplexity.
@@ -140,6 +157,7 @@ def score(
         precision: ``"full"``, or a fake-quantized deployment (``"int8"``, ``"nf4"``, ``"fp4"``, ``"int4"``;
             see :func:`~lit_unlearn.deployment.deployed_weights`); the weights are restored afterwards.
         max_new_tokens: Generated tokens per question.
+        batch_size: Questions generated together (see :func:`ask`).
         details: Also return ``"verdicts"``: each question's reply and verdict.
 
     Returns:
@@ -153,7 +171,7 @@ def score(
     if not isinstance(benchmark, Benchmark):
         benchmark = load_benchmark(benchmark)
     with deployed_weights(model, precision) as deployed:
-        rows = verdicts(deployed, tokenizer, benchmark.items, max_new_tokens)
+        rows = verdicts(deployed, tokenizer, benchmark.items, max_new_tokens, batch_size)
         ppl = perplexity(deployed, tokenizer, benchmark.utility_text)
     results: dict[str, Any] = {}
     for split in SPLITS:

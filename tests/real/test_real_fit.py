@@ -1,0 +1,50 @@
+"""A short fit of the real model from its shipped config: the check names the base's format and sees the
+reversion at its first check (SmolLM2's decoder sits on the Q4_1 grid; updates under half a step round back)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_unlearn.cli import UnlearnCLI
+
+pytestmark = pytest.mark.slow
+
+CONFIG = Path(__file__).parents[2] / "configs" / "real" / "npo_gdr_lora.yaml"
+
+
+def test_shipped_lora_config_detects_q4_1_and_sees_the_reversion_at_the_first_check(tmp_path, caplog):
+    torch.set_num_threads(1)
+    args = [
+        "-c", str(CONFIG),
+        "--trainer.max_steps=3", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        # The config's interval is 10; one check after 3 steps, at the papers' LoRA learning rate x 10 so that
+        # the forget loss has moved measurably by then.
+        "--trainer.callbacks.1.init_args.every_n_steps=3",
+        "--model.optimizer.init_args.lr=0.001",
+    ]
+    cli = UnlearnCLI(args=["fit", *args], run=False)
+    survival = cli.trainer.callbacks[1]
+    assert type(survival).__name__ == "QuantizationSurvival"
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.trainer.fit(cli.model, cli.datamodule)
+    said = caplog.text
+    assert "sit on the q4_1 grid" in said and "watching q4_1 too" in said, said[-2000:]
+    metrics = cli.trainer.callback_metrics
+    # Weight space: the update flips almost no Q4_1 code, every part of it under half a step.
+    assert float(metrics["survival/q4_1/changed"]) < 1e-3
+    assert float(metrics["survival/q4_1/below_half_step"]) > 0.999
+    # Function space: the Q4_1 deployment keeps almost none of the change of the forget loss; int8 keeps it.
+    q4_1 = float(metrics["survival/q4_1/effect_retained"])
+    assert q4_1 < 0.3, q4_1
+    assert float(metrics["survival/int8/effect_retained"]) > 0.7
+    assert any("survives q4_1" in str(w.message) for w in caught), (
+        "the low-survival warning fires at the first check"
+    )
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
