@@ -42,8 +42,9 @@ from lit_unlearn.quantization.schemes import Scheme
 log = logging.getLogger(__name__)
 
 # Weights with fewer elements are checked eagerly: compiling costs seconds once, a small layer's eager
-# check microseconds.
-MIN_ELEMENTS = 1 << 20
+# check microseconds. 2^17 takes SmolLM2-135M's 576-wide projections (331k and 885k weights; 1.8x faster
+# checks, benchmarks/results/real_check.md) and leaves the toy world's layers (at most 2^16) eager.
+MIN_ELEMENTS = 1 << 17
 # Chunks of whole groups. The kernel keeps one chunk-sized fp32 intermediate (inductor splits the fp32
 # and fp64 sums into two loops); 2^20 elements (4 MiB) keep it in cache and cost the same as 2^22 or 2^18.
 CHUNK_ELEMENTS = 1 << 20

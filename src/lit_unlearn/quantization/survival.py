@@ -25,7 +25,7 @@ dashboards stay readable; ``delta_norm = 0`` tells it apart.
 
 Cost: one streaming pass over ``W0`` and ``W1`` in chunks (peak extra memory about a third of a
 2048 x 8192 fp32 matrix on CPU). Passing ``reference=quantize(W0)`` skips re-quantizing a frozen base
-in the eager path. On CPU, weights of at least 2^20 elements are checked by a compiled kernel
+in the eager path. On CPU, weights of at least 2^17 elements are checked by a compiled kernel
 (:mod:`~lit_unlearn.quantization._fused`, ``LIT_UNLEARN_COMPILE=0`` turns it off) that re-encodes ``W0``
 in the same pass, which is cheaper there than reading cached codes. The eager path is ~30 small torch
 ops per chunk; on a CPU shared with other busy processes they run far faster with one intra-op thread
