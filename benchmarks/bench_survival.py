@@ -45,7 +45,7 @@ from lit_unlearn._logging import silence_bitsandbytes
 from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.callbacks import QuantizationSurvival
 from lit_unlearn.callbacks._survival_layers import delta_buffer, prepare_references, select_linear_layers
-from lit_unlearn.quantization import quantize_model_
+from lit_unlearn.deployment import quantize_model_
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMES = ("nf4", "fp4")
