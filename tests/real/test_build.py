@@ -204,3 +204,19 @@ def test_kept_share_of_forgetting():
     assert kept_share(original=100.0, full=20.0, quantized=60.0) == 0.5
     with pytest.raises(ValueError, match="No forgetting to keep"):
         kept_share(original=80.0, full=80.0, quantized=50.0)
+
+
+def test_batched_questions_get_the_replies_asked_alone(chat_model):
+    # Left padding with its attention mask: each row's greedy reply is the one it gets alone (questions of
+    # different lengths, so padding is exercised); a bad batch size names the argument.
+    from lit_unlearn.real import ask
+
+    model, tokenizer = chat_model
+    questions = [item.question for item in POOL]
+    alone = ask(model, tokenizer, questions, max_new_tokens=6)
+    lengths = {len(tokenizer.apply_chat_template([{"role": "user", "content": q}], return_dict=True)["input_ids"])
+               for q in questions}
+    assert len(lengths) > 1
+    assert ask(model, tokenizer, questions, max_new_tokens=6, batch_size=3) == alone
+    with pytest.raises(ValueError, match="`batch_size`=0"):
+        ask(model, tokenizer, questions, batch_size=0)
