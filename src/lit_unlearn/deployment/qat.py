@@ -57,9 +57,9 @@ def ste_weight(layer: DeployedLayer, scheme: Scheme) -> torch.Tensor:
     return merged + (quantized - merged).detach()
 
 
-def _quantized_merge(w0: torch.Tensor, delta: torch.Tensor, scheme: Scheme) -> torch.Tensor:
-    """``fake_quantize(merge(w0, delta), scheme)``: one compiled pass on a CPU where it applies, else eagerly."""
-    fitted = fit_scheme(scheme, w0.shape)
+def _quantized_merge(w0: torch.Tensor, delta: torch.Tensor, fitted: Scheme) -> torch.Tensor:
+    """``fake_quantize(merge(w0, delta), fitted)`` (a scheme fitted to the whole weight, whose rows these are):
+    one compiled pass on a CPU where it applies, else eagerly."""
     fused = _fused.fake_quantize_merged(w0, delta, fitted, codec_for(fitted, w0.device).group_len(w0.shape))
     return fused if fused is not None else fake_quantize(merge(w0, delta), fitted)
 
@@ -76,13 +76,31 @@ def _lora_factors(layer: DeployedLayer) -> list[tuple[str, torch.Tensor, torch.T
     return [(a, lora.lora_A[a].weight, lora.lora_B[a].weight) for a in active]
 
 
+# Rows of the deployed weight formed at a time: whole nf4/fp4 blocks for any row length (a multiple of 64),
+# about 2^20 weights (4 MiB in fp32). At least 64 rows per matrix product keeps every chunk on the BLAS
+# path the whole product takes, so a chunk of B@A is the same bits as those rows of the whole product.
+_CHUNK_WEIGHTS = 1 << 20
+_ROW_MULTIPLE = 64
+
+
+def _row_chunks(rows: int, cols: int) -> list[slice]:
+    """Row ranges of ~:data:`_CHUNK_WEIGHTS` weights, multiples of 64 rows; the last one holds the remainder
+    (so no range has fewer than 64 rows unless the weight has)."""
+    step = max(_ROW_MULTIPLE, _CHUNK_WEIGHTS // max(cols, 1) // _ROW_MULTIPLE * _ROW_MULTIPLE)
+    starts = list(range(0, rows, step))
+    if len(starts) > 1 and rows - starts[-1] < _ROW_MULTIPLE:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], rows])]
+
+
 class _DeployedLoRA(torch.autograd.Function):
     """``y = x @ Q(W0 + Σ s·B@A)ᵀ + b`` with straight-through gradients to ``x``, ``A``, ``B`` (and ``b``).
 
-    Nothing weight-sized is kept for backward: the deployed weight is formed again there (the same
-    arithmetic, so the same values) for ``∂L/∂x = g·Q(W)``, and ``∂L/∂W = gᵀx`` is never formed as a matrix:
-    ``∂L/∂B = s·gᵀ(x Aᵀ)`` and ``∂L/∂A = s·(g B)ᵀ x`` take ``tokens × r`` intermediates. At most one layer's
-    merged weight exists at a time, in forward and in backward alike.
+    Nothing weight-sized exists, in forward or backward: the deployed weight is formed a few rows at a time
+    (:func:`_row_chunks`, ``ΔW``'s rows as peft's ``get_delta_weight`` computes them), each used for its
+    columns of ``y`` and dropped; backward forms it again (the same arithmetic, so the same values) for
+    ``∂L/∂x = g·Q(W)``; and ``∂L/∂W = gᵀx`` is never formed: ``∂L/∂B = s·gᵀ(x Aᵀ)`` and
+    ``∂L/∂A = s·(g B)ᵀ x`` take ``tokens × r`` intermediates.
     """
 
     @staticmethod
@@ -90,14 +108,32 @@ class _DeployedLoRA(torch.autograd.Function):
                 adapters: tuple[str, ...], *factors: torch.Tensor) -> torch.Tensor:
         ctx.layer, ctx.scheme, ctx.adapters = layer, scheme, adapters
         ctx.save_for_backward(x, *factors)
-        weight = _DeployedLoRA.weight(layer, scheme, adapters)
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        outputs = [
+            F.linear(x, weight.to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
+            for rows, weight in _DeployedLoRA.weights(layer, scheme, adapters)
+        ]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     @staticmethod
-    def weight(layer: DeployedLayer, scheme: Scheme, adapters: tuple[str, ...]) -> torch.Tensor:
-        with torch.no_grad():
-            delta = sum(layer.lora.get_delta_weight(adapter) for adapter in adapters)
-            return _quantized_merge(layer.linear.weight.detach(), delta, scheme)
+    @torch.no_grad()
+    def weights(layer: DeployedLayer, scheme: Scheme, adapters: tuple[str, ...]
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(rows, Q(merged)[rows])`` chunk by chunk; one chunk (peft's whole ``ΔW``) off the CPU or where
+        the factors are not fp32."""
+        lora, w0 = layer.lora, layer.linear.weight.detach()
+        fitted = fit_scheme(scheme, w0.shape)
+        factors = [(lora.lora_A[a].weight, lora.lora_B[a].weight, lora.scaling[a]) for a in adapters]
+        chunked = w0.device.type == "cpu" and all(
+            a.dtype == torch.float32 and b.dtype == torch.float32 for a, b, _ in factors
+        )
+        if not chunked:
+            delta = sum(lora.get_delta_weight(adapter) for adapter in adapters)
+            yield slice(0, w0.shape[0]), _quantized_merge(w0, delta, fitted)
+            return
+        for rows in _row_chunks(*w0.shape):
+            # get_delta_weight's arithmetic on these rows: (B @ A) * scaling, summed over the adapters.
+            delta = sum((b[rows] @ a) * scaling for a, b, scaling in factors)
+            yield rows, _quantized_merge(w0[rows], delta, fitted)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -105,9 +141,9 @@ class _DeployedLoRA(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_x = grad_bias = None
         if needs[0]:
-            weight = _DeployedLoRA.weight(ctx.layer, ctx.scheme, ctx.adapters)
-            grad_x = grad.matmul(weight.to(grad.dtype))
-            del weight
+            for rows, weight in _DeployedLoRA.weights(ctx.layer, ctx.scheme, ctx.adapters):
+                part = grad[..., rows].matmul(weight.to(grad.dtype))
+                grad_x = part if grad_x is None else grad_x.add_(part)
         g = grad.reshape(-1, grad.shape[-1])
         if needs[1]:
             grad_bias = g.sum(0)
