@@ -51,17 +51,19 @@ def ste_weight(layer: DeployedLayer, scheme: Scheme) -> torch.Tensor:
     merged = _merged_with_grad(layer)
     if not layer.quantized:
         return merged
-    quantized = fake_quantize(merged.detach(), scheme)
+    quantized = _quantized_merge(merged.detach(), None, fit_scheme(scheme, merged.shape))
     if not merged.requires_grad:
         return quantized
     return merged + (quantized - merged).detach()
 
 
-def _quantized_merge(w0: torch.Tensor, delta: torch.Tensor, fitted: Scheme) -> torch.Tensor:
-    """``fake_quantize(merge(w0, delta), fitted)`` (a scheme fitted to the whole weight, whose rows these are):
-    one compiled pass on a CPU where it applies, else eagerly."""
+def _quantized_merge(w0: torch.Tensor, delta: torch.Tensor | None, fitted: Scheme) -> torch.Tensor:
+    """``fake_quantize(merge(w0, delta), fitted)`` (``w0`` alone without ``delta``; ``fitted`` fitted to the
+    whole weight, whose rows these are): one compiled pass on a CPU where it applies, else eagerly."""
     fused = _fused.fake_quantize_merged(w0, delta, fitted, codec_for(fitted, w0.device).group_len(w0.shape))
-    return fused if fused is not None else fake_quantize(merge(w0, delta), fitted)
+    if fused is not None:
+        return fused
+    return fake_quantize(w0 if delta is None else merge(w0, delta), fitted)
 
 
 def _lora_factors(layer: DeployedLayer) -> list[tuple[str, torch.Tensor, torch.Tensor]] | None:
@@ -108,11 +110,15 @@ class _DeployedLoRA(torch.autograd.Function):
                 adapters: tuple[str, ...], *factors: torch.Tensor) -> torch.Tensor:
         ctx.layer, ctx.scheme, ctx.adapters = layer, scheme, adapters
         ctx.save_for_backward(x, *factors)
-        outputs = [
-            F.linear(x, weight.to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
-            for rows, weight in _DeployedLoRA.weights(layer, scheme, adapters)
-        ]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        y = None
+        for rows, weight in _DeployedLoRA.weights(layer, scheme, adapters):
+            part = F.linear(x, weight.to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
+            if rows.stop - rows.start == layer.linear.weight.shape[0]:
+                return part
+            if y is None:
+                y = x.new_empty((*x.shape[:-1], layer.linear.weight.shape[0]))
+            y[..., rows] = part  # chunk by chunk: no second output-sized tensor, as a concatenation would hold
+        return y
 
     @staticmethod
     @torch.no_grad()
