@@ -125,6 +125,8 @@ class QuantizationSurvival(Callback):
 
     Either way the cached ``Q(W0)`` adds 1 byte per weight and scheme of host RAM (plus one fp32 scale per
     block), and a check holds at most one layer's temporaries on the device, never a copy of the model.
+    While the functional check runs one scheme it keeps that scheme's ``Q(W0 + ΔW)`` codes in host RAM too
+    (another byte per weight), so that each layer is quantized once per scheme, not once per probe forward.
 
     The probe loss is ``pl_module.quantization_probe_loss(batch) -> Tensor`` if the module defines it
     (``batch`` is one split: the ``"forget"`` or ``"retain"`` entry of a CombinedLoader dict batch, or the
