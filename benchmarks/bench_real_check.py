@@ -78,7 +78,7 @@ def survival_check(module: UnlearningModule, batch: dict[str, Any]) -> tuple[Cal
     survival = QuantizationSurvival(schemes=SCHEMES)
     trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), datamodule=None)
     survival._layers = select_linear_layers(model_of(module), None)
-    survival._watch_base_format({})
+    survival._watch_base_format(trainer, {})
     prepare_references(survival._layers, survival.schemes, {})
     survival._probe = [to_device(split_probe(batch), "cpu")]
     survival._finish_probe(trainer, module)
@@ -177,7 +177,16 @@ def main() -> None:
             f"{r['step_s']:.2f} s | {r['check_s']:.2f} s | {r['check_per_step']:.2f} | {r['weight_space_s']:.2f} s | "
             f"{r['function_space_s']:.2f} s |"
         )
+    for mode, text in profiles.items():
+        lines += ["", f"Profile of one {mode} check (cProfile, top lines by own time):", "", "```", *_top(text), "```"]
     (RESULTS / "real_check.md").write_text("\n".join(lines) + "\n")
+
+
+def _top(profile_text: str, count: int = 14) -> list[str]:
+    """The header and first ``count`` rows of the by-own-time table of :func:`profile`'s output."""
+    table = profile_text.split("Ordered by: internal time")[-1].splitlines()
+    start = next(i for i, line in enumerate(table) if line.strip().startswith("ncalls"))
+    return [line.rstrip() for line in table[start : start + 1 + count]]
 
 
 if __name__ == "__main__":
