@@ -104,10 +104,15 @@ def _encode_legacy(x: Tensor, name: str) -> tuple[Tensor, ...]:
     the fp16 minimum (an offset added after scaling) or ``None``."""
     offset, qmax = LEGACY_OFFSET[name], LEGACY_QMAX[name]
     if name in ("q4_0", "q5_0"):
-        absx = x.abs()
-        amax = absx.amax(dim=1, keepdim=True)
-        # The element of largest |x|, the first on ties (ggml's scan); +0.0 for a block of zeros.
-        picked = x.gather(1, absx.argmax(dim=1, keepdim=True))
+        amax = x.abs().amax(dim=1, keepdim=True)
+        # The element of largest |x|, the first on ties (ggml's scan); +0.0 for a block of zeros. Which of
+        # +amax and -amax comes first, from the first position of each: two min-reductions, which vectorise
+        # where an argmax and a gather do not.
+        position = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)
+        beyond = torch.full_like(x, float(x.shape[1]))
+        first_pos = torch.where(x == amax, position, beyond).amin(dim=1, keepdim=True)
+        first_neg = torch.where(x == -amax, position, beyond).amin(dim=1, keepdim=True)
+        picked = torch.where(first_neg < first_pos, -amax, amax)
         d = torch.where(amax > 0, picked, torch.zeros_like(picked)) / float(-offset)
         codes = torch.trunc(x * _inverse(d) + (offset + 0.5)).clamp(0, 2 * offset - 1)
         scales = d.to(torch.float16).float()
