@@ -25,9 +25,10 @@ Deploy-time candidates for keeping the forgetting at Q4_1 are scored on every ru
 
 Each candidate is scored at Q4_1 only; its kept share is taken against the run's own forgetting at full
 precision (what the candidate's Q4_1 file keeps of what the run forgot).
-* ``floor:<t>`` (MANSU's magnitude floor, inverse of PreserveQuantization): every weight whose update is at
-  least ``t`` of its half step is moved just across the edge of its Q4_1 cell in the update's direction
-  (when the update alone does not reach it); other weights keep ``W0 + ΔW``.
+* ``floor:<p>`` (MANSU's magnitude floor made sparse, the inverse of PreserveQuantization): the share ``p``
+  of each layer's weights whose update is largest against its half step is moved just across the edge of
+  its Q4_1 cell in the update's direction (when the update alone does not reach it); other weights keep
+  ``W0 + ΔW``.
 
 Writes ``<out>/<cell>/seed<k>/result.json`` and ``delta.safetensors``, ``docs/real_map.json`` and the
 tables of ``docs/real_model.md`` between its ``generated`` markers.
@@ -93,11 +94,11 @@ CELLS: tuple[Cell, ...] = (
     Cell("simnpo_gdr", "lora", 7e-4),
     Cell("npo_gdr", "lora", 7e-4, quantization_aware="q4_1"),
 )
-CANDIDATES = ("amplify:2", "amplify:4", "floor:0.5")
+CANDIDATES = ("amplify:16", "floor:0.01", "floor:0.001")
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def fit(cell: Cell, seed: int, model: str, data: str, smoke: bool) -> tuple[Any, Any, dict[str, Any]]:
+def fit(cell: Cell, seed: int, model: str, data: str, smoke: bool, run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Unlearn with the cell's settings; returns the module, the survival callback and timings."""
     from lightning.pytorch import Trainer, seed_everything
 
@@ -116,10 +117,10 @@ def fit(cell: Cell, seed: int, model: str, data: str, smoke: bool) -> tuple[Any,
         forget=f"{data}/forget.jsonl", retain=f"{data}/retain.jsonl", max_length=32, batch_size=8,
         tokenizer=model,
     )
-    survival = QuantizationSurvival(every_n_steps=cell.steps, schemes=WATCHED, log_per_layer=False,
-                                    warn_below=float("-inf"))
+    survival = QuantizationSurvival(every_n_steps=cell.steps, schemes=WATCHED, warn_below=float("-inf"))
     trainer = Trainer(
         accelerator="cpu", devices=1, max_steps=cell.steps if not smoke else 2, logger=False,
+        default_root_dir=run_dir,  # the module saves its adapter or model here
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[survival],
     )
@@ -141,6 +142,7 @@ def last_survival(survival: Any) -> dict[str, dict[str, float | None]]:
             acc[2] += r["numel"]
     for scheme, (changed, below, numel) in pooled.items():
         out[scheme] = {"changed": changed / numel, "below_half_step": below / numel, "effect_retained": None}
+    last = max((r["step"] for r in survival.functional_history), default=None)
     for r in survival.functional_history:
         if r["step"] == last:
             out.setdefault(r["scheme"], {})["effect_retained"] = r["effect_retained"]
@@ -202,18 +204,19 @@ def with_update(base: Any, delta: dict[str, torch.Tensor], transform: str) -> An
     return model
 
 
-def floored(w0: torch.Tensor, d: torch.Tensor, threshold: float, scheme: Any, quantize: Any) -> torch.Tensor:
-    """``W0 + ΔW`` with every update of at least ``threshold`` half steps pushed across its Q4_1 cell edge.
-
-    On a base that sits on the grid, ``W0`` is a level and its cell edges are half a step either side.
-    """
+def floored(w0: torch.Tensor, d: torch.Tensor, share: float, scheme: Any, quantize: Any) -> torch.Tensor:
+    """``W0 + ΔW`` with the ``share`` of weights whose update is largest against their half step pushed
+    just across their Q4_1 cell edge, in the update's direction (MANSU's magnitude floor, made sparse:
+    pushing every updated weight would re-round the whole model). On a base that sits on the grid ``W0``
+    is a level, so its cell edges are half a step either side."""
     q = quantize(w0, scheme)
     step = q.scales.repeat_interleave(w0.shape[-1] // q.scales.shape[-1], dim=-1)
     half = step.abs() / 2
-    w1 = w0 + d
-    pushed = (d.abs() >= threshold * half) & (d.abs() < half * 1.01)
-    target = w0 + torch.sign(d) * half * 1.01
-    return torch.where(pushed, target, w1)
+    ratio = d.abs() / half.clamp(min=torch.finfo(torch.float32).tiny)
+    k = max(1, int(share * ratio.numel()))
+    cut = ratio.flatten().kthvalue(ratio.numel() - k + 1).values
+    pushed = (ratio >= cut) & (ratio < 1.01) & (d != 0)
+    return torch.where(pushed, w0 + torch.sign(d) * half * 1.01, w0 + d)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -348,9 +351,12 @@ def run(cell: Cell, seed: int, args: argparse.Namespace, original: dict, base: A
     run_dir = args.out / cell.name / f"seed{seed}"
     result_path = run_dir / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if refresh(result, run_dir, args, original, base, tokenizer, benchmark):
+            result_path.write_text(json.dumps(result, indent=1))
+        return result
     run_dir.mkdir(parents=True, exist_ok=True)
-    module, survival, timing = fit(cell, seed, args.model, args.data, args.smoke)
+    module, survival, timing = fit(cell, seed, args.model, args.data, args.smoke, run_dir)
     delta = delta_of(module, base)
     save_file({k: v.contiguous() for k, v in delta.items()}, str(run_dir / "delta.safetensors"))
     start = time.perf_counter()
@@ -363,24 +369,62 @@ def run(cell: Cell, seed: int, args: argparse.Namespace, original: dict, base: A
     }
     del module, survival
     gc.collect()
-    if "q4_1" in args.precisions and not cell.quantization_aware:
-        result["candidates"] = {}
-        for candidate in args.candidates:
-            model = with_update(base, delta, candidate)
-            s = scores(model, tokenizer, benchmark, ["q4_1"], args.batch_size)["q4_1"]
-            # Against the run's own forgetting at full precision: how much of it the candidate's Q4_1 file keeps.
-            forgot = original["full"]["forget_acc"] - unlearned["full"]["forget_acc"]
-            result["candidates"][candidate] = {
-                "kept": None if forgot < args.min_forgetting
-                else (original["q4_1"]["forget_acc"] - s["forget_acc"]) / forgot,
-                "forget_acc": s["forget_acc"], "paraphrase_acc": s["paraphrase_acc"],
-                "neighbour_acc": s["neighbour_acc"], "retain_acc": s["retain_acc"], "utility_ppl": s["utility_ppl"],
-            }
-            del model
-            gc.collect()
+    refresh(result, run_dir, args, original, base, tokenizer, benchmark, delta)
     result["score_s"] = time.perf_counter() - start
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def weight_statistics(base: Any, delta: dict[str, torch.Tensor], schemes: Sequence[str]) -> dict[str, dict]:
+    """Pooled ``changed`` and ``below_half_step`` of ``W0 → W0 + ΔW`` over the deployed layers, per scheme."""
+    from lit_unlearn.deployment import deployed_layers
+    from lit_unlearn.quantization import survival_stats
+
+    state = base.state_dict()
+    out = {}
+    for scheme in schemes:
+        stats = [
+            survival_stats(state[f"{layer.name}.weight"].float(), state[f"{layer.name}.weight"].float() + d, scheme)
+            for layer in deployed_layers(base)
+            if (d := delta.get(f"{layer.name}.weight")) is not None
+        ]
+        if stats:
+            total = sum(stats[1:], stats[0])
+            out[scheme] = {"changed": total.changed, "below_half_step": total.below_half_step}
+    return out
+
+
+def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dict, base: Any, tokenizer: Any,
+            benchmark: Any, delta: dict[str, torch.Tensor] | None = None) -> bool:
+    """Fill what a stored run lacks (weight statistics, candidates asked for now) from its saved ``ΔW``."""
+    from safetensors.torch import load_file
+
+    cell = result["cell"]
+    want = [] if cell.get("quantization_aware") or "q4_1" not in args.precisions else [
+        c for c in args.candidates if c not in result.get("candidates", {})
+    ]
+    missing_stats = any("changed" not in result["survival"].get(s, {}) for s in WATCHED)
+    if not want and not missing_stats:
+        return False
+    if delta is None:
+        delta = load_file(str(run_dir / "delta.safetensors"))
+    if missing_stats:
+        for scheme, stats in weight_statistics(base, delta, WATCHED).items():
+            result["survival"].setdefault(scheme, {"effect_retained": None}).update(stats)
+    result.setdefault("candidates", {})
+    for candidate in want:
+        model = with_update(base, delta, candidate)
+        q = scores(model, tokenizer, benchmark, ["q4_1"], args.batch_size)["q4_1"]
+        # Against the run's own forgetting at full precision: how much of it the candidate's Q4_1 file keeps.
+        forgot = original["full"]["forget_acc"] - result["scores"]["full"]["forget_acc"]
+        result["candidates"][candidate] = {
+            "kept": None if forgot < args.min_forgetting else (original["q4_1"]["forget_acc"] - q["forget_acc"]) / forgot,
+            "forget_acc": q["forget_acc"], "paraphrase_acc": q["paraphrase_acc"],
+            "neighbour_acc": q["neighbour_acc"], "retain_acc": q["retain_acc"], "utility_ppl": q["utility_ppl"],
+        }
+        del model
+        gc.collect()
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -422,8 +466,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             original.update(scores(base, tokenizer, benchmark, missing, args.batch_size))
             original_path.write_text(json.dumps(original, indent=1))
         runs = []
-        for cell in cells:
-            for seed in args.seeds:
+        # Seed-major: every cell gets its first seed before any gets a second, so a map cut short still
+        # covers every cell.
+        for seed in args.seeds:
+            for cell in cells:
                 runs.append(run(cell, seed, args, original, base, tokenizer, benchmark))
                 r = runs[-1]
                 print(f"{cell.name} seed {seed}: fit {r['fit_s']:.0f} s, forget full "
