@@ -241,12 +241,16 @@ class DeployedLayer:
             return self.w0()  # a 4-bit base without an adapter is deployed as stored
         if self._held is not None and scheme is not None and self.quantized and not self._double_quant_merge(scheme):
             return self.quantized_weight(scheme).dequantize()  # equal to fake_quantize(merged) exactly
-        merged = self.merged()
+        return self.deploy(self.merged(), scheme)
+
+    def deploy(self, weight: torch.Tensor, scheme: Scheme | None) -> torch.Tensor:
+        """``weight``, a full-precision weight of this layer (its merge, or one changed after the merge), as
+        the deployment ``scheme`` holds it."""
         if self._double_quant_merge(scheme):
             # Double quantization stores the block scales in 8 bits too: re-quantized by bitsandbytes itself,
             # as peft's merge re-quantizes, and decoded.
-            return requantized_like(merged, self.linear.weight)
-        return merged if scheme is None or not self.quantized else fake_quantize(merged, self.scheme_for(scheme))
+            return requantized_like(weight, self.linear.weight)
+        return weight if scheme is None or not self.quantized else fake_quantize(weight, self.scheme_for(scheme))
 
     def quantized_weight(self, scheme: Scheme, original: bool = False) -> QuantizedTensor:
         """The codes and scales of :meth:`weight` (a selected layer): ``Q(merged)``, or ``Q(W0)``."""

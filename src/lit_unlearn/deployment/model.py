@@ -41,6 +41,7 @@ def deployed_model(
     scheme: Scheme | None,
     original: bool = False,
     lazy: bool = False,
+    replaced: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[nn.Module]:
     """Run ``model`` as the deployment of its current (or original) weights quantized with ``scheme``.
 
@@ -50,10 +51,18 @@ def deployed_model(
     model, or the current one with its LoRA layers merged. For LLM.int8 (``int8``) a selected layer does
     not swap in a weight but computes bitsandbytes' int8 matmul (activations quantized row-wise, outlier
     columns in 16-bit) from its codes, see :func:`int8_forwards`.
+
+    ``replaced`` (current weights, eager swaps of weight-only schemes): per layer name, a full-precision
+    weight deployed instead of the layer's merge, e.g. :func:`~lit_unlearn.deployment.floor.floored_weights`.
     """
-    owners = [m for _, m in lora_layers(model)] if original and is_peft_model(model) else []
     # LLM.int8 quantizes activations too: its selected layers compute `llm_int8_linear` from the codes.
     int8 = scheme is not None and scheme.family == "llm_int8"
+    if replaced and (original or lazy or int8 or any(layer.base_format is not None for layer in layers)):
+        raise ValueError(
+            "`replaced` weights are deployed in place of the current merge, eagerly, under a weight-only "
+            "scheme, over a dense base: pass original=False, lazy=False and a scheme other than 'int8'."
+        )
+    owners = [m for _, m in lora_layers(model)] if original and is_peft_model(model) else []
     if not lazy:
         param_names = {id(p): n for n, p in model.named_parameters()}
         weights: dict[str, torch.Tensor] = {}
@@ -69,7 +78,8 @@ def deployed_model(
             # A weight shared by several modules (tied) has one parameter name and is deployed once.
             key = param_names[id(layer.linear.weight)]
             if key not in weights:
-                weights[key] = layer.weight(scheme, original)
+                own = None if replaced is None else replaced.get(layer.name)
+                weights[key] = layer.weight(scheme, original) if own is None else layer.deploy(own, scheme)
         # Every ΔW has been read above; only now are the adapters switched off.
         current_owners = [] if original else [layer.lora for layer in layers if layer.lora is not None]
         with adapters_disabled(owners + current_owners), swapped_weights(model, weights), int8_forwards(codes), \

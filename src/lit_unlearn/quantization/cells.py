@@ -45,10 +45,10 @@ import torch
 from torch import Tensor
 
 from lit_unlearn.quantization.fit import fit_scheme
-from lit_unlearn.quantization.functional import check_weight, codec_for, quantize
+from lit_unlearn.quantization.functional import QuantizedTensor, check_weight, codec_for, dequantize, quantize
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
-__all__ = ["check_cell_scheme", "quantization_cell", "scale_setters"]
+__all__ = ["check_cell_scheme", "push_across", "quantization_cell", "scale_setters"]
 
 _INT_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
            torch.float64: torch.int64}
@@ -214,3 +214,91 @@ def _narrowed(w0: Tensor, lo: Tensor, hi: Tensor, margin: float) -> tuple[Tensor
     x0 = w0.double()
     inside = (inner_lo.double() <= x0) & (x0 <= inner_hi.double())
     return torch.where(inside, inner_lo, w0), torch.where(inside, inner_hi, w0)
+
+
+def _code_range(scheme: Scheme) -> tuple[int, int]:
+    """The codes a scheme stores (as :class:`~lit_unlearn.quantization.QuantizedTensor` holds them)."""
+    if scheme.family == "bnb4":
+        return 0, 15
+    if scheme.family == "llm_int8" or scheme.name == "q8_0":
+        return -127, 127
+    if scheme.family == "gguf":
+        return 0, 2**scheme.bits - 1
+    if scheme.family == "rtn":
+        top = 2 ** (scheme.bits - 1) - 1
+        return (-top, top) if scheme.symmetric else (0, 2**scheme.bits - 1)
+    raise ValueError(
+        f"Scheme {scheme.name!r} has no integer grid to push a weight across; choose a legacy GGUF type "
+        "('q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0'), 'nf4', 'fp4', 'int8' or an RTN scheme."
+    )
+
+
+@torch.no_grad()
+def push_across(
+    w0: Tensor, w: Tensor, scheme: str | Scheme, share: float, block_size: int | None = None
+) -> tuple[Tensor, int]:
+    """``w`` with the ``share`` of its weights that an update ``w - w0`` moved closest to a cell edge, but not
+    across it, pushed across: the inverse of projecting into the cells, and MANSU's magnitude floor
+    (arXiv 2605.15138) made sparse.
+
+    Quantizing ``w`` rounds most of a small update back: a weight keeps ``w0``'s code unless the update
+    crossed the edge between its level and the next. Among the weights whose code ``Q(w)`` still equals
+    ``Q(w0)``'s and whose update is not zero, those with the largest ``|w - w0|`` against the distance from
+    ``w0`` to the edge in the update's direction (the midpoint between their level and the neighbouring
+    one) are moved to an eighth of a step beyond that edge, into the neighbouring level's cell, the direction
+    the update took them. The move never changes a group's scale: a push that would (a weight that sets or
+    would exceed its group's extremes, a level at the end of the grid) is not made, and a group whose codes
+    the pushes would change otherwise keeps ``w`` as it is. Every other weight keeps ``w``.
+
+    Returns:
+        The pushed weight (``w``'s dtype and shape; a new tensor) and the number of weights pushed.
+
+    Raises:
+        ValueError: for ``share`` outside ``[0, 1]``, different shapes, or a scheme without an integer grid
+            with cells (bf16/fp16 casts, GGUF K-quants and mixtures).
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"`share` must be a fraction of the weights in [0, 1], got {share!r}.")
+    if w.shape != w0.shape:
+        raise ValueError(f"`w` has shape {tuple(w.shape)} but `w0` has {tuple(w0.shape)}; pass the same layer's weights.")
+    scheme = get_scheme(scheme, block_size)
+    pinned, lower, upper = scale_setters(w0, scheme)  # refuses K-quants and mixtures with their message
+    scheme = fit_scheme(scheme, w0.shape)
+    low_code, high_code = _code_range(scheme)
+    w0f, wf = w0.detach().float(), w.detach().float()
+    update = wf - w0f
+    q0, q = quantize(w0f, scheme), quantize(wf, scheme)
+    if share == 0.0:
+        return w.detach().clone(), 0
+    level = dequantize(q).float()
+
+    def decoded(codes: Tensor) -> Tensor:
+        return dequantize(QuantizedTensor(codes.to(q.codes.dtype), q.scales, q.zero_points, scheme, torch.float32))
+
+    codes = q.codes.long()
+    up = decoded((codes + 1).clamp(low_code, high_code))
+    down = decoded((codes - 1).clamp(low_code, high_code))
+    # The neighbouring level in the update's direction (a code step may go down in value, as for q4_0 with d < 0).
+    toward = torch.sign(update)
+    neighbour = torch.where((up - level) * toward > 0, up, down)
+    gap = neighbour - level
+    edge = level + gap / 2
+    candidate = (q.codes == q0.codes) & (update != 0) & (gap * toward > 0) & ~pinned
+    target = level + gap * 0.625
+    candidate &= (lower.float() < target) & (target < upper.float())
+    progress = torch.where(candidate, update.abs() / (edge - w0f).abs().clamp(min=torch.finfo(torch.float32).tiny), -1.0)
+    k = min(int(round(share * w.numel())), int(candidate.sum()))
+    if k == 0:
+        return w.detach().clone(), 0
+    chosen = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    chosen[progress.reshape(-1).topk(k).indices] = True
+    chosen = chosen.view(w.shape)
+    pushed = torch.where(chosen, target, wf).to(w.dtype)
+    # Every push lands on the neighbouring level and nothing else moves; where a group's decoded values say
+    # otherwise (a target rounded to the dtype, a scale that moved after all), that group keeps `w`.
+    wrong = dequantize(quantize(pushed, scheme)).float() != torch.where(chosen, neighbour, level)
+    group_len = codec_for(scheme, w.device).group_len(w.shape)
+    bad_groups, n = _groups(wrong, group_len)
+    keep_w = bad_groups.any(dim=1, keepdim=True).expand_as(bad_groups).reshape(-1)[:n].view(w.shape)
+    chosen &= ~keep_w
+    return torch.where(chosen, target, wf).to(w.dtype), int(chosen.sum())
