@@ -191,6 +191,7 @@ def test_quick_pipeline_on_the_test_world(rmap, tmp_path, monkeypatch):
         assert (docs / "images" / f"reversion_map_{name}.png").read_bytes()[:4] == b"\x89PNG"
     page = (docs / "reversion_map.md").read_text()
     assert page.startswith("# Kept\n\nWritten by hand.\n") and rmap.BEGIN in page and "| int3 |" in page
+    assert "| held-out probe, without the controls |" in page
     # The numbers, recomputed by hand from each run's own results.json and metrics.csv.
     points = []
     for cell in rmap.grid(quick=True):
@@ -208,8 +209,11 @@ def test_quick_pipeline_on_the_test_world(rmap, tmp_path, monkeypatch):
             for scheme in rmap.SCHEMES:
                 if row.get(f"survival/{scheme}/effect_retained"):
                     last[scheme] = float(row[f"survival/{scheme}/effect_retained"])
+        assert last, cell.name
         for scheme, signal in last.items():
             assert stored["survival"][scheme]["effect_retained"] == pytest.approx(signal)
+            # The held-out probe (single forget questions the run never trains on as such) is reported beside it.
+            assert isinstance(stored["survival"][scheme]["effect_retained_heldout"], float)
             kept = stored["kept"][scheme]["knowmem"]
             if not cell.control and kept is not None:
                 points.append((scheme, signal, kept))
