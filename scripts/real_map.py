@@ -30,6 +30,11 @@ precision (what the candidate's Q4_1 file keeps of what the run forgot).
   its Q4_1 cell in the update's direction (when the update alone does not reach it); other weights keep
   ``W0 + ΔW``.
 
+* ``floor:auto``: the floor with its share calibrated per run, as :class:`lit_unlearn.callbacks.MagnitudeFloor`
+  does at the end of a fit (:func:`lit_unlearn.deployment.floor.calibrate_floor` on the run's first four
+  training batches: the smallest share whose Q4_1 model keeps all of the probe's forgetting), what
+  ``configs/real/survive_q4_1.yaml`` ships.
+
 Writes ``<out>/<cell>/seed<k>/result.json`` and ``delta.safetensors``, ``docs/real_map.json`` and the
 tables of ``docs/real_model.md`` between its ``generated`` markers.
 """
@@ -94,7 +99,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("simnpo_gdr", "lora", 7e-4),
     Cell("npo_gdr", "lora", 7e-4, quantization_aware="q4_1"),
 )
-CANDIDATES = ("amplify:16", "floor:0.01", "floor:0.001")
+CANDIDATES = ("floor:auto", "amplify:16", "floor:0.01", "floor:0.001")
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -176,6 +181,49 @@ def kept(original: dict, unlearned: dict, precision: str, split: str, min_forget
     if forgot < min_forgetting:
         return None
     return (original[precision][f"{split}_acc"] - unlearned[precision][f"{split}_acc"]) / forgot
+
+
+def probe(data: str, model: str, seed: int, n: int = 4) -> list[dict[str, Any]]:
+    """The run's first ``n`` training batches, as MagnitudeFloor keeps them (the data module seeded as in fit)."""
+    from lightning.pytorch import seed_everything
+
+    from lit_unlearn import ForgetRetainDataModule
+
+    seed_everything(seed)
+    dm = ForgetRetainDataModule(forget=f"{data}/forget.jsonl", retain=f"{data}/retain.jsonl", max_length=32,
+                                batch_size=8, tokenizer=model)
+    dm.setup("fit")
+    batches = []
+    for batch in dm.train_dataloader():
+        batches.append({split: batch[split] for split in ("forget", "retain")})
+        if len(batches) == n:
+            return batches
+    return batches
+
+
+def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[dict[str, Any]]) -> tuple[Any, dict]:
+    """``floor:auto``: a copy of ``base`` holding ``W0 + ΔW`` with the share of pushes calibrated at Q4_1 on
+    the probe ``batches``, and the plan (every share tried)."""
+    from lit_unlearn.deployment import Deployment, deployed_layers
+    from lit_unlearn.deployment.floor import calibrate_floor
+
+    model = with_update(base, delta, "amplify:1")
+    state = base.state_dict()
+    layers = deployed_layers(model)
+    for layer in layers:
+        layer.cache_references([], state[f"{layer.name}.weight"])  # W0: the base, as a snapshot
+
+    def losses(m: Any) -> dict[str, float]:
+        with torch.no_grad():
+            return {split: statistics.fmean(float(m(**b[split]).loss) for b in batches) for split in ("forget", "retain")}
+
+    plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses)
+    if weights is not None:
+        with torch.no_grad():
+            for layer in layers:
+                if layer.name in weights:
+                    layer.linear.weight.copy_(weights[layer.name])
+    return model, plan.as_dict()
 
 
 def with_update(base: Any, delta: dict[str, torch.Tensor], transform: str) -> Any:
@@ -413,7 +461,11 @@ def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dic
             result["survival"].setdefault(scheme, {"effect_retained": None}).update(stats)
     result.setdefault("candidates", {})
     for candidate in want:
-        model = with_update(base, delta, candidate)
+        plan = None
+        if candidate == "floor:auto":
+            model, plan = calibrated_floor(base, delta, probe(args.data, args.model, result["seed"]))
+        else:
+            model = with_update(base, delta, candidate)
         q = scores(model, tokenizer, benchmark, ["q4_1"], args.batch_size)["q4_1"]
         # Against the run's own forgetting at full precision: how much of it the candidate's Q4_1 file keeps.
         forgot = original["full"]["forget_acc"] - result["scores"]["full"]["forget_acc"]
@@ -421,6 +473,7 @@ def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dic
             "kept": None if forgot < args.min_forgetting else (original["q4_1"]["forget_acc"] - q["forget_acc"]) / forgot,
             "forget_acc": q["forget_acc"], "paraphrase_acc": q["paraphrase_acc"],
             "neighbour_acc": q["neighbour_acc"], "retain_acc": q["retain_acc"], "utility_ppl": q["utility_ppl"],
+            **({} if plan is None else {"plan": plan}),
         }
         del model
         gc.collect()
