@@ -201,7 +201,7 @@ def render(row: Row) -> str:
         lines += ["  lora: null", f"  output_dir: {out}/model"]
     else:
         if row.kind == "qlora":
-            lines += ["  load_in_4bit: true", "  bnb_4bit_quant_type: nf4", "  bnb_4bit_compute_dtype: bfloat16",
+            lines += ["  four_bit: {quant_type: nf4, compute_dtype: bfloat16}",
                       "  gradient_checkpointing: true"]
         lines += ["  lora:", f"    r: {r}", f"    alpha: {alpha}", "    dropout: 0.05", "    target_modules: null"]
     lines += [

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,15 +139,15 @@ class UnlearningModule(LightningModule):
             ``None`` (default) trains the full-precision model, exactly as without the option.
         quantization_aware_retain: With ``quantization_aware``, whether the retain term also sees the
             quantized model (default: the deployment's utility is the one to keep).
-        load_in_4bit: QLoRA: load the frozen base in bitsandbytes 4-bit (``Linear4bit``) under the LoRA
-            adapter. The NPO/KLR reference is then the 4-bit base, and the callbacks measure the deployment
-            a 4-bit user ships: the adapter merged into the dequantized base and re-quantized, as peft's
-            4-bit merge does. LoRA runs only.
-        bnb_4bit_quant_type: The base's 4-bit format, ``nf4`` (QLoRA's) or ``fp4``.
-        bnb_4bit_compute_dtype: Dtype the 4-bit layers compute in; ``None`` takes ``dtype``.
-        bnb_4bit_use_double_quant: Quantize the base's block scales too (QLoRA's double quantization).
-        quantization_config: The same as a ``transformers.BitsAndBytesConfig`` (or its dict), instead of
-            the four arguments above.
+        four_bit: QLoRA: load the frozen base in bitsandbytes 4-bit (``Linear4bit``) under the LoRA
+            adapter, in this format (:class:`~lit_unlearn.four_bit_base.FourBitBase`: ``quant_type`` ``nf4``,
+            QLoRA's, or ``fp4``; ``compute_dtype``, unset for ``dtype``; ``double_quant``, QLoRA's double
+            quantization of the block scales). ``four_bit: {}`` is nf4 computing in ``dtype``. The NPO/KLR
+            reference is then the 4-bit base, and the callbacks measure the deployment a 4-bit user ships:
+            the adapter merged into the dequantized base and re-quantized, as peft's 4-bit merge does. LoRA
+            runs only. ``None`` (default) loads the base in ``dtype``.
+        quantization_config: The same as a ``transformers.BitsAndBytesConfig`` (or its dict), from Python,
+            instead of ``four_bit``.
         gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
             keeping them (transformers' non-reentrant checkpointing): about a third more compute for
             activations of one block instead of all, what fits a 7B model's 2048-token batches on one GPU.
@@ -156,7 +157,8 @@ class UnlearningModule(LightningModule):
     Raises:
         ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
             unknown ``quantization_aware`` scheme or block size, a 4-bit base without LoRA or with
-            ``quantization_aware``, or an 8-bit ``quantization_config``.
+            ``quantization_aware``, both ``four_bit`` and ``quantization_config``, or an 8-bit
+            ``quantization_config``.
 
     Example::
 
@@ -189,10 +191,7 @@ class UnlearningModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         quantization_aware: str | None = None,
         quantization_aware_retain: bool = True,
-        load_in_4bit: bool = False,
-        bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4",
-        bnb_4bit_compute_dtype: Dtype | None = None,
-        bnb_4bit_use_double_quant: bool = False,
+        four_bit: FourBitBase | None = None,
         quantization_config: Any = None,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -201,21 +200,19 @@ class UnlearningModule(LightningModule):
         if not isinstance(gradient_checkpointing, bool):
             raise ValueError(f"`gradient_checkpointing` must be True or False, got {gradient_checkpointing!r}.")
         self.gradient_checkpointing = gradient_checkpointing
-        self.four_bit_base: FourBitBase | None = four_bit_base(
-            load_in_4bit, bnb_4bit_quant_type, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant,
-            quantization_config, dtype=dtype,
-        )
+        # Its compute dtype resolved to `dtype` when unset: what is loaded and recorded names one.
+        self.four_bit_base: FourBitBase | None = four_bit_base(four_bit, quantization_config, dtype=dtype)
         if self.four_bit_base is not None:
             if lora is None:
                 raise ValueError(
-                    "A 4-bit base (`load_in_4bit`/`quantization_config`) is frozen: only a LoRA adapter can "
+                    "A 4-bit base (`four_bit`/`quantization_config`) is frozen: only a LoRA adapter can "
                     "train over it (QLoRA), but `lora` is null. Set `lora` (e.g. `lora: {r: 16}`), or drop "
-                    "`load_in_4bit` for full-parameter unlearning."
+                    "`four_bit` for full-parameter unlearning."
                 )
             if quantization_aware is not None:
                 raise ValueError(
                     "`quantization_aware` trains through a fake-quantized merge of a full-precision base; with "
-                    "`load_in_4bit` the base is already 4-bit. Use one or the other."
+                    "`four_bit` the base is already 4-bit. Use one or the other."
                 )
         if not isinstance(quantization_aware_retain, bool):
             raise ValueError(f"`quantization_aware_retain` must be True or False, got {quantization_aware_retain!r}.")
@@ -241,14 +238,13 @@ class UnlearningModule(LightningModule):
             simnpo_delta=simnpo_delta,
             klr_form=klr_form,
         )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lora", "quantization_config"])
+        self.save_hyperparameters(
+            ignore=["optimizer", "lr_scheduler", "lora", "four_bit", "quantization_config"]
+        )
         self.hparams["lora"] = None if lora is None else vars(lora).copy()
-        if quantization_config is not None:
-            # Recorded in the switch's form, which a checkpoint's hparams rebuild the module from.
-            base = self.four_bit_base
-            self.hparams.update(load_in_4bit=True, bnb_4bit_quant_type=base.quant_type,
-                                bnb_4bit_compute_dtype=base.compute_dtype,
-                                bnb_4bit_use_double_quant=base.double_quant)
+        # Recorded as `four_bit`'s fields, its compute dtype resolved, however it was given: a checkpoint's
+        # hparams rebuild the module from them.
+        self.hparams["four_bit"] = None if self.four_bit_base is None else asdict(self.four_bit_base)
         self.model_name_or_path = model_name_or_path
         self.tokenizer_path = tokenizer
         self.lora = lora
@@ -361,7 +357,7 @@ class UnlearningModule(LightningModule):
             self._qat.layers = deployed_layers(self.model)
 
     def _check_shardable(self) -> None:
-        for what, on in (("a 4-bit base (`load_in_4bit`)", self.four_bit_base is not None),
+        for what, on in (("a 4-bit base (`four_bit`)", self.four_bit_base is not None),
                          ("`quantization_aware`", self.qat_scheme is not None),
                          ("`sure_percentile`", self.sure_percentile is not None)):
             if on:

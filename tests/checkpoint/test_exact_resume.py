@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tests.conftest import WORDS, make_texts
 
-from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
+from lit_unlearn import ForgetRetainDataModule, FourBitBase, LoRA, UnlearningModule
 from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
 from lit_unlearn.data.sampling import ResumableSampler, consumed_per_loader
 
@@ -77,9 +77,10 @@ def test_qlora_resume_mid_epoch_is_bit_identical(tiny_model_dir, uneven_texts, t
     wide.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     lora = LoRA(r=4, alpha=8, dropout=0.1)
-    straight, _ = fit(model_dir, uneven_texts, tmp_path / "straight", lora, max_steps=7, load_in_4bit=True)
-    fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=3, load_in_4bit=True)
-    resumed, trainer = fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=7, load_in_4bit=True,
+    nf4 = FourBitBase()
+    straight, _ = fit(model_dir, uneven_texts, tmp_path / "straight", lora, max_steps=7, four_bit=nf4)
+    fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=3, four_bit=nf4)
+    resumed, trainer = fit(model_dir, uneven_texts, tmp_path / "split", lora, max_steps=7, four_bit=nf4,
                            ckpt_path=str(tmp_path / "split" / "checkpoints" / "last.ckpt"))
     assert trainer.global_step == 7
     q_proj = resumed.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer

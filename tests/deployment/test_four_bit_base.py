@@ -4,6 +4,7 @@ layers, the functional check's model, export's two copies) equals what peft's ``
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ from lit_unlearn.adapters import LoRA, apply_lora
 from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
 from lit_unlearn.deployment import deployed_layers, deployed_model, deployed_weights
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
+from lit_unlearn.four_bit_base import BASE_QUANTIZATION_FILE, FourBitBase, four_bit_base, read_four_bit_base
 from lit_unlearn.quantization import get_scheme
 from lit_unlearn.quantization.bnb_decode import (
     dequantize_4bit_as_cuda,
@@ -243,3 +245,20 @@ def test_double_quant_statistics_are_those_of_peft_merges(base_dir, quant_type):
         assert s.changed == pytest.approx(changed, abs=1e-12), name
         assert s.qdelta_norm == pytest.approx(qdelta, rel=1e-5), name
         assert s.changed > 0.01, name
+
+
+def test_the_recorded_base_names_its_compute_dtype(tmp_path):
+    """A base left to compute in the model's dtype is resolved before it is recorded; a record lacking one is
+    refused, since export would not know which base to rebuild."""
+    assert FourBitBase(compute_dtype=torch.bfloat16).compute_dtype == "bfloat16"
+    with pytest.raises(ValueError, match=r"leaves its compute dtype to the model's `dtype`.*resolve it first"):
+        FourBitBase().write(tmp_path)
+    base = four_bit_base(FourBitBase(double_quant=True), dtype="bfloat16")
+    base.write(tmp_path)
+    record = json.loads((tmp_path / BASE_QUANTIZATION_FILE).read_text())
+    assert record == {"load_in_4bit": True, "quant_type": "nf4", "compute_dtype": "bfloat16", "double_quant": True}
+    assert read_four_bit_base(tmp_path) == base
+    record.update(compute_dtype=None)
+    (tmp_path / BASE_QUANTIZATION_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"does not describe a 4-bit base.*Delete it"):
+        read_four_bit_base(tmp_path)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_unlearn import UnlearningModule
+from lit_unlearn import FourBitBase, UnlearningModule
 from lit_unlearn.callbacks import PreserveQuantization, QuantizedEvaluation
 from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments
 from lit_unlearn.quantization import get_scheme
@@ -52,14 +52,16 @@ def test_a_deployment_for_full_precision_has_no_scheme():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"load_in_4bit": True, "lora": None}, r"only a LoRA adapter can train over it \(QLoRA\), but `lora` is null"),
-        ({"load_in_4bit": True, "quantization_aware": "nf4"}, r"with `load_in_4bit` the base is already 4-bit"),
-        ({"load_in_4bit": True, "bnb_4bit_quant_type": "int4"}, r"'int4' is not one of bitsandbytes' 4-bit formats"),
-        ({"load_in_4bit": True, "bnb_4bit_compute_dtype": "float64"}, r"compute dtype 'float64' must be one of"),
-        ({"load_in_4bit": "yes"}, r"`load_in_4bit` must be True or False"),
+        ({"four_bit": FourBitBase(), "lora": None}, r"only a LoRA adapter can train over it \(QLoRA\), but `lora` is null"),
+        ({"four_bit": FourBitBase(), "quantization_aware": "nf4"}, r"with `four_bit` the base is already 4-bit"),
+        ({"four_bit": {"quant_type": "int4"}}, r"'int4' is not one of bitsandbytes' 4-bit formats"),
+        ({"four_bit": {"compute_dtype": "float64"}}, r"compute dtype 'float64' must be one of"),
+        ({"four_bit": {"double_quant": "yes"}}, r"`double_quant` must be True or False, got 'yes'"),
+        ({"four_bit": {"quant": "nf4"}}, r"`four_bit` has no field 'quant'; its fields are quant_type"),
+        ({"four_bit": True}, r"`four_bit`=True is not a 4-bit base format.*`four_bit: \{\}`"),
         ({"quantization_config": {"load_in_8bit": True}}, r"loads the base in 8 bits \(LLM.int8\)"),
         ({"quantization_config": {"bnb_4bit_quant_type": "nf4"}}, r"does not set `load_in_4bit: true`"),
-        ({"quantization_config": {"load_in_4bit": True}, "load_in_4bit": True}, r"give the 4-bit base one way"),
+        ({"quantization_config": {"load_in_4bit": True}, "four_bit": FourBitBase()}, r"give the 4-bit base one way"),
     ],
 )
 def test_a_4bit_base_is_checked_before_loading(kwargs, match):
@@ -68,18 +70,27 @@ def test_a_4bit_base_is_checked_before_loading(kwargs, match):
         UnlearningModule("/nonexistent/model", **kwargs)
 
 
-def test_a_bitsandbytes_config_gives_the_same_base_as_the_switch():
+def test_a_bitsandbytes_config_gives_the_same_base_as_four_bit():
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True)
     from_config = UnlearningModule("/nonexistent/model", quantization_config=config, dtype="bfloat16")
-    switch = UnlearningModule("/nonexistent/model", load_in_4bit=True, bnb_4bit_quant_type="fp4",
-                              bnb_4bit_use_double_quant=True, dtype="bfloat16")
+    typed = UnlearningModule("/nonexistent/model", four_bit=FourBitBase("fp4", double_quant=True), dtype="bfloat16")
     # transformers' default compute dtype is float32; the dict form names it, so it is kept.
-    assert from_config.four_bit_base.quant_type == switch.four_bit_base.quant_type == "fp4"
-    assert from_config.four_bit_base.double_quant and switch.four_bit_base.compute_dtype == "bfloat16"
-    assert from_config.hparams["load_in_4bit"] is True and "quantization_config" not in from_config.hparams
+    assert from_config.four_bit_base.quant_type == typed.four_bit_base.quant_type == "fp4"
+    assert from_config.four_bit_base.double_quant and typed.four_bit_base.compute_dtype == "bfloat16"
+    # Recorded as `four_bit`'s fields, the dtype resolved: a checkpoint's hparams rebuild the same base.
+    assert from_config.hparams["four_bit"] == {"quant_type": "fp4", "compute_dtype": "float32", "double_quant": True}
+    assert "quantization_config" not in from_config.hparams
+    assert UnlearningModule(**from_config.hparams).four_bit_base == from_config.four_bit_base
+    assert typed.hparams["four_bit"]["compute_dtype"] == "bfloat16"
     assert UnlearningModule("/nonexistent/model").four_bit_base is None
+    assert UnlearningModule("/nonexistent/model").hparams["four_bit"] is None
+
+
+def test_four_bit_defaults_to_nf4_computing_in_the_module_dtype():
+    module = UnlearningModule("/nonexistent/model", four_bit={}, dtype="bfloat16")
+    assert module.four_bit_base == FourBitBase("nf4", "bfloat16", False)
 
 
 def test_fsdp1_and_deepspeed_are_refused_before_loading_with_the_fsdp2_fix():

@@ -121,7 +121,7 @@ def test_missing_gguf_file_is_named(tmp_path):
 
 
 def test_four_bit_loading_of_a_gguf_is_refused(tiny_gguf):
-    with pytest.raises(ValueError, match="load_in_4bit"):
+    with pytest.raises(ValueError, match="drop `four_bit`"):
         load_causal_lm(tiny_gguf["q4_1"], quantization_config=object())
 
 

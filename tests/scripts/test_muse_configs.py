@@ -82,4 +82,5 @@ def test_p1s_lora_rows(script):
     news = (ROOT / "configs/muse/news/npo_klr_lora.yaml").read_text()
     assert "not recoverable from P1" in news, "an unknown setting is said to be unknown"
     qlora = _load(ROOT / "configs/muse/books/npo_gdr_qlora.yaml")
-    assert qlora["model"]["load_in_4bit"] and qlora["model"]["lora"]["r"] == 64
+    assert qlora["model"]["four_bit"] == {"quant_type": "nf4", "compute_dtype": "bfloat16"}
+    assert qlora["model"]["lora"]["r"] == 64

@@ -205,7 +205,7 @@ def load_causal_lm(
     if "quantization_config" in kwargs:
         raise ValueError(
             f"{str(file)!r} is a GGUF file, which transformers dequantizes on load; it cannot also be loaded "
-            "with a `quantization_config` (4-bit). Convert it to safetensors first, or drop `load_in_4bit`."
+            "with a `quantization_config` (4-bit). Convert it to safetensors first, or drop `four_bit`."
         )
     model = AutoModelForCausalLM.from_pretrained(
         str(file.parent), gguf_file=file.name, quantization_config=GgufConfig(dequantize=True),
