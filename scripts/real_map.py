@@ -4,6 +4,7 @@
     python scripts/real_map.py --cells lora_npo_gdr_1e-4 --seeds 0  # one cell, one seed
     python scripts/real_map.py --smoke               # the pipeline in seconds on a tiny GGUF (tests)
     python scripts/real_map.py --from-json docs/real_map.json   # tables from stored runs, nothing fitted
+    python scripts/real_map.py --stored              # tables from every run under outputs/real_map
 
 Each run unlearns the benchmark's forget topic (``real:smollm2-data``: capitals of European countries) from
 ``real:smollm2`` (the GGUF Q4_1 file the model ships as) with lit-unlearn's own API, with
@@ -194,7 +195,8 @@ def probe(data: str, model: str, seed: int, n: int = 4) -> list[dict[str, Any]]:
                                 batch_size=8, tokenizer=model)
     dm.setup("fit")
     batches = []
-    for batch in dm.train_dataloader():
+    for item in dm.train_dataloader():
+        batch = item[0] if isinstance(item, tuple) else item  # a CombinedLoader yields (batch, index, loader)
         batches.append({split: batch[split] for split in ("forget", "retain")})
         if len(batches) == n:
             return batches
@@ -493,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=32, help="questions generated together")
     parser.add_argument("--min-forgetting", type=float, default=10.0, help="points of forget accuracy")
     parser.add_argument("--from-json", type=Path, default=None)
+    parser.add_argument("--stored", action="store_true",
+                        help="fit and score nothing: the tables from every run stored under --out")
     parser.add_argument("--smoke", action="store_true", help="2 steps per run (with --model/--data of a tiny world)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("LIT_UNLEARN_THREADS", "1")))
@@ -500,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.from_json is not None:
         stored = json.loads(args.from_json.read_text())
         original, runs = stored["original"], stored["runs"]
+    elif args.stored:
+        original = json.loads((args.out / "original.json").read_text())
+        runs = [json.loads((args.out / cell.name / f"seed{seed}" / "result.json").read_text())
+                for seed in args.seeds for cell in CELLS
+                if (args.out / cell.name / f"seed{seed}" / "result.json").is_file()]
     else:
         from lit_unlearn.data.sources import resolve_path
         from lit_unlearn.gguf_io import load_causal_lm, load_tokenizer

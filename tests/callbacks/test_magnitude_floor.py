@@ -36,32 +36,36 @@ def split(ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def data(n: int = 4) -> DataLoader:
+def data(n: int = 4, retain_is_forget: bool = False) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     batches = [{"forget": split(torch.randint(3, 24, (4, 12), generator=g)),
                 "retain": split(torch.randint(24, VOCAB, (4, 12), generator=g))} for _ in range(n)]
+    if retain_is_forget:  # what is forgotten is also what must stay: every push costs the retain loss
+        batches = [{"forget": b["forget"], "retain": b["forget"]} for b in batches]
     return DataLoader(batches, batch_size=None)
 
 
 class Unlearner(LightningModule):
-    def __init__(self, lr: float, on_q4_1: bool = True) -> None:
+    def __init__(self, lr: float, on_q4_1: bool = True, retain: bool = True) -> None:
         super().__init__()
         self.model = tiny_llama(on_q4_1)
         self.lr = lr
+        self.retain = retain  # False: gradient ascent alone, which drags the retain loss up with the forget loss
 
     def training_step(self, batch, batch_idx):
-        return -self.model(**batch["forget"]).loss + self.model(**batch["retain"]).loss
+        loss = -self.model(**batch["forget"]).loss
+        return loss + self.model(**batch["retain"]).loss if self.retain else loss
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def fit(root: Path, module: LightningModule, floor: MagnitudeFloor, steps: int = 4) -> Trainer:
+def fit(root: Path, module: LightningModule, floor: MagnitudeFloor, steps: int = 4, **data_kwargs) -> Trainer:
     seed_everything(0)
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[floor])
-    trainer.fit(module, data())
+    trainer.fit(module, data(**data_kwargs))
     return trainer
 
 
@@ -149,3 +153,16 @@ def test_a_lora_run_is_saved_merged_with_its_pushes(tmp_path: Path) -> None:
         assert torch.equal(tensor, base[name]) != adapted, name  # exactly the adapted layers changed
     quantize_model_(saved, "q4_1")
     assert probe_losses(saved)["forget"] == pytest.approx(plan.chosen.forget, rel=1e-5)
+
+
+def test_a_share_that_breaks_the_retain_loss_is_refused(tmp_path: Path) -> None:
+    # Gradient ascent alone on data that is also the retain set: pushing every updated weight along it keeps
+    # the forgetting many times over, and raises the retain loss just as much.
+    floor = MagnitudeFloor("q4_1", shares=(1.0,), retain_tolerance=0.0)
+    with pytest.warns(UserWarning, match="the pushed model is not saved"):
+        fit(tmp_path, Unlearner(lr=1e-4, retain=False), floor, retain_is_forget=True)
+    plan = floor.plan
+    assert plan is not None and not plan.met and floor.saved_to is None
+    bar = max(plan.full["retain"], plan.original_deployed["retain"])
+    assert plan.trials[-1].share == 1.0 and plan.trials[-1].retain > bar
+    assert "stopped at share 1" in plan.notes[-1] and not (tmp_path / "floored-q4_1").exists()

@@ -1,5 +1,6 @@
 """A short fit of the real model from its shipped config: the check names the base's format and sees the
-reversion at its first check (SmolLM2's decoder sits on the Q4_1 grid; updates under half a step round back)."""
+reversion at its first check (SmolLM2's decoder sits on the Q4_1 grid; updates under half a step round back),
+and MagnitudeFloor, the remedy the config ships, pushes enough of the update across Q4_1's cells to keep it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from lit_unlearn.cli import UnlearnCLI
 
 pytestmark = pytest.mark.slow
 
-CONFIG = Path(__file__).parents[2] / "configs" / "real" / "npo_gdr_lora.yaml"
+CONFIG = Path(__file__).parents[2] / "configs" / "real" / "survive_q4_1.yaml"
 
 
-def test_shipped_lora_config_detects_q4_1_and_sees_the_reversion_at_the_first_check(tmp_path, caplog):
+def test_shipped_config_detects_q4_1_sees_the_reversion_and_floors_it(tmp_path, caplog):
     torch.set_num_threads(1)
     args = [
         "-c", str(CONFIG),
@@ -27,10 +28,12 @@ def test_shipped_lora_config_detects_q4_1_and_sees_the_reversion_at_the_first_ch
         "--model.optimizer.init_args.lr=0.001",
     ]
     cli = UnlearnCLI(args=args, run=False)
-    from lit_unlearn.callbacks import QuantizationSurvival
+    from lit_unlearn.callbacks import MagnitudeFloor, QuantizationSurvival
 
     (survival,) = [c for c in cli.trainer.callbacks if isinstance(c, QuantizationSurvival)]
     survival.every_n_steps = 3  # the config checks every 10 steps; one check, at the end of this short fit
+    (floor,) = [c for c in cli.trainer.callbacks if isinstance(c, MagnitudeFloor)]
+    floor.shares, floor.probe_batches = (0.01,), 2  # one try on a short probe: CI time
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cli.trainer.fit(cli.model, cli.datamodule)
@@ -48,3 +51,14 @@ def test_shipped_lora_config_detects_q4_1_and_sees_the_reversion_at_the_first_ch
         "the low-survival warning fires at the first check"
     )
     print({k: round(float(v), 4) for k, v in metrics.items() if k.startswith("survival/")})
+    # The remedy, and its guard firing on a real model. As trained, Q4_1 keeps little of the probe's forgetting.
+    # Three steps have barely aimed the update: pushing the 1% nearest their cell edge keeps the forgetting
+    # several times over but wrecks the retain loss, so the floor refuses it and saves nothing (the 30-step
+    # runs of docs/real_model.md are where it is taken).
+    plan = floor.plan
+    assert plan is not None and plan.deployment.precision == "q4_1" and plan.trials[0].effect_retained < 0.3
+    (plain, pushed) = plan.trials
+    assert pushed.effect_retained > 1.0 and pushed.retain - max(plan.full["retain"], plan.original_deployed["retain"]) > 1.0
+    assert not plan.met and floor.saved_to is None and not (tmp_path / "floored-q4_1").exists()
+    assert any("the pushed model is not saved" in str(w.message) for w in caught)
+    print(plan.summary())

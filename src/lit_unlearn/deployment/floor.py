@@ -11,7 +11,8 @@ layer's weights whose update came closest to its cell edge, just across it, in t
 How large a share is needed depends on the run, so :func:`calibrate_floor` measures it: the probe's forget
 and retain losses at the deployment, for increasing shares, until the deployed model keeps ``target`` of the
 full-precision model's forgetting on the probe (``effect_retained``, as the survival check defines it), or
-the retain loss has risen by more than ``retain_tolerance`` above the full-precision unlearned model's.
+the retain loss has risen by more than ``retain_tolerance`` above both the full-precision unlearned model's
+and the original deployed model's.
 :class:`~lit_unlearn.callbacks.MagnitudeFloor` runs it at the end of a fit and saves the pushed model.
 """
 
@@ -121,12 +122,13 @@ class FloorPlan:
         chosen = self.chosen
         if chosen is None:
             last = self.trials[-1]
+            why = f" ({self.notes[-1]})" if self.notes else ""
             return (f"{said}; no share up to {last.share:.2%} reached {self.target:.2f} within the retain tolerance "
-                    f"(the last kept {last.effect_retained:.2f}); the pushed model is not saved")
+                    f"(the last kept {last.effect_retained:.2f}{why}); the pushed model is not saved")
         if chosen.share == 0.0:
             return f"{said}: nothing to push"
         retain = "" if chosen.retain is None or self.full.get("retain") is None else \
-            f", retain loss {chosen.retain - self.full['retain']:+.3f} against full precision"
+            f", retain loss {chosen.retain - self.full['retain']:+.3f} against the unlearned model in full precision"
         return (f"{said}; pushing the {chosen.share:.2%} of each layer's weights closest to their cell edge across "
                 f"it ({chosen.pushed} weights) keeps {chosen.effect_retained:.2f}{retain}")
 
@@ -148,7 +150,8 @@ def calibrate_floor(
     the rise of the forget loss over the original model's, at full precision (``Δ_full``) and at the
     deployment (``Δ_q``); ``effect_retained = Δ_q / Δ_full``. Share 0 (the plain merge) is tried first; a
     share is taken when it reaches ``target``, and the search stops once the deployed retain loss exceeds the
-    full-precision unlearned model's by more than ``retain_tolerance`` (larger shares only move more).
+    higher of the full-precision unlearned model's and the original deployed model's by more than
+    ``retain_tolerance`` (larger shares only move more).
 
     Raises:
         ValueError: for a deployment the floor cannot push across (:func:`check_floor_deployment`), shares
@@ -168,6 +171,9 @@ def calibrate_floor(
     with deployed_model(model, layers, None):
         full = dict(losses(model))
     forgetting = full["forget"] - original["forget"]
+    # What a push may not make worse: the retain loss of the unlearned model or of the original deployed, the
+    # higher (GDR fits the retain batches, so the unlearned model's own is often far below the original's).
+    retain_bar = max((v["retain"] for v in (full, original_deployed) if v.get("retain") is not None), default=None)
     trials: list[FloorTrial] = []
     notes: list[str] = []
     if not forgetting > 0:
@@ -180,11 +186,14 @@ def calibrate_floor(
             q = dict(losses(model))
         effect = (q["forget"] - original_deployed["forget"]) / forgetting if forgetting > 0 else float("nan")
         trials.append(FloorTrial(share, pushed, q["forget"], q.get("retain"), effect))
+        if share > 0 and retain_bar is not None and q.get("retain") is not None \
+                and q["retain"] - retain_bar > retain_tolerance:
+            # Checked first: a share that keeps the forgetting by breaking the model is no answer.
+            notes.append(f"stopped at share {share:g}: retain loss {q['retain'] - retain_bar:+.3f} above the bar "
+                         f"(tolerance {retain_tolerance:g})")
+            break
         if forgetting <= 0 or effect >= target:
             chosen, kept = share, weights
-            break
-        if q.get("retain") is not None and full.get("retain") is not None and q["retain"] - full["retain"] > retain_tolerance:
-            notes.append(f"stopped at share {share:g}: retain loss {q['retain'] - full['retain']:+.3f} above full precision")
             break
     plan = FloorPlan(deployment, target, chosen, tuple(trials), full, original, original_deployed, tuple(notes))
     return plan, kept
