@@ -58,8 +58,8 @@ class MagnitudeFloor(Callback):
             on, detected when training starts (SmolLM2's GGUF file: ``q4_1``), and refuses a base on none.
         target: Share of the probe's full-precision forgetting the deployed model must keep (1.0: all).
         shares: Shares of each layer's weights to try, ascending.
-        retain_tolerance: The search stops once the deployed retain loss exceeds the full-precision unlearned
-            model's by more than this (nats).
+        retain_tolerance: The search stops once the deployed retain loss exceeds both the full-precision
+            unlearned model's and the original deployed model's by more than this (nats).
         probe_batches: Training batches kept as the probe (their forget and retain halves).
 
     Raises:
