@@ -90,6 +90,11 @@ def test_a_reverting_update_is_pushed_until_q4_1_keeps_the_forgetting(tmp_path: 
     assert plan.trials[0].effect_retained < 0.5
     # ... and a share of pushes keeps all of it.
     assert plan.met and plan.share > 0 and plan.chosen.effect_retained >= 1.0 and plan.chosen.pushed > 0
+    # The smallest share that does: every smaller share tried fell short, and the search bisected towards it.
+    assert all(t.effect_retained < 1.0 for t in plan.trials if t.share < plan.share)
+    assert [t.share for t in plan.trials] == sorted(t.share for t in plan.trials)
+    tried = set(MagnitudeFloor().shares)
+    assert any(t.share not in tried and t.share > 0 for t in plan.trials) or plan.share == min(tried)
     assert floor.saved_to == tmp_path / "floored-q4_1"
     report = json.loads((floor.saved_to / "floor.json").read_text())
     assert report["share"] == plan.share and len(report["trials"]) == len(plan.trials)
@@ -122,7 +127,8 @@ def test_a_base_on_no_grid_needs_the_deployment_named(tmp_path: Path) -> None:
     [({"deployment": "full"}, "'full' has none"), ({"deployment": "int8"}, "LLM.int8 quantizes activations"),
      ({"deployment": "q4_k_m"}, "no quantization cells"), ({"deployment": "bf16"}, "a cast has no grid"),
      ({"target": 0}, "`target`"), ({"shares": (0.01, 0.001)}, "ascending"), ({"shares": (0.0,)}, r"\(0, 1\]"),
-     ({"retain_tolerance": -1}, "`retain_tolerance`"), ({"probe_batches": 0}, "`probe_batches`")],
+     ({"retain_tolerance": -1}, "`retain_tolerance`"), ({"probe_batches": 0}, "`probe_batches`"),
+     ({"refine": -1}, "`refine`")],
 )
 def test_refusals_name_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -165,4 +171,4 @@ def test_a_share_that_breaks_the_retain_loss_is_refused(tmp_path: Path) -> None:
     assert plan is not None and not plan.met and floor.saved_to is None
     bar = max(plan.full["retain"], plan.original_deployed["retain"])
     assert plan.trials[-1].share == 1.0 and plan.trials[-1].retain > bar
-    assert "stopped at share 1" in plan.notes[-1] and not (tmp_path / "floored-q4_1").exists()
+    assert plan.notes[-1].startswith("share 1: retain loss") and not (tmp_path / "floored-q4_1").exists()

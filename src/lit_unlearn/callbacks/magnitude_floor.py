@@ -61,6 +61,7 @@ class MagnitudeFloor(Callback):
         retain_tolerance: The search stops once the deployed retain loss exceeds both the full-precision
             unlearned model's and the original deployed model's by more than this (nats).
         probe_batches: Training batches kept as the probe (their forget and retain halves).
+        refine: Bisection steps between the last share that fell short and the first that kept the target.
 
     Raises:
         ValueError: for ``full``, ``int8``, casts, GGUF K-quants and mixtures (no cells to push across), or
@@ -79,6 +80,7 @@ class MagnitudeFloor(Callback):
         shares: Sequence[float] = DEFAULT_SHARES,
         retain_tolerance: float = 0.1,
         probe_batches: int = 4,
+        refine: int = 2,
     ) -> None:
         #: The format the floor deploys to: as given, or (``None`` given) the base's grid once training starts.
         self.deployment = None if deployment is None else Deployment.parse(deployment, what="deployment")
@@ -93,12 +95,15 @@ class MagnitudeFloor(Callback):
             raise ValueError(f"`shares` must be ascending fractions in (0, 1], e.g. {DEFAULT_SHARES}; got {shares!r}.")
         if isinstance(retain_tolerance, bool) or not isinstance(retain_tolerance, (int, float)) or not retain_tolerance >= 0:
             raise ValueError(f"`retain_tolerance` is a rise of the retain loss in nats, at least 0; got {retain_tolerance!r}.")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"`refine` is a number of bisection steps, 0 or more; got {refine!r}.")
         if isinstance(probe_batches, bool) or not isinstance(probe_batches, int) or probe_batches < 1:
             raise ValueError(f"`probe_batches` must be a positive number of training batches, got {probe_batches!r}.")
         self.target = float(target)
         self.shares = tuple(float(s) for s in shares)
         self.retain_tolerance = float(retain_tolerance)
         self.probe_batches = probe_batches
+        self.refine = refine
         self._layers: list[DeployedLayer] = []
         self._probe: list[dict[str, Any]] = []
         self._restored: dict[str, Any] = {}
@@ -180,7 +185,7 @@ class MagnitudeFloor(Callback):
 
         assert self.deployment is not None
         plan, weights = calibrate_floor(model, self._layers, self.deployment, losses, self.shares, self.target,
-                                        self.retain_tolerance)
+                                        self.retain_tolerance, self.refine)
         self.plan = plan
         name = self.deployment.precision
         summary = f"MagnitudeFloor: {plan.summary()}"

@@ -141,6 +141,7 @@ def calibrate_floor(
     shares: Sequence[float] = DEFAULT_SHARES,
     target: float = 1.0,
     retain_tolerance: float = 0.1,
+    refine: int = 2,
 ) -> tuple[FloorPlan, dict[str, torch.Tensor] | None]:
     """The smallest share of :data:`DEFAULT_SHARES` (or ``shares``, ascending) whose pushed weights keep
     ``target`` of the probe's forgetting at ``deployment``, and those weights (``None`` when none does).
@@ -151,7 +152,8 @@ def calibrate_floor(
     deployment (``Δ_q``); ``effect_retained = Δ_q / Δ_full``. Share 0 (the plain merge) is tried first; a
     share is taken when it reaches ``target``, and the search stops once the deployed retain loss exceeds the
     higher of the full-precision unlearned model's and the original deployed model's by more than
-    ``retain_tolerance`` (larger shares only move more).
+    ``retain_tolerance`` (larger shares only move more). Between the last share that fell short and the
+    first that kept the target the gap is then halved, geometrically, ``refine`` times.
 
     Raises:
         ValueError: for a deployment the floor cannot push across (:func:`check_floor_deployment`), shares
@@ -163,6 +165,8 @@ def calibrate_floor(
         raise ValueError(f"`shares` must be ascending fractions in (0, 1], e.g. {DEFAULT_SHARES}; got {shares!r}.")
     if not target > 0:
         raise ValueError(f"`target` is the share of the forgetting to keep, above 0 (1.0: all of it); got {target!r}.")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"`refine` is a number of bisection steps, 0 or more; got {refine!r}.")
     selected = [layer for layer in layers if layer.quantized]
     with deployed_model(model, layers, None, original=True):
         original = dict(losses(model))
@@ -178,9 +182,9 @@ def calibrate_floor(
     notes: list[str] = []
     if not forgetting > 0:
         notes.append(f"the probe's forget loss did not rise ({forgetting:+.4f}): nothing was forgotten to keep")
-    chosen: float | None = None
-    kept: dict[str, torch.Tensor] | None = None
-    for share in (0.0, *shares):
+
+    def attempt(share: float) -> tuple[bool | None, dict[str, torch.Tensor]]:
+        """Try ``share``: True when it keeps the target, False when not, None when it breaks the retain loss."""
         weights, pushed = floored_weights(selected, scheme, share)
         with deployed_model(model, layers, scheme, replaced=weights):
             q = dict(losses(model))
@@ -189,11 +193,31 @@ def calibrate_floor(
         if share > 0 and retain_bar is not None and q.get("retain") is not None \
                 and q["retain"] - retain_bar > retain_tolerance:
             # Checked first: a share that keeps the forgetting by breaking the model is no answer.
-            notes.append(f"stopped at share {share:g}: retain loss {q['retain'] - retain_bar:+.3f} above the bar "
+            notes.append(f"share {share:g}: retain loss {q['retain'] - retain_bar:+.3f} above the bar "
                          f"(tolerance {retain_tolerance:g})")
+            return None, weights
+        return forgetting <= 0 or effect >= target, weights
+
+    chosen: float | None = None
+    kept: dict[str, torch.Tensor] | None = None
+    below = 0.0  # the largest share known to fall short
+    for share in (0.0, *shares):
+        ok, weights = attempt(share)
+        if ok is None:
             break
-        if forgetting <= 0 or effect >= target:
+        if ok:
             chosen, kept = share, weights
             break
+        below = share
+    # Between the last share that fell short and the first that kept the target, halve the gap (geometrically)
+    # `refine` times: the smallest share that keeps the forgetting moves the fewest weights.
+    for _ in range(refine if chosen and below > 0 else 0):
+        middle = (below * chosen) ** 0.5
+        ok, weights = attempt(middle)
+        if ok:
+            chosen, kept = middle, weights
+        else:
+            below = middle
+    trials.sort(key=lambda t: t.share)
     plan = FloorPlan(deployment, target, chosen, tuple(trials), full, original, original_deployed, tuple(notes))
     return plan, kept
