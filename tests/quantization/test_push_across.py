@@ -37,7 +37,7 @@ def test_pushed_weights_land_one_level_further_and_nothing_else_moves(scheme: st
     assert torch.equal((qp.codes.long() - qw.codes.long()).abs()[moved], torch.ones(n, dtype=torch.long))
 
 
-def test_the_pushes_are_the_updates_closest_to_their_edge() -> None:
+def test_the_pushes_are_the_largest_updates_against_the_step() -> None:
     w0, d = on_grid("q4_1")
     blocks = w0.view(-1, 32)
     # Extremes stay put (no scale moves), so on the grid every edge is half a step from its weight.

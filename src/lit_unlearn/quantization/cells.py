@@ -243,10 +243,9 @@ def push_across(
 
     Quantizing ``w`` rounds most of a small update back: a weight keeps ``w0``'s code unless the update
     crossed the edge between its level and the next. Among the weights whose code ``Q(w)`` still equals
-    ``Q(w0)``'s and whose update is not zero, those with the largest ``|w - w0|`` against the distance from
-    ``w0`` to the edge in the update's direction (the midpoint between their level and the neighbouring
-    one) are moved to an eighth of a step beyond that edge, into the neighbouring level's cell, the direction
-    the update took them. The move never changes a group's scale: a push that would (a weight that sets or
+    ``Q(w0)``'s and whose update is not zero, those with the largest ``|w - w0|`` against half the step to the
+    neighbouring level in the update's direction are moved to an eighth of a step beyond the edge between the
+    two levels (their midpoint), into the neighbouring level's cell, the direction the update took them. The move never changes a group's scale: a push that would (a weight that sets or
     would exceed its group's extremes, a level at the end of the grid) is not made, and a group whose codes
     the pushes would change otherwise keeps ``w`` as it is. Every other weight keeps ``w``.
 
@@ -282,11 +281,13 @@ def push_across(
     toward = torch.sign(update)
     neighbour = torch.where((up - level) * toward > 0, up, down)
     gap = neighbour - level
-    edge = level + gap / 2
     candidate = (q.codes == q0.codes) & (update != 0) & (gap * toward > 0) & ~pinned
     target = level + gap * 0.625
     candidate &= (lower.float() < target) & (target < upper.float())
-    progress = torch.where(candidate, update.abs() / (edge - w0f).abs().clamp(min=torch.finfo(torch.float32).tiny), -1.0)
+    # The update in units of half the local step: the largest updates lead, wherever a block's moved extremes
+    # have shifted its grid (ranking by the distance left to the shifted edge favours weights whose grid moved,
+    # not those the unlearning moved, and costs more of the model for the same forgetting).
+    progress = torch.where(candidate, update.abs() / (gap.abs() / 2).clamp(min=torch.finfo(torch.float32).tiny), -1.0)
     k = min(int(round(share * w.numel())), int(candidate.sum()))
     if k == 0:
         return w.detach().clone(), 0
