@@ -31,6 +31,8 @@ precision (what the candidate's Q4_1 file keeps of what the run forgot).
   its Q4_1 cell in the update's direction (when the update alone does not reach it); other weights keep
   ``W0 + ΔW``.
 
+* ``push:<p>``: the library's floor (:func:`lit_unlearn.quantization.cells.push_across`) at a fixed share
+  ``p``: only weights whose push moves no group's scale, ranked by their update against half the step.
 * ``floor:auto``: the floor with its share calibrated per run, as :class:`lit_unlearn.callbacks.MagnitudeFloor`
   does at the end of a fit (:func:`lit_unlearn.deployment.floor.calibrate_floor` on the run's first four
   training batches: the smallest share whose Q4_1 model keeps all of the probe's forgetting), what
@@ -230,14 +232,14 @@ def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[di
 
 def with_update(base: Any, delta: dict[str, torch.Tensor], transform: str) -> Any:
     """A copy of ``base`` whose deployed layers hold ``W0 + ΔW`` changed by a deploy-time candidate."""
-    from lit_unlearn.quantization import get_scheme, quantize
-
     from lit_unlearn.deployment import deployed_layers
+    from lit_unlearn.quantization import get_scheme, quantize
+    from lit_unlearn.quantization.cells import push_across
 
     model = copy.deepcopy(base)
     kind, _, value = transform.partition(":")
-    if kind not in ("amplify", "floor"):
-        raise ValueError(f"Unknown candidate {transform!r}; use amplify:<a> or floor:<t>.")
+    if kind not in ("amplify", "floor", "push"):
+        raise ValueError(f"Unknown candidate {transform!r}; use amplify:<a>, floor:<share>, push:<share> or floor:auto.")
     param = float(value)
     quantized = {f"{layer.name}.weight" for layer in deployed_layers(model)}
     state = model.state_dict()
@@ -246,6 +248,8 @@ def with_update(base: Any, delta: dict[str, torch.Tensor], transform: str) -> An
             w0 = state[key].float()
             if kind == "amplify":
                 new = w0 + param * d
+            elif kind == "push" and key in quantized:  # the library's floor at a fixed share
+                new, _ = push_across(w0, w0 + d, "q4_1", param)
             elif key in quantized:
                 new = floored(w0, d, param, get_scheme("q4_1"), quantize)
             else:  # not quantized at Q4_1: nothing to push across
