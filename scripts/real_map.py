@@ -33,10 +33,10 @@ precision (what the candidate's Q4_1 file keeps of what the run forgot).
 
 * ``push:<p>``: the library's floor (:func:`lit_unlearn.quantization.cells.push_across`) at a fixed share
   ``p``: only weights whose push moves no group's scale, ranked by their update against half the step.
-* ``floor:auto``: the floor with its share calibrated per run, as :class:`lit_unlearn.callbacks.MagnitudeFloor`
+* ``floor:auto`` (``floor:auto:<target>``): the floor with its share calibrated per run, as :class:`lit_unlearn.callbacks.MagnitudeFloor`
   does at the end of a fit (:func:`lit_unlearn.deployment.floor.calibrate_floor` on the run's first four
-  training batches: the smallest share whose Q4_1 model keeps all of the probe's forgetting), what
-  ``configs/real/survive_q4_1.yaml`` ships.
+  training batches: the smallest share whose Q4_1 model keeps ``target`` (default 1.0) of the probe's
+  forgetting); ``configs/real/survive_q4_1.yaml`` ships it.
 
 Writes ``<out>/<cell>/seed<k>/result.json`` and ``delta.safetensors``, ``docs/real_map.json`` and the
 tables of ``docs/real_model.md`` between its ``generated`` markers.
@@ -205,7 +205,8 @@ def probe(data: str, model: str, seed: int, n: int = 4) -> list[dict[str, Any]]:
     return batches
 
 
-def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[dict[str, Any]]) -> tuple[Any, dict]:
+def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[dict[str, Any]], target: float = 1.0
+                     ) -> tuple[Any, dict]:
     """``floor:auto``: a copy of ``base`` holding ``W0 + ΔW`` with the share of pushes calibrated at Q4_1 on
     the probe ``batches``, and the plan (every share tried)."""
     from lit_unlearn.deployment import Deployment, deployed_layers
@@ -221,7 +222,7 @@ def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[di
         with torch.no_grad():
             return {split: statistics.fmean(float(m(**b[split]).loss) for b in batches) for split in ("forget", "retain")}
 
-    plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses)
+    plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses, target=target)
     if weights is not None:
         with torch.no_grad():
             for layer in layers:
@@ -367,24 +368,40 @@ def markdown(runs: list[dict], original: dict, min_forgetting: float) -> str:
         rho = "—" if c["rho"] is None else f"{c['rho']:+.2f}"
         p = "—" if c["p"] is None else f"{c['p']:.3f}"
         lines.append(f"- {s}: rho {rho}, one-sided permutation p {p}, n = {c['n']}")
-    cand = [c for c in CANDIDATES if any(c in r.get("candidates", {}) for r in runs)]
+    present = {c for r in runs for c in r.get("candidates", {})}
+    cand = [c for c in CANDIDATES if c in present] + sorted(present - set(CANDIDATES))
     if cand:
         lines += [
             "",
             "Deploy-time candidates at Q4_1 (from each run's saved ΔW, nothing refitted): kept share of the "
-            "forget questions, and retain accuracy / utility PPL at Q4_1 against the plain merge's:",
+            "forget questions' forgetting, and what stays, at Q4_1; the plain merge's row first, and the plain "
+            "run at full precision for its utility:",
             "",
-            "| cell | plain merge | " + " | ".join(cand) + " |",
-            "|---|---|" + "---|" * len(cand),
+            "| cell | candidate | seeds | kept (forget) | forget acc. | neighbour acc. | retain acc. | utility PPL |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for label, rs in cells.items():
-            def col(getter: Any, rs: list[dict] = rs) -> str:
-                return (f"{fmt(spread([getter(r, 'kept') for r in rs]))}; "
-                        f"{fmt(spread([getter(r, 'retain_acc') for r in rs]), 1)}; "
-                        f"{fmt(spread([getter(r, 'utility_ppl') for r in rs]), 1)}")
-            plain = col(lambda r, k: r["kept"].get("q4_1", {}).get("forget") if k == "kept" else r["scores"]["q4_1"][k])
-            cols = [col(lambda r, k, c=c: r.get("candidates", {}).get(c, {}).get(k)) for c in cand]
-            lines.append(f"| {label} | {plain} | " + " | ".join(cols) + " |")
+            def row(name: str, get: Any, rs: list[dict] = rs) -> str | None:
+                have = [r for r in rs if get(r) is not None]
+                if not have:
+                    return None
+                return (f"| {label} | {name} | {len(have)} | {fmt(spread([get(r).get('kept') for r in have]))} | "
+                        + " | ".join(fmt(spread([get(r)[k] for r in have]), 1)
+                                     for k in ("forget_acc", "neighbour_acc", "retain_acc", "utility_ppl")) + " |")
+            full = row("plain run, full precision", lambda r: {**r["scores"]["full"], "kept": None})
+            plain = row("plain merge", lambda r: {**r["scores"]["q4_1"], "kept": r["kept"].get("q4_1", {}).get("forget")})
+            rows = [full, plain] + [row(f"`{c}`", lambda r, c=c: r.get("candidates", {}).get(c)) for c in cand]
+            lines += [x for x in rows if x is not None]
+        auto = [(r["label"], r["seed"], c, r["candidates"][c]["plan"]) for r in runs for c in cand
+                if c.startswith("floor:auto") and c in r.get("candidates", {})]
+        if auto:
+            lines += ["", "Calibrated floors (`floor:auto[:target]`): the share each run's probe chose, and the Q4_1 "
+                      "model's `effect_retained` on the probe at that share:", ""]
+            for label, seed, c, plan in auto:
+                chosen = next((t for t in plan["trials"] if t["share"] == plan["share"]), None)
+                said = "none met the target" if chosen is None else \
+                    f"{plan['share']:.2%} ({chosen['pushed']:,} weights), probe effect_retained {chosen['effect_retained']:.2f}"
+                lines.append(f"- {label}, seed {seed}, `{c}`: {said}")
     return "\n".join(lines) + "\n"
 
 
@@ -468,8 +485,9 @@ def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dic
     result.setdefault("candidates", {})
     for candidate in want:
         plan = None
-        if candidate == "floor:auto":
-            model, plan = calibrated_floor(base, delta, probe(args.data, args.model, result["seed"]))
+        if candidate.startswith("floor:auto"):
+            target = float(candidate.split(":")[2]) if candidate.count(":") == 2 else 1.0
+            model, plan = calibrated_floor(base, delta, probe(args.data, args.model, result["seed"]), target)
         else:
             model = with_update(base, delta, candidate)
         q = scores(model, tokenizer, benchmark, ["q4_1"], args.batch_size)["q4_1"]
