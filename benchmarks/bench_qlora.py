@@ -79,7 +79,7 @@ def _child(kind: str, base: str, args: argparse.Namespace) -> dict:
 
     from lit_unlearn._logging import silence_bitsandbytes
     from lit_unlearn.adapters import LoRA, apply_lora
-    from lit_unlearn.callbacks._survival_layers import delta_buffer, prepare_references, select_linear_layers
+    from lit_unlearn.survival.layers import delta_buffer, prepare_references, select_linear_layers
     from lit_unlearn.four_bit_base import FourBitBase
     from lit_unlearn.quantization import get_scheme
     from lit_unlearn.quantization.bnb_decode import keep_4bit_layout

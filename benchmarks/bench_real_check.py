@@ -6,10 +6,11 @@ measured side by side in one run, for LoRA (r 16 on every linear projection) and
 unlearning (NPO + GDR, ``UnlearningModule``'s training step and AdamW):
 
 * one training step: forward + backward + optimizer step on the batch;
-* one ``QuantizationSurvival`` check as the callback runs it after an optimizer step: weight-space
-  statistics over every watched layer and the functional probe (forget and retain losses of the current
-  model, full precision and quantized), for the base's own format (``q4_1``, watched because the weights
-  sit on its grid) plus ``nf4`` and ``int8`` (goal: check / step <= 1).
+* one ``QuantizationSurvival`` check after an optimizer step, run by its engine
+  (:class:`~lit_unlearn.survival.SurvivalEngine`): weight-space statistics over every watched layer and
+  the functional probe (forget and retain losses of the current model, full precision and quantized),
+  for the base's own format (``q4_1``, watched because the weights sit on its grid) plus ``nf4`` and
+  ``int8`` (goal: check / step <= 1).
 
 Timing: wall clock, best of ``--repeats`` interleaved rounds after a warm-up, ``--threads`` intra-op
 threads (default 1; the machine is shared). ``--profile`` adds a cProfile of one check and its top lines
@@ -29,17 +30,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from lit_unlearn import ForgetRetainDataModule, UnlearningModule
 from lit_unlearn.adapters import LoRA
-from lit_unlearn.callbacks import QuantizationSurvival
-from lit_unlearn.callbacks._survival_layers import model_of, prepare_references, select_linear_layers
-from lit_unlearn.callbacks._survival_probe import split_probe, to_device
+from lit_unlearn.callbacks._survival_probe import resolve_probe_loss, split_probe, to_device
 from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.survival import SurvivalEngine
+from lit_unlearn.survival.layers import model_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMES = ("nf4", "int8")  # the base's q4_1 is added by format detection, as in a fit
@@ -72,23 +72,32 @@ def training_step(module: UnlearningModule, batch: dict[str, Any]) -> Callable[[
     return step
 
 
-def survival_check(module: UnlearningModule, batch: dict[str, Any]) -> tuple[Callable[[], object], QuantizationSurvival]:
+def survival_check(
+    module: UnlearningModule, batch: dict[str, Any]
+) -> tuple[Callable[[], object], Callable[[], object], SurvivalEngine]:
     """The callback's check after one optimizer step, prepared as a fit prepares it: layers selected, the
-    base's format detected and watched, ``Q(W0)`` cached, the probe taken and its original losses computed."""
-    survival = QuantizationSurvival(schemes=SCHEMES)
-    trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj), datamodule=None)
-    survival._layers = select_linear_layers(model_of(module), None)
-    survival._watch_base_format(trainer, {})
-    prepare_references(survival._layers, survival.schemes, {})
-    survival._probe = [to_device(split_probe(batch), "cpu")]
-    survival._finish_probe(trainer, module)
+    base's format detected and watched, ``Q(W0)`` cached, the probe taken and its original losses computed.
 
-    def check() -> dict[str, float]:
-        rows, metrics = survival._weight_space(step=1)
-        metrics.update(survival._function_space(module, 1, rows))
-        return metrics
+    Returns the whole check, its functional half alone, and the engine.
+    """
+    engine = SurvivalEngine(model_of(module), SCHEMES)
+    found = engine.base_format()
+    if found is not None and found not in {s.name for s in engine.schemes}:
+        engine.add_scheme(found)
+    engine.prepare()
+    # Kept on the host and moved to the device for each check, as the callback keeps its probe.
+    probe = [to_device(split_probe(batch), "cpu")]
+    loss_fn = resolve_probe_loss(module, engine.model, to_device(probe[0]["forget"], module.device))
+    original = engine.probe(loss_fn, [[to_device(b, module.device) for b in probe]], original=True)[0]
 
-    return check, survival
+    def function_space() -> list[dict[str, Any]]:
+        current = engine.probe(loss_fn, [[to_device(b, module.device) for b in probe]])[0]
+        return engine.functional_rows(1, current, original)
+
+    def check() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return engine.weight_check().rows(step=1), function_space()
+
+    return check, function_space, engine
 
 
 def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -128,19 +137,20 @@ def main() -> None:
     for mode in args.modes:
         module, batch = build(mode, args.batch)
         step = training_step(module, batch)
-        check, survival = survival_check(module, batch)  # before any step: W0 sits on the base's grid
+        # Prepared before any step: W0 sits on the base's grid.
+        check, function_space, engine = survival_check(module, batch)
         step()  # one optimizer step, so the check measures an update
         check()  # warm-up: compiles the fused kernels once per process
         times = best_times({"step": step, "check": check}, args.repeats)
         # The check's halves, timed on their own next to it.
         halves = best_times({
-            "weight_space": lambda: survival._weight_space(step=1),
-            "function_space": lambda: survival._function_space(module, 1, []),
+            "weight_space": lambda: engine.weight_check().rows(step=1),
+            "function_space": function_space,
         }, args.repeats)
         row = {
-            "mode": mode, "schemes": [s.name for s in survival.schemes],
+            "mode": mode, "schemes": [s.name for s in engine.schemes],
             "tokens": int(batch["forget"]["attention_mask"].sum() + batch["retain"]["attention_mask"].sum()),
-            "watched_weights": sum(layer.numel for layer in survival._layers if layer.quantized),
+            "watched_weights": sum(layer.numel for layer in engine.layers if layer.quantized),
             "step_s": times["step"], "check_s": times["check"], "check_per_step": times["check"] / times["step"],
             "weight_space_s": halves["weight_space"], "function_space_s": halves["function_space"],
         }
@@ -149,7 +159,7 @@ def main() -> None:
         if args.profile:
             profiles[mode] = profile(check, 30)
             print(profiles[mode], flush=True)
-        del module, survival, check, step
+        del module, engine, check, function_space, step
 
     if args.no_write:
         return

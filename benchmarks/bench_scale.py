@@ -152,7 +152,7 @@ def _sharded(rank: int, world: int, port: int, base: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from transformers import AutoModelForCausalLM
 
-    from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+    from lit_unlearn.survival.layers import prepare_references, select_linear_layers
     from lit_unlearn.deployment import deployed_weights
     from lit_unlearn.quantization import get_scheme
     from lit_unlearn.sharding import shard_model

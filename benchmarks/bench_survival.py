@@ -1,4 +1,4 @@
-"""Benchmark QuantizationSurvival's weight-space check: ``python benchmarks/bench_survival.py``.
+"""Benchmark the survival engine's weight-space check: ``python benchmarks/bench_survival.py``.
 
 Measured side by side in one run, for full-parameter (snapshot) and LoRA (r=16) unlearning, on the tiny
 test Llama and on a stack of Llama-3.2-1B-shaped blocks (hidden 2048, intermediate 8192, 32 heads, 8 KV
@@ -43,9 +43,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lit_unlearn._logging import silence_bitsandbytes
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.callbacks import QuantizationSurvival
-from lit_unlearn.callbacks._survival_layers import delta_buffer, prepare_references, select_linear_layers
 from lit_unlearn.deployment import quantize_model_
+from lit_unlearn.survival import SurvivalEngine
+from lit_unlearn.survival.layers import delta_buffer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMES = ("nf4", "fp4")
@@ -95,11 +95,11 @@ def training_step(net: torch.nn.Module, seq: int, batch: int = 1) -> Callable[[]
 
 
 def our_check(net: torch.nn.Module) -> tuple[Callable[[], object], list]:
-    """The callback's weight-space check, prepared as at fit start (snapshot or LoRA, cached Q(W0))."""
-    survival = QuantizationSurvival(schemes=SCHEMES)
-    survival._layers = select_linear_layers(net, None)
-    prepare_references(survival._layers, survival.schemes, {})
-    return (lambda: survival._weight_space(step=1)), survival._layers
+    """The callback's weight-space check, prepared as at fit start (snapshot or LoRA, cached Q(W0)): the
+    engine's per-layer statistics and the rows the callback keeps."""
+    engine = SurvivalEngine(net, SCHEMES)
+    engine.prepare()
+    return (lambda: engine.weight_check().rows(step=1)), engine.layers
 
 
 def eager(check: Callable[[], object]) -> Callable[[], object]:

@@ -175,7 +175,7 @@ def check_evaluation(model: torch.nn.Module, tokenizer: Any, data: Any, smoke: b
 
 # ---------------------------------------------------------------------- 3. throughput
 def check_throughput(layers: int, hidden: int, intermediate: int, repeats: int) -> dict[str, Any]:
-    from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+    from lit_unlearn.survival.layers import prepare_references, select_linear_layers
     from lit_unlearn.quantization import get_scheme
 
     device = _device()
@@ -254,7 +254,7 @@ def _llama(directory: Path, layers: int, hidden: int, intermediate: int, heads: 
 def check_step(directory: Path, lora: bool, seq: int) -> dict[str, Any]:
     """Two NPO+GDR steps (the second timed) and one survival check of ``UnlearningModule``'s model."""
     from lit_unlearn import LoRA, UnlearningModule
-    from lit_unlearn.callbacks._survival_layers import delta_buffer, prepare_references, select_linear_layers
+    from lit_unlearn.survival.layers import delta_buffer, prepare_references, select_linear_layers
     from lit_unlearn.quantization import get_scheme
 
     device = _device()

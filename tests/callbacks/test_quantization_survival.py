@@ -375,6 +375,13 @@ def test_resume_keeps_history_snapshot_and_probe(tmp_path):
 
     straight = run(tmp_path / "straight", 8)
     first = run(tmp_path / "resumed", 4)
+    saved = torch.load(tmp_path / "resumed" / "ckpt" / "last.ckpt", weights_only=False)
+    # The whole state in one entry: history, original losses, the snapshot of W0 and the probe.
+    assert not any(key.startswith("QuantizationSurvival") for key in saved["callbacks"])
+    (entry,) = saved["quantization_survival"].values()
+    assert set(entry) == {"history", "functional_history", "last_step", "original_losses", "original_losses_heldout",
+                          "snapshot", "probe"}
+    assert entry["history"] == first.history and entry["last_step"] == 4 and len(entry["snapshot"]) == 14
     resumed = run(tmp_path / "resumed", 8, ckpt_path=tmp_path / "resumed" / "ckpt" / "last.ckpt")
 
     assert sorted({r["step"] for r in resumed.history}) == [2, 4, 6, 8]
@@ -390,12 +397,19 @@ def test_resume_keeps_history_snapshot_and_probe(tmp_path):
         assert got["forget_fp_original"] == pytest.approx(want["forget_fp_original"], rel=1e-6)
 
 
-def test_state_dict_is_plain_python():
+def test_checkpoint_state_is_one_entry_of_plain_python():
     survival = QuantizationSurvival()
     survival.history = [dict(zip(HISTORY_KEYS, (2, "nf4", "a", 0.1, 0.9, 1.0, 0.9, 0.2, 1e-3, 1e-3, 64)))]
-    state = survival.state_dict()
+    checkpoint = {}
+    survival.on_save_checkpoint(None, None, checkpoint)
+    # One channel: everything under the callback's own key, nothing through Lightning's `state_dict`.
+    assert survival.state_dict() == {}
+    assert list(checkpoint) == ["quantization_survival"] and list(checkpoint["quantization_survival"]) == [
+        survival.state_key
+    ]
+    state = checkpoint["quantization_survival"][survival.state_key]
     restored = QuantizationSurvival()
-    restored.load_state_dict(copy.deepcopy(state))
+    restored.on_load_checkpoint(None, None, copy.deepcopy(checkpoint))
     assert restored.history == survival.history and restored.layer_table == survival.history
 
     def plain(value):

@@ -11,7 +11,7 @@ from tests.conftest import build_tiny_llama
 from torch import nn
 
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+from lit_unlearn.survival.layers import prepare_references, select_linear_layers
 from lit_unlearn.deployment import (
     Deployment,
     deployed_layers,

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.callbacks._survival_layers import prepare_references, select_linear_layers
+from lit_unlearn.survival.layers import prepare_references, select_linear_layers
 from lit_unlearn.deployment import deployed_layers, deployed_model, deployed_weights
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
 from lit_unlearn.four_bit_base import BASE_QUANTIZATION_FILE, FourBitBase, four_bit_base, read_four_bit_base

@@ -1,14 +1,13 @@
-"""The functional half of ``QuantizationSurvival``: a fixed probe batch, its loss, and side-effect-free runs.
+"""The Lightning side of the survival check's functional half: the module's and DataModule's probe hooks,
+and probe batches moved between host and device.
 
-A probe run must leave training exactly as it found it: eval mode for the duration (then every module's
-own ``training`` flag back), no autograd, the global RNG streams forked and restored, and every swapped
-weight's original storage put back.
+The probe itself (batches split into forget and retain, their mean loss, runs in eval mode with a forked
+RNG) is :mod:`lit_unlearn.survival.probe`'s; its names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,19 +15,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
-from lit_unlearn._modes import eval_mode
+from lit_unlearn.survival.probe import ProbeLoss, forked_rng, isolated_eval, split_probe
 
-ProbeLoss = Callable[[Any], torch.Tensor]
+__all__ = [
+    "HELDOUT_HOOK", "PROBE_HOOK", "ProbeLoss", "heldout_probe", "isolated_eval", "resolve_probe_loss",
+    "split_probe", "to_device",
+]
 
 PROBE_HOOK = "quantization_probe_loss"
 HELDOUT_HOOK = "quantization_probe_batches"
-
-
-def split_probe(batch: Any) -> dict[str, Any]:
-    """``{"forget": …, "retain": …}`` of a CombinedLoader dict batch; a plain batch counts as forget data."""
-    if isinstance(batch, Mapping) and "forget" in batch:
-        return {split: batch[split] for split in ("forget", "retain") if batch.get(split) is not None}
-    return {"forget": batch}
 
 
 def heldout_probe(pl_module: Any, datamodule: Any) -> list[dict[str, Any]] | None:
@@ -47,7 +42,7 @@ def heldout_probe(pl_module: Any, datamodule: Any) -> list[dict[str, Any]] | Non
         if not callable(hook):
             continue
         # A DataLoader draws its base seed from the global RNG; training must not see that draw.
-        with _forked_rng():
+        with forked_rng():
             batches = hook()
         if batches is None:
             continue
@@ -69,22 +64,6 @@ def heldout_probe(pl_module: Any, datamodule: Any) -> list[dict[str, Any]] | Non
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """A copy of ``batch`` with every tensor detached and moved (copied even when already there)."""
     return apply_to_collection(batch, torch.Tensor, lambda t: t.detach().to(device, copy=True))
-
-
-@contextlib.contextmanager
-def isolated_eval(module: nn.Module) -> Iterator[None]:
-    """Eval mode, no autograd and a forked RNG; each submodule's ``training`` flag is restored afterwards.
-
-    Forking the RNG is belt and braces: in eval mode dropout draws nothing, but a model may sample in its
-    forward regardless, and training with the callback must stay bit-identical to training without it.
-    """
-    with _forked_rng(), eval_mode(module):
-        yield
-
-
-def _forked_rng() -> contextlib.AbstractContextManager:
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [])
 
 
 def resolve_probe_loss(pl_module: nn.Module, model: nn.Module, batch: Any) -> ProbeLoss | None:

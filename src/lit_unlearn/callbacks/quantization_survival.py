@@ -10,11 +10,14 @@ LoRA adapters and merging them before quantizing makes it coarser and more likel
 et al., arXiv 2602.13151). This callback watches both sides of the question: the weights (does ``ΔW``
 change codes, and is what survives signal or rounding noise) and the function (does the quantized
 model still forget).
+
+The measurement is :class:`~lit_unlearn.survival.SurvivalEngine`'s, which needs no Trainer; this callback
+runs one engine per fit and is the Lightning side: when to check, the probe taken from the training
+batches, logging, the per-layer table and pictures, checkpoints, and ranks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -30,12 +33,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from typing_extensions import override
 
 from lit_unlearn._paths import run_directory
-from lit_unlearn.callbacks._survival_layers import (
-    delta_buffer,
-    model_of,
-    prepare_references,
-    select_linear_layers,
-)
 from lit_unlearn.callbacks._survival_probe import (
     ProbeLoss,
     heldout_probe,
@@ -44,27 +41,19 @@ from lit_unlearn.callbacks._survival_probe import (
     split_probe,
     to_device,
 )
-from lit_unlearn.deployment import DeployedLayer, Deployment, as_deployments, check_strategy, deployed_model
-from lit_unlearn.deployment.layers import holding_deployed
+from lit_unlearn.deployment import Deployment, as_deployments, check_strategy
 from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
-from lit_unlearn.quantization import SCHEMES, Scheme, SurvivalStats, detect_format, get_scheme
-from lit_unlearn.quantization.fit import summarize
+from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
+from lit_unlearn.survival import HISTORY_KEYS, ProbeLosses, SurvivalEngine
+from lit_unlearn.survival.layers import model_of
 
 __all__ = ["QuantizationSurvival"]
 
-#: Columns of :attr:`QuantizationSurvival.history` and of the per-layer CSV table.
-HISTORY_KEYS = (
-    "step", "scheme", "layer", "changed", "below_half_step", "retained", "cosine", "rel_error",
-    "delta_norm", "qdelta_norm", "numel",
-)
+# HISTORY_KEYS (the engine's per-layer row keys) are the columns of `history` and of the CSV table.
 _LOGGED_STATS = ("changed", "below_half_step", "retained", "cosine", "rel_error")
-#: Smallest full-precision change of the forget loss (nats per token) for which ``effect_retained`` is
-#: logged. Below it the ratio divides quantization noise by almost nothing; early in a run, or with a
-#: learning rate too small to move the loss, the metric is simply absent.
-MIN_FORGET_EFFECT = 1e-3
-# Per-layer rows go next to the logger's metrics; checkpoint tensors (snapshot, probe) under this key.
+# Per-layer rows go next to the logger's metrics; the checkpoint state under this key.
 TABLE_NAME = "quantization_survival.csv"
 #: Picture of the verdict over steps (effect_retained and changed per scheme), next to the table.
 CURVES_NAME = "survival_curves.png"
@@ -91,42 +80,33 @@ class QuantizationSurvival(Callback):
       L_fp(cur)`` on the retain probe. The quantized current model is the deployed one: LoRA merged into
       the base, then quantized. The original model's losses are taken once, when the probe is complete
       (before any optimizer step with ``probe_batches=1``). ``effect_retained`` is left out while
-      ``|L_fp(cur) − L_fp(orig)|`` is under :data:`MIN_FORGET_EFFECT` (1e-3 nats): there the ratio would
-      divide quantization noise by almost nothing. Every value, logged or not, is kept in
-      :attr:`functional_history`.
+      ``|L_fp(cur) − L_fp(orig)|`` is under :data:`~lit_unlearn.survival.MIN_FORGET_EFFECT` (1e-3 nats):
+      there the ratio would divide quantization noise by almost nothing. Every value, logged or not, is
+      kept in :attr:`functional_history`.
     * **held-out function space**, when ``pl_module.quantization_probe_batches()`` or
       ``trainer.datamodule.quantization_probe_batches()`` returns a list of batches (each in the form of a
       training batch; ``ForgetRetainDataModule(heldout_forget=...)`` provides one): the same ratio on forget
       data the model is not trained on, ``effect_retained_heldout``, next to ``effect_retained``. A forget
       loss on the batch being trained on overstates what was forgotten; the held-out one says how much of
-      the forgetting generalises and survives quantization. Same :data:`MIN_FORGET_EFFECT` rule, so an update
+      the forgetting generalises and survives quantization. Same ``MIN_FORGET_EFFECT`` rule, so an update
       that leaves the held-out loss where it was logs nothing. The held-out batches are not checkpointed:
       they are asked for again on every fit, resume included (cheap), and their original losses are kept
-      in :meth:`state_dict`.
+      in the checkpoint.
 
     Logged as ``survival/<scheme>/<stat>`` to every logger (from rank zero) and into
     ``trainer.callback_metrics`` (on every rank, so ``EarlyStopping``/``ModelCheckpoint`` may monitor
     them). Per-layer rows go to :attr:`history` and to ``<run directory>/quantization_survival.csv``.
 
-    Where ``W0`` comes from:
+    The measurement is a :class:`~lit_unlearn.survival.SurvivalEngine` built at fit start, whose module
+    docstring says where ``W0`` comes from (LoRA: the frozen base; any other trainable linear layer: a
+    snapshot taken when training starts; LoRA over a bitsandbytes 4-bit base: the base decoded) and what the
+    references cost in host RAM (a copy of the watched trainable weights, 1 byte per weight and scheme for
+    the cached ``Q(W0)``). The snapshot is saved in checkpoints, so that a resumed run keeps measuring from
+    the true original.
 
-    * **LoRA** (peft) layers: ``W0`` is the frozen base weight and ``ΔW = scaling · B @ A``. Nothing is
-      copied; ``Q(W0)`` is computed once per scheme.
-    * **Any other trainable linear layer** (full-parameter unlearning, a plain ``LightningModule``): a
-      snapshot taken when training starts, in host RAM in the weight's own dtype — one copy of the watched
-      weights (4 bytes per weight in fp32, 2 in bf16) — and saved in checkpoints so that a resumed run
-      keeps measuring from the true original.
-    * **LoRA over a bitsandbytes 4-bit base** (QLoRA, ``Linear4bit``): ``W0`` is the base decoded as a GPU
-      decodes it, the merged weight ``W0 + ΔW`` is formed as peft's 4-bit merge forms it (in float32) and
-      re-quantized: in the base's own format that is the model a 4-bit user ships (``Q(W0) = W0``, the
-      base itself), in the other schemes the same merge quantized their way. The base's layers without an
-      adapter are deployed as stored. With double quantization the weight-space statistics use fp32
-      block scales; the functional check re-quantizes exactly (8-bit scales too).
-
-    Either way the cached ``Q(W0)`` adds 1 byte per weight and scheme of host RAM (plus one fp32 scale per
-    block), and a check holds at most one layer's temporaries on the device, never a copy of the model.
-    While the functional check runs one scheme it keeps that scheme's ``Q(W0 + ΔW)`` codes in host RAM too
-    (another byte per weight), so that each layer is quantized once per scheme, not once per probe forward.
+    Checkpoints hold everything under one key, ``checkpoint["quantization_survival"][state_key]``:
+    :attr:`history`, :attr:`functional_history`, the step of the last check, the original probe losses
+    (training and held-out probe), and during a fit the snapshot of ``W0`` and the probe batches.
 
     The probe loss is ``pl_module.quantization_probe_loss(batch) -> Tensor`` if the module defines it
     (``batch`` is one split: the ``"forget"`` or ``"retain"`` entry of a CombinedLoader dict batch, or the
@@ -220,9 +200,6 @@ class QuantizationSurvival(Callback):
         self.every_n_steps = every_n_steps
         # The user's schemes: what `state_key` is made of, so checkpoints restore whatever is detected.
         self._requested: tuple[Scheme, ...] = tuple(d.scheme for d in deployments)
-        #: The watched schemes: the requested ones, plus the format the base weights sit on (see
-        #: `on_train_start`) during a fit.
-        self.schemes: tuple[Scheme, ...] = self._requested
         self.modules = modules
         self.probe_batches = probe_batches
         self.functional = functional
@@ -235,13 +212,14 @@ class QuantizationSurvival(Callback):
         self.functional_history: list[dict[str, Any]] = []
         self._last_step = -1
         # Probe losses of the original model: "fp" and one entry per scheme, each {split: loss}.
-        self._original_losses: dict[str, dict[str, float]] | None = None
+        self._original_losses: ProbeLosses | None = None
         # The same for the held-out probe (None without one).
-        self._original_heldout: dict[str, dict[str, float]] | None = None
+        self._original_heldout: ProbeLosses | None = None
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
-        self._layers: list[DeployedLayer] = []
+        # The measurement of this fit: built at fit start, dropped at teardown (its snapshot and cached codes).
+        self._engine: SurvivalEngine | None = None
         self._probe: list[dict[str, Any]] = []
         self._probe_ready = False
         # The held-out probe, rebuilt from the data on every fit rather than checkpointed.
@@ -253,6 +231,12 @@ class QuantizationSurvival(Callback):
         self._table_path: str | None = None
         self._table_started = False
         self._warned: set[str] = set()
+
+    @property
+    def schemes(self) -> tuple[Scheme, ...]:
+        """The watched schemes: the requested ones, plus during a fit the format the base weights sit on
+        (see ``on_train_start``)."""
+        return self._requested if self._engine is None else self._engine.schemes
 
     @property
     @override
@@ -298,23 +282,27 @@ class QuantizationSurvival(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After `configure_model`, so modules that build their network lazily have it by now.
-        self._layers = select_linear_layers(model_of(pl_module), self.modules)
+        self._engine = SurvivalEngine(model_of(pl_module), self._requested, self.modules)
         setup_wandb_metrics(trainer)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After checkpoint restoration: the weights here are the ones this fit starts from.
+        engine = self._engine
         saved = self._restored.get("snapshot", {})
-        snapshots = [layer.name for layer in self._layers if layer.source == "snapshot" and layer.quantized]
-        if self.history and any(name not in saved for name in snapshots):
+        if self.history and any(name not in saved for name in engine.snapshot_layers):
             rank_zero_warn(
                 "QuantizationSurvival: this run continues a previous one, but the checkpoint holds no "
                 "snapshot of the original weights, so ΔW is measured from the weights this fit starts with."
             )
         self._watch_base_format(trainer, saved)
-        prepare_references(self._layers, self.schemes, saved)
-        self._say_layer_formats()
-        self._say_how_sharded()
+        engine.prepare(saved)
+        lines = engine.layer_formats()
+        if lines:
+            rank_zero_info("QuantizationSurvival: layer formats: " + "; ".join(lines) + ".")
+        sharding = engine.sharding()
+        if sharding is not None:
+            rank_zero_info(f"QuantizationSurvival under {sharding}.")
         if "probe" in self._restored:
             self._probe, self._probe_ready = self._restored["probe"], True
         else:
@@ -345,7 +333,7 @@ class QuantizationSurvival(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._layers and trainer.global_step > 0 and trainer.global_step != self._last_step:
+        if self._engine is not None and trainer.global_step > 0 and trainer.global_step != self._last_step:
             self._check(trainer, pl_module)
         self._report(trainer)
 
@@ -389,9 +377,8 @@ class QuantizationSurvival(Callback):
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            # Releases the snapshot and the cached codes; `history` stays.
+            # Releases the engine (the snapshot and the cached codes); `history` stays.
             self._reset_fit_state()
-            self.schemes = self._requested
 
     def _watch_base_format(self, trainer: Trainer, saved: dict[str, torch.Tensor]) -> None:
         """Watch the format the watched weights' ``W0`` already sits on, if any (one info line).
@@ -401,89 +388,69 @@ class QuantizationSurvival(Callback):
         codes; it is also the format such a model is most likely deployed in, so it is watched rather than
         only mentioned (a warning is what users miss).
         """
-        watched = [layer for layer in self._layers if layer.quantized and layer.source != "frozen"]
-        if not watched:
-            return
-        # W0 as `prepare_references` will take it: the checkpoint's snapshot where it has one. Under FSDP2
-        # each rank reads its own rows (whole rows: every GGUF block, and nf4/fp4 blocks of rows whose
-        # length is a multiple of 64), and rank zero's answer is everyone's, so all ranks watch the same.
-        found = detect_format(_local(saved.get(layer.name, layer.w0())) for layer in watched)
-        found = trainer.strategy.broadcast(found)
+        engine = self._engine
+        # W0 as `engine.prepare` will take it: the checkpoint's snapshot where it has one. Rank zero's answer
+        # is everyone's (under FSDP2 each rank reads its own rows), so all ranks watch the same.
+        found = trainer.strategy.broadcast(engine.base_format(saved))
         if found is None:
             return
-        names = {s.name for s in self.schemes}
+        names = {s.name for s in engine.schemes}
         action = f"{found} is watched" if found in names else f"watching {found} too"
+        watched = len(engine.watched)
         rank_zero_info(
-            f"QuantizationSurvival: the watched weights sit on the {found} grid ({len(watched)} layers): "
+            f"QuantizationSurvival: the watched weights sit on the {found} grid ({watched} layers): "
             f"re-quantizing to {found} gives back updates under half a step; {action}."
         )
         if found not in names:
-            self.schemes = (*self.schemes, get_scheme(found))
-
-    def _say_layer_formats(self) -> None:
-        """One info line naming the layers whose format differs from the scheme asked for (a mixture's
-        per-tensor types, a group fitted to rows it does not divide); silent when none does."""
-        quantized = [layer for layer in self._layers if layer.quantized]
-        lines = [summarize(s, {layer.name: layer.scheme_for(s) for layer in quantized}) for s in self.schemes]
-        lines = [line for line in lines if line]
-        if lines:
-            rank_zero_info("QuantizationSurvival: layer formats: " + "; ".join(lines) + ".")
+            engine.add_scheme(get_scheme(found))
 
     # ------------------------------------------------------------------ checkpointing
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(row) for row in self.history],
-            "functional_history": [dict(row) for row in self.functional_history],
-            "last_step": self._last_step,
-            "original_losses": None if self._original_losses is None else {
-                state: dict(losses) for state, losses in self._original_losses.items()
-            },
-            "original_losses_heldout": None if self._original_heldout is None else {
-                state: dict(losses) for state, losses in self._original_heldout.items()
-            },
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(row) for row in state_dict.get("history", [])]
-        self.functional_history = [dict(row) for row in state_dict.get("functional_history", [])]
-        self._last_step = int(state_dict.get("last_step", -1))
-        self._original_losses = state_dict.get("original_losses")
-        self._original_heldout = state_dict.get("original_losses_heldout")
-
     @override
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        # Tensors stay out of `state_dict()` (plain Python); the snapshot costs one copy of the watched
-        # trainable weights in the checkpoint, LoRA runs store none.
-        saved: dict[str, Any] = {}
+        # One entry per measurement (`state_key`): the history and original losses as plain Python, and during
+        # a fit the snapshot (one copy of the watched trainable weights; LoRA runs store none) and the probe.
+        saved: dict[str, Any] = {
+            "history": [dict(row) for row in self.history],
+            "functional_history": [dict(row) for row in self.functional_history],
+            "last_step": self._last_step,
+            "original_losses": _copy_losses(self._original_losses),
+            "original_losses_heldout": _copy_losses(self._original_heldout),
+        }
         # Every rank builds the checkpoint: a sharded snapshot is gathered here, one layer at a time.
-        snapshot = {layer.name: layer.whole_snapshot() for layer in self._layers if layer.snapshot is not None}
+        snapshot = {} if self._engine is None else self._engine.snapshot()
         if snapshot:
             saved["snapshot"] = snapshot
         # The held-out probe is not saved: the hook rebuilds it from the data on resume.
         if self._probe_ready:
             saved["probe"] = self._probe
-        if saved:
-            checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = saved
+        checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = saved
 
     @override
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         saved = checkpoint.get(_CHECKPOINT_KEY, {})
-        self._restored = dict(saved.get(self.state_key, {}))
-        others = [key for key in {*saved, *checkpoint.get("callbacks", {})}
-                  if key.startswith(type(self).__qualname__) and key != self.state_key]
-        if others and self.state_key not in checkpoint.get("callbacks", {}):
-            rank_zero_warn(
-                f"QuantizationSurvival: the checkpoint was written by a survival check of other schemes or "
-                f"layers ({others[0]}), so this one ({self.state_key}) starts a new history and takes W0 from "
-                "the weights the resumed fit starts with. Resume with the same `schemes`, `block_size` and "
-                "`modules` to continue it."
-            )
+        state = saved.get(self.state_key)
+        self._restored = {}
+        if state is None:
+            others = [key for key in saved if key.startswith(type(self).__qualname__)]
+            if others:
+                rank_zero_warn(
+                    f"QuantizationSurvival: the checkpoint was written by a survival check of other schemes or "
+                    f"layers ({others[0]}), so this one ({self.state_key}) starts a new history and takes W0 from "
+                    "the weights the resumed fit starts with. Resume with the same `schemes`, `block_size` and "
+                    "`modules` to continue it."
+                )
+            return
+        self.history = [dict(row) for row in state.get("history", [])]
+        self.functional_history = [dict(row) for row in state.get("functional_history", [])]
+        self._last_step = int(state.get("last_step", -1))
+        self._original_losses = _copy_losses(state.get("original_losses"))
+        self._original_heldout = _copy_losses(state.get("original_losses_heldout"))
+        # The tensors wait for `on_train_start`, where the engine takes its references.
+        self._restored = {key: state[key] for key in ("snapshot", "probe") if key in state}
 
     # ------------------------------------------------------------------ the check
     def _finish_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -515,20 +482,6 @@ class QuantizationSurvival(Callback):
                 )
             self._original_heldout = self._probe_losses(pl_module, original=True, probe=self._heldout)
 
-    def _say_how_sharded(self) -> None:
-        """Under FSDP2, one line per scheme: how many layers each rank measures on its own rows, how many are
-        gathered one at a time (a shard of nf4/fp4 that is not whole blocks of the flattened weight)."""
-        sharded = [layer for layer in self._layers if layer.mesh is not None and layer.quantized]
-        if not sharded:
-            return
-        parts = []
-        for scheme in self.schemes:
-            own = sum(layer.measured_per_rank(scheme) for layer in sharded)
-            parts.append(f"{scheme.name}: {own} on each rank's own rows, {len(sharded) - own} gathered one at a time")
-        world = sharded[0].mesh.size()
-        rank_zero_info(f"QuantizationSurvival under FSDP2 ({world} ranks), {len(sharded)} sharded layers; "
-                       + "; ".join(parts) + ".")
-
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
         self._last_step = step
@@ -545,26 +498,17 @@ class QuantizationSurvival(Callback):
             self._write_table(rows)
 
     def _weight_space(self, step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        """Per-layer rows and pooled metrics, streaming one layer at a time."""
-        per_scheme: dict[str, list[SurvivalStats]] = {s.name: [] for s in self.schemes}
-        rows = []
-        buffer = delta_buffer(self._layers)
-        for layer in self._layers:
-            if layer.source == "frozen" or not layer.quantized:
-                continue
-            for scheme, stats in layer.survival(self.schemes, buffer).items():
-                per_scheme[scheme].append(stats)
-                values = {**stats.as_dict(), "numel": stats.numel}
-                rows.append({"step": step, "scheme": scheme, "layer": layer.name, **values})
-        metrics = {}
-        for scheme, stats in per_scheme.items():
-            pooled = SurvivalStats.aggregate(stats)
-            metrics.update({f"survival/{scheme}/{key}": float(getattr(pooled, key)) for key in _LOGGED_STATS})
-        return rows, metrics
+        """The engine's per-layer rows and the pooled metrics to log."""
+        check = self._engine.weight_check()
+        metrics = {
+            f"survival/{scheme}/{key}": float(getattr(pooled, key))
+            for scheme, pooled in check.pooled.items() for key in _LOGGED_STATS
+        }
+        return check.rows(step), metrics
 
     def _probe_losses(
         self, pl_module: LightningModule, original: bool, probe: list[dict[str, Any]] | None = None
-    ) -> dict[str, dict[str, float]] | None:
+    ) -> ProbeLosses | None:
         """Losses ``{"fp": {split: loss}, <scheme>: {split: loss}}`` of the original or current model on
         ``probe`` (the training probe by default).
 
@@ -575,26 +519,20 @@ class QuantizationSurvival(Callback):
 
     def _losses_of(
         self, pl_module: LightningModule, original: bool, probes: list[list[dict[str, Any]]]
-    ) -> list[dict[str, dict[str, float]]] | None:
-        """:meth:`_probe_losses` of several probes, one list entry per probe. Each scheme's deployed weights are
-        quantized once for all of their batches and splits (:func:`holding_deployed`), not once per forward."""
+    ) -> list[ProbeLosses] | None:
+        """:meth:`_probe_losses` of several probes, one list entry per probe (:meth:`SurvivalEngine.probe`),
+        with the probe loss resolved on the first call."""
         if self._probe_loss_resolved and self._probe_loss is None:
             return None
-        model = model_of(pl_module)
         probes = [[to_device(batch, pl_module.device) for batch in probe] for probe in probes]
+        # The whole module in eval mode, its hooks included, and the probe loss resolved in the same isolation.
         with isolated_eval(pl_module):
             if not self._probe_loss_resolved:
-                self._probe_loss = resolve_probe_loss(pl_module, model, probes[0][0]["forget"])
+                self._probe_loss = resolve_probe_loss(pl_module, self._engine.model, probes[0][0]["forget"])
                 self._probe_loss_resolved = True
                 if self._probe_loss is None:
                     return None
-            with self._model_as(model, None, original) if original else contextlib.nullcontext():
-                losses = [{"fp": self._losses(probe)} for probe in probes]
-            for scheme in self.schemes:
-                with holding_deployed(self._layers), self._model_as(model, scheme, original):
-                    for probe, entry in zip(probes, losses):
-                        entry[scheme.name] = self._losses(probe)
-        return losses
+            return self._engine.probe(self._probe_loss, probes, original=original)
 
     def _function_space(
         self, pl_module: LightningModule, step: int, rows: list[dict[str, Any]]
@@ -607,57 +545,17 @@ class QuantizationSurvival(Callback):
             return {}
         current, heldout = found[0], found[1] if with_heldout else None
         metrics = {}
-        for scheme in self.schemes:
-            name, fp, q = scheme.name, current["fp"], current[scheme.name]
-            effect = _effect_retained(fp, q, original["fp"], original[name])
-            shift = q["retain"] - fp["retain"] if "retain" in q else None
-            row = {
-                "step": step, "scheme": name,
-                "forget_fp": fp["forget"], "forget_q": q["forget"],
-                "forget_fp_original": original["fp"]["forget"], "forget_q_original": original[name]["forget"],
-                "effect_retained": effect,
-                "retain_fp": fp.get("retain"), "retain_q": q.get("retain"), "retain_shift": shift,
-            }
+        for row in self._engine.functional_rows(step, current, original, heldout, heldout_original):
+            name, effect, shift = row["scheme"], row["effect_retained"], row["retain_shift"]
             if effect is not None:
                 metrics[f"survival/{name}/effect_retained"] = effect
                 self._maybe_warn(name, step, effect, rows)
             if shift is not None:
                 metrics[f"survival/{name}/retain_shift"] = shift
-            if heldout is not None:
-                h_fp, h_q = heldout["fp"], heldout[name]
-                h_effect = _effect_retained(h_fp, h_q, heldout_original["fp"], heldout_original[name])
-                row.update({
-                    "forget_fp_heldout": h_fp["forget"], "forget_q_heldout": h_q["forget"],
-                    "forget_fp_heldout_original": heldout_original["fp"]["forget"],
-                    "forget_q_heldout_original": heldout_original[name]["forget"],
-                    "effect_retained_heldout": h_effect,
-                })
-                if h_effect is not None:
-                    metrics[f"survival/{name}/effect_retained_heldout"] = h_effect
+            if row.get("effect_retained_heldout") is not None:
+                metrics[f"survival/{name}/effect_retained_heldout"] = row["effect_retained_heldout"]
             self.functional_history.append(row)
         return metrics
-
-    def _losses(self, probe: list[dict[str, Any]]) -> dict[str, float]:
-        """Mean probe loss per split (``forget``, and ``retain`` when the probe has it)."""
-        totals: dict[str, list[float]] = {}
-        for batch in probe:
-            for split, data in batch.items():
-                totals.setdefault(split, []).append(float(self._probe_loss(data)))
-        return {split: sum(values) / len(values) for split, values in totals.items()}
-
-    def _model_as(
-        self, model: torch.nn.Module, scheme: Scheme | None, original: bool
-    ) -> contextlib.AbstractContextManager:
-        """The deployed model (:func:`~lit_unlearn.deployment.deployed_model`), one layer at a time.
-
-        Original: every adapter off and each watched layer at ``W0`` or ``Q(W0)``. Current quantized: each
-        LoRA layer merged, each watched layer at ``Q(W0 + ΔW)``, adapters off.
-        """
-        layers = self._layers
-        if scheme is None:
-            # Full precision: only snapshot layers need W0 swapped in; LoRA layers are bare with adapters off.
-            layers = [layer for layer in layers if layer.source == "snapshot" and layer.quantized]
-        return deployed_model(model, layers, scheme, original=original, lazy=True)
 
     # ------------------------------------------------------------------ reporting
     def _maybe_warn(self, scheme: str, step: int, effect: float, rows: list[dict[str, Any]]) -> None:
@@ -722,15 +620,8 @@ def _log_metrics(loggers: list[Logger], metrics: dict[str, float], step: int) ->
         logger.log_metrics(metrics, step=step)
 
 
-def _effect_retained(
-    fp: dict[str, float], q: dict[str, float], fp_original: dict[str, float], q_original: dict[str, float]
-) -> float | None:
-    """``(L_q(cur) − L_q(orig)) / (L_fp(cur) − L_fp(orig))`` of the forget loss; ``None`` under
-    :data:`MIN_FORGET_EFFECT`, where the ratio would divide quantization noise by almost nothing."""
-    fp_effect = fp["forget"] - fp_original["forget"]
-    if abs(fp_effect) < MIN_FORGET_EFFECT:
-        return None
-    return (q["forget"] - q_original["forget"]) / fp_effect
+def _copy_losses(losses: ProbeLosses | None) -> ProbeLosses | None:
+    return None if losses is None else {state: dict(values) for state, values in losses.items()}
 
 
 def _modules_key(modules: object) -> object:
@@ -767,7 +658,3 @@ def _check_modules(modules: object) -> None:
     ):
         raise ValueError(f"`modules`={modules!r} is not a layer selection. {fix}")
 
-
-def _local(weight: torch.Tensor) -> torch.Tensor:
-    """This rank's rows of a weight sharded by FSDP2 (a ``DTensor``); any other tensor as it is."""
-    return weight.to_local() if hasattr(weight, "to_local") else weight
