@@ -27,12 +27,13 @@ from typing_extensions import override
 from lit_unlearn._atomic import atomic_directory, atomic_write_text
 from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.callbacks._survival_layers import model_of
-from lit_unlearn.callbacks._survival_probe import isolated_eval, resolve_probe_loss, split_probe, to_device
+from lit_unlearn.callbacks._survival_probe import resolve_probe_loss, to_device
 from lit_unlearn.deployment import DeployedLayer, Deployment, check_strategy, deployed_layers, merged_state_dict
 from lit_unlearn.deployment.floor import DEFAULT_SHARES, FloorPlan, calibrate_floor, check_floor_deployment
 from lit_unlearn.gguf_io import gguf_base_of
 from lit_unlearn.quantization import detect_format
+from lit_unlearn.survival.layers import model_of
+from lit_unlearn.survival.probe import isolated_eval, split_probe
 
 __all__ = ["MagnitudeFloor"]
 

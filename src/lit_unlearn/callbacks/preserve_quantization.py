@@ -23,10 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.callbacks._survival_layers import model_of
 from lit_unlearn.deployment import FULL, DeployedLayer, Deployment, check_strategy, deployed_layers
 from lit_unlearn.quantization import SCHEMES, Scheme
 from lit_unlearn.quantization.cells import check_cell_scheme, quantization_cell
+from lit_unlearn.survival.layers import model_of
 
 __all__ = ["PreserveQuantization"]
 
