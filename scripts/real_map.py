@@ -222,7 +222,10 @@ def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[di
         with torch.no_grad():
             return {split: statistics.fmean(float(m(**b[split]).loss) for b in batches) for split in ("forget", "retain")}
 
-    plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses, target=target)
+    covered = {f"{layer.name}.weight" for layer in layers}
+    others = {key: state[key] for key in delta if key not in covered}  # a full run's norms and embeddings
+    plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses, target=target,
+                                    original_others=others)
     if weights is not None:
         with torch.no_grad():
             for layer in layers:

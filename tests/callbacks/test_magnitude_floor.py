@@ -46,18 +46,21 @@ def data(n: int = 4, retain_is_forget: bool = False) -> DataLoader:
 
 
 class Unlearner(LightningModule):
-    def __init__(self, lr: float, on_q4_1: bool = True, retain: bool = True) -> None:
+    def __init__(self, lr: float, on_q4_1: bool = True, retain: bool = True, linear_only: bool = True) -> None:
         super().__init__()
         self.model = tiny_llama(on_q4_1)
         self.lr = lr
         self.retain = retain  # False: gradient ascent alone, which drags the retain loss up with the forget loss
+        if linear_only:  # the deployed (quantized) weights alone train: embeddings, norms and the head stay
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("model.layers.") and "_proj" in name)
 
     def training_step(self, batch, batch_idx):
         loss = -self.model(**batch["forget"]).loss
         return loss + self.model(**batch["retain"]).loss if self.retain else loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
 
 
 def fit(root: Path, module: LightningModule, floor: MagnitudeFloor, steps: int = 4, **data_kwargs) -> Trainer:
@@ -172,3 +175,36 @@ def test_a_share_that_breaks_the_retain_loss_is_refused(tmp_path: Path) -> None:
     bar = max(plan.full["retain"], plan.original_deployed["retain"])
     assert plan.trials[-1].share == 1.0 and plan.trials[-1].retain > bar
     assert plan.notes[-1].startswith("share 1: retain loss") and not (tmp_path / "floored-q4_1").exists()
+
+
+def test_a_resumed_fit_keeps_w0_and_the_probe(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(root: Path, steps: int, ckpt_path: str | None = None, floor: bool = True) -> MagnitudeFloor | None:
+        seed_everything(0)
+        callback = MagnitudeFloor("q4_1", shares=(0.01, 0.1), probe_batches=2) if floor else None
+        trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=root, logger=False,
+                          enable_progress_bar=False, enable_model_summary=False,
+                          callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)] + ([callback] if floor else []))
+        trainer.fit(Unlearner(lr=1e-4, linear_only=False), data(), ckpt_path=ckpt_path)
+        return callback
+
+    straight = run(tmp_path / "straight", 4)
+    run(tmp_path / "split", 2)  # the probe is complete after 2 steps; W0's snapshot and the probe go into last.ckpt
+    resumed = run(tmp_path / "split", 4, ckpt_path=str(tmp_path / "split" / "ckpt" / "last.ckpt"))
+    assert straight.plan is not None and resumed.plan is not None
+    # What depends on W0 and the probe alone is what an uninterrupted fit measures, bit for bit.
+    assert resumed.plan.original == straight.plan.original
+    assert resumed.plan.original_deployed == straight.plan.original_deployed
+    # ... and it is the original model, norms, embeddings and head included, not a hybrid with trained ones.
+    fresh = tiny_llama(on_q4_1=True).eval()
+    with torch.no_grad():
+        by_hand = sum(float(fresh(**b["forget"]).loss) for b in list(data())[:2]) / 2
+    assert straight.plan.original["forget"] == pytest.approx(by_hand, rel=1e-6)
+    assert resumed._others and all(torch.equal(t, straight._others[name]) for name, t in resumed._others.items())
+    snapshots = {layer.name: layer.snapshot for layer in straight._layers}
+    assert all(torch.equal(layer.snapshot, snapshots[layer.name]) for layer in resumed._layers if layer.snapshot is not None)
+    # A checkpoint without the callback's state cannot say where the run started: refused, not guessed.
+    run(tmp_path / "plain", 2, floor=False)
+    with pytest.raises(ValueError, match="needs the weights this run started from"):
+        run(tmp_path / "plain", 4, ckpt_path=str(tmp_path / "plain" / "ckpt" / "last.ckpt"))

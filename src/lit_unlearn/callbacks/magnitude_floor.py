@@ -29,7 +29,13 @@ from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
 from lit_unlearn.callbacks._survival_probe import resolve_probe_loss, to_device
 from lit_unlearn.deployment import DeployedLayer, Deployment, check_strategy, deployed_layers, merged_state_dict
-from lit_unlearn.deployment.floor import DEFAULT_SHARES, FloorPlan, calibrate_floor, check_floor_deployment
+from lit_unlearn.deployment.floor import (
+    DEFAULT_SHARES,
+    FloorPlan,
+    calibrate_floor,
+    check_floor_deployment,
+    check_floor_settings,
+)
 from lit_unlearn.gguf_io import gguf_base_of
 from lit_unlearn.quantization import detect_format
 from lit_unlearn.survival.layers import model_of
@@ -88,25 +94,14 @@ class MagnitudeFloor(Callback):
         self._asked = self.deployment
         if self.deployment is not None:
             check_floor_deployment(self.deployment)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
-            raise ValueError(f"`target` is the share of the forgetting to keep, above 0 (1.0: all of it); got {target!r}.")
-        shares = tuple(shares)
-        if not shares or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1 for s in shares) \
-                or list(shares) != sorted(shares):
-            raise ValueError(f"`shares` must be ascending fractions in (0, 1], e.g. {DEFAULT_SHARES}; got {shares!r}.")
-        if isinstance(retain_tolerance, bool) or not isinstance(retain_tolerance, (int, float)) or not retain_tolerance >= 0:
-            raise ValueError(f"`retain_tolerance` is a rise of the retain loss in nats, at least 0; got {retain_tolerance!r}.")
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-            raise ValueError(f"`refine` is a number of bisection steps, 0 or more; got {refine!r}.")
+        self.target, self.shares, self.retain_tolerance, self.refine = check_floor_settings(
+            target, shares, retain_tolerance, refine)
         if isinstance(probe_batches, bool) or not isinstance(probe_batches, int) or probe_batches < 1:
             raise ValueError(f"`probe_batches` must be a positive number of training batches, got {probe_batches!r}.")
-        self.target = float(target)
-        self.shares = tuple(float(s) for s in shares)
-        self.retain_tolerance = float(retain_tolerance)
         self.probe_batches = probe_batches
-        self.refine = refine
         self._layers: list[DeployedLayer] = []
         self._probe: list[dict[str, Any]] = []
+        self._others: dict[str, torch.Tensor] = {}
         self._restored: dict[str, Any] = {}
         #: The last fit's result (``None`` before a fit ends), and where the pushed model went.
         self.plan: FloorPlan | None = None
@@ -142,6 +137,18 @@ class MagnitudeFloor(Callback):
             )
         for layer in trained:
             layer.cache_references([], snapshot.get(layer.name))
+        # Everything else the run trains (embeddings, norms, unselected layers), so that the original model is
+        # measured as the original and not with trained norms: host copies, from the checkpoint on resume.
+        model = model_of(pl_module)
+        covered = {id(layer.linear.weight) for layer in trained}
+        others = self._restored.get("others", {})
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if trained and trainer.global_step > 0 and any(name not in others for name, _ in trainable):
+            raise ValueError(
+                "MagnitudeFloor needs the weights this run started from, and the checkpoint it resumes from lacks "
+                "some of them. Start the fit from the beginning with the callback."
+            )
+        self._others = {name: others.get(name, p.detach().to("cpu", copy=True)) for name, p in trainable} if trained else {}
         self._probe = list(self._restored.get("probe", []))
         if self.deployment is None:
             found = detect_format(layer.w0() for layer in self._layers if layer.quantized)
@@ -185,8 +192,9 @@ class MagnitudeFloor(Callback):
             return {split: sum(v) / len(v) for split, v in out.items()}
 
         assert self.deployment is not None
+        others = {name: t.to(device) for name, t in self._others.items()}
         plan, weights = calibrate_floor(model, self._layers, self.deployment, losses, self.shares, self.target,
-                                        self.retain_tolerance, self.refine)
+                                        self.retain_tolerance, self.refine, original_others=others)
         self.plan = plan
         name = self.deployment.precision
         summary = f"MagnitudeFloor: {plan.summary()}"
@@ -228,6 +236,8 @@ class MagnitudeFloor(Callback):
         snapshot = {layer.name: layer.snapshot for layer in self._layers if layer.snapshot is not None}
         if snapshot:
             saved["snapshot"] = snapshot
+        if self._others:
+            saved["others"] = dict(self._others)
         checkpoint.setdefault(_CHECKPOINT_KEY, {})[self.state_key] = saved
 
     @override

@@ -30,8 +30,12 @@ from lit_unlearn.deployment.layers import DeployedLayer
 from lit_unlearn.deployment.model import deployed_model
 from lit_unlearn.quantization import Scheme
 from lit_unlearn.quantization.cells import check_cell_scheme, push_across
+from lit_unlearn.swap import swapped_weights
 
-__all__ = ["DEFAULT_SHARES", "FloorPlan", "FloorTrial", "calibrate_floor", "check_floor_deployment", "floored_weights"]
+__all__ = [
+    "DEFAULT_SHARES", "FloorPlan", "FloorTrial", "calibrate_floor", "check_floor_deployment", "check_floor_settings",
+    "floored_weights",
+]
 
 #: Shares tried in order (the plain update, share 0, always first): each about twice the one before.
 DEFAULT_SHARES = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -54,6 +58,26 @@ def check_floor_deployment(deployment: Deployment) -> Scheme:
         )
     check_cell_scheme(scheme)  # K-quants and mixtures: no cells
     return scheme
+
+
+def check_floor_settings(
+    target: float, shares: Sequence[float], retain_tolerance: float, refine: int
+) -> tuple[float, tuple[float, ...], float, int]:
+    """The calibration's settings, checked (each error names the value and what it must be) and normalised."""
+
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float))
+
+    if not number(target) or not target > 0:
+        raise ValueError(f"`target` is the share of the forgetting to keep, above 0 (1.0: all of it); got {target!r}.")
+    shares = tuple(shares)
+    if not shares or any(not number(s) or not 0 < s <= 1 for s in shares) or list(shares) != sorted(shares):
+        raise ValueError(f"`shares` must be ascending fractions in (0, 1], e.g. {DEFAULT_SHARES}; got {shares!r}.")
+    if not number(retain_tolerance) or not retain_tolerance >= 0:
+        raise ValueError(f"`retain_tolerance` is a rise of the retain loss in nats, at least 0; got {retain_tolerance!r}.")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"`refine` is a number of bisection steps, 0 or more; got {refine!r}.")
+    return float(target), tuple(float(s) for s in shares), float(retain_tolerance), refine
 
 
 @torch.no_grad()
@@ -142,6 +166,7 @@ def calibrate_floor(
     target: float = 1.0,
     retain_tolerance: float = 0.1,
     refine: int = 2,
+    original_others: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[FloorPlan, dict[str, torch.Tensor] | None]:
     """The smallest share of :data:`DEFAULT_SHARES` (or ``shares``, ascending) whose pushed weights keep
     ``target`` of the probe's forgetting at ``deployment``, and those weights (``None`` when none does).
@@ -155,22 +180,20 @@ def calibrate_floor(
     ``retain_tolerance`` (larger shares only move more). Between the last share that fell short and the
     first that kept the target the gap is then halved, geometrically, ``refine`` times.
 
+    ``original_others``: the original values of every other parameter the run trained (embeddings, norms,
+    unselected layers of a full-parameter run; by ``model.named_parameters()`` name), swapped in while the
+    original model is measured, so that it is the original and not a hybrid. LoRA runs train none.
+
     Raises:
-        ValueError: for a deployment the floor cannot push across (:func:`check_floor_deployment`), shares
-            outside ``(0, 1]`` or not ascending, or a non-positive ``target``.
+        ValueError: for a deployment the floor cannot push across (:func:`check_floor_deployment`), or
+            settings out of range (:func:`check_floor_settings`).
     """
     scheme = check_floor_deployment(deployment)
-    shares = tuple(float(s) for s in shares)
-    if not shares or any(not 0.0 < s <= 1.0 for s in shares) or list(shares) != sorted(shares):
-        raise ValueError(f"`shares` must be ascending fractions in (0, 1], e.g. {DEFAULT_SHARES}; got {shares!r}.")
-    if not target > 0:
-        raise ValueError(f"`target` is the share of the forgetting to keep, above 0 (1.0: all of it); got {target!r}.")
-    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-        raise ValueError(f"`refine` is a number of bisection steps, 0 or more; got {refine!r}.")
+    target, shares, retain_tolerance, refine = check_floor_settings(target, shares, retain_tolerance, refine)
     selected = [layer for layer in layers if layer.quantized]
-    with deployed_model(model, layers, None, original=True):
+    with swapped_weights(model, original_others or {}), deployed_model(model, layers, None, original=True):
         original = dict(losses(model))
-    with deployed_model(model, layers, scheme, original=True):
+    with swapped_weights(model, original_others or {}), deployed_model(model, layers, scheme, original=True):
         original_deployed = dict(losses(model))
     with deployed_model(model, layers, None):
         full = dict(losses(model))
