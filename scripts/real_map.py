@@ -223,7 +223,8 @@ def calibrated_floor(base: Any, delta: dict[str, torch.Tensor], batches: list[di
             return {split: statistics.fmean(float(m(**b[split]).loss) for b in batches) for split in ("forget", "retain")}
 
     covered = {f"{layer.name}.weight" for layer in layers}
-    others = {key: state[key] for key in delta if key not in covered}  # a full run's norms and embeddings
+    params = dict(model.named_parameters())  # a tied head is one parameter, named once
+    others = {key: state[key] for key in delta if key not in covered and key in params}  # a full run's norms, embeddings
     plan, weights = calibrate_floor(model, layers, Deployment.parse("q4_1"), losses, target=target,
                                     original_others=others)
     if weights is not None:
