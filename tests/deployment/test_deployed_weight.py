@@ -272,7 +272,7 @@ def test_callbacks_take_deployments_in_the_same_vocabulary(tmp_path, monkeypatch
     assert survival.schemes == (get_scheme("nf4", 128), get_scheme("int4", 64))
     evaluation = QuantizedEvaluation(precisions=["full", Deployment("int4", 64)], modules=["q_proj"])
     assert evaluation.precisions == ["full", "int4"]
-    assert evaluation._deployments["int4"] == Deployment("int4", 64, ["q_proj"])
+    assert evaluation.settings.deployment("int4") == Deployment("int4", 64, ["q_proj"])
     with pytest.raises(ValueError, match="selects other layers than `modules`"):
         QuantizationSurvival(schemes=[Deployment("nf4", modules=["v_proj"])], modules=["q_proj"])
     with pytest.raises(ValueError, match="twice"):

@@ -8,8 +8,8 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-import lit_unlearn.callbacks.quantized_evaluation as quantized_evaluation
 from lit_unlearn.callbacks.quantized_evaluation import CURVES_NAME, QuantizedEvaluation
+from lit_unlearn.evaluation import references, settings
 from tests.evaluation.muse_fixtures import build_llama, build_llama_tokenizer, sentences
 
 FAST = {
@@ -56,13 +56,13 @@ def fit(tmp_path, evaluation, tokenizer, **kwargs):
 
 def test_curves_are_drawn_and_the_last_step_is_evaluated_once(tmp_path, muse_dir, tokenizer, monkeypatch):
     calls = []
-    evaluate = quantized_evaluation.evaluate
+    evaluate = settings.evaluate
 
     def counting(*args, **kwargs):
         calls.append(kwargs["precision"])
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(quantized_evaluation, "evaluate", counting)
+    monkeypatch.setattr(settings, "evaluate", counting)
     evaluation = QuantizedEvaluation(data=muse_dir, every_n_steps=1, **FAST)
     trainer = fit(tmp_path, evaluation, tokenizer)
 
@@ -99,8 +99,8 @@ def test_reference_rows_come_from_the_cache_on_the_next_run(tmp_path, muse_dir, 
     reference = tmp_path / "reference"
     build_llama(len(tokenizer)).save_pretrained(reference)
     loads = []
-    load = QuantizedEvaluation._load_reference
-    monkeypatch.setattr(QuantizedEvaluation, "_load_reference", lambda self, *a: loads.append(a[0]) or load(self, *a))
+    load = references.load_reference
+    monkeypatch.setattr(references, "load_reference", lambda *a: loads.append(a[0]) or load(*a))
 
     def run(name, **overrides):
         evaluation = QuantizedEvaluation(data=muse_dir, references={"retrain": str(reference)},
@@ -113,7 +113,7 @@ def test_reference_rows_come_from_the_cache_on_the_next_run(tmp_path, muse_dir, 
     second = run("b")
     assert len(loads) == 2, "everything about the reference came from the cache"
     assert second.table.get("retrain", "nf4") == first.table.get("retrain", "nf4")
-    assert second._computed_auc_retrain == first._computed_auc_retrain
+    assert second.state_dict()["computed_auc_retrain"] == first.state_dict()["computed_auc_retrain"]
     run("c", knowmem_max_new_tokens=3)
     assert len(loads) == 4, "another setting is another key (every setting is in it, relevant or not)"
     with torch.no_grad():

@@ -75,7 +75,7 @@ def test_stop_at_retrain_knowmem_reads_the_quantized_gap(test_world, world_cache
     cli = _run(tmp_path, monkeypatch, world_cache, "examples/stop_at_retrain_knowmem.yaml", threshold_always_met, 60)
     gap = float(cli.trainer.callback_metrics["eval/nf4/knowmem_vs_retrain"])
     evaluation = _callback(cli, "QuantizedEvaluation")
-    retrain = evaluation._reference_rows["retrain"]["nf4"]["knowmem_forget"]
+    retrain = evaluation.state_dict()["reference_rows"]["retrain"]["nf4"]["knowmem_forget"]
     knowmem = float(cli.trainer.callback_metrics["eval/nf4/knowmem"])
     assert gap == pytest.approx(knowmem - retrain)
     assert cli.trainer.should_stop and 10 <= cli.trainer.global_step < 60

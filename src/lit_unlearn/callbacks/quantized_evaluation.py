@@ -2,11 +2,17 @@
 
 The shape of Lightning's ``WeightAveraging``: swap weights in (the adapter merged, then quantized),
 measure, swap the originals back, so training continues bit-identically.
+
+The measurement is :mod:`lit_unlearn.evaluation`'s, which needs no Trainer: an
+:class:`~lit_unlearn.evaluation.settings.Evaluator` under the checked
+:class:`~lit_unlearn.evaluation.settings.EvaluationSettings`, and the
+:class:`~lit_unlearn.evaluation.references.ReferenceRows` of the reference models with their results cache.
+This callback is the Lightning side: when to evaluate, the model and tokenizer found in the module, the
+table written and logged, the precision curves, checkpoints, strategies and ranks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,29 +28,25 @@ from typing_extensions import override
 
 from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, as_deployments, shards_weights
-from lit_unlearn.evaluation import (
-    EvalData,
-    Precision,
-    Quantizer,
-    ResultsTable,
-    Task,
-    check_precision,
-    check_tasks,
-    evaluate,
-)
-from lit_unlearn.evaluation.deployment import base_dtype
+from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, shards_weights
+from lit_unlearn.evaluation import Precision, Quantizer, ResultsTable, Task
+from lit_unlearn.evaluation.cache import ResultsCache
+from lit_unlearn.evaluation.references import RETRAIN, ReferenceRows, check_references
 from lit_unlearn.evaluation.results import scalar_name
+from lit_unlearn.evaluation.settings import EvaluationSettings, Evaluator, check_positive_int
 from lit_unlearn.loggers import log_image, logging_step, setup_wandb_metrics
-from lit_unlearn.metrics import ConventionName, get_convention, resolve_auc_retrain
-from lit_unlearn.sharding import is_sharded, shard_model
+from lit_unlearn.metrics import ConventionName, resolve_auc_retrain
 
 __all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]
 
-_RETRAIN = "retrain"
 #: File (in the output directory) and logged image key of the precision curves drawn at fit end.
 CURVES_NAME = "precision_curves.png"
 CURVES_IMAGE_KEY = "eval/precision_curves"
+
+
+def _setting(name: str) -> property:
+    """A read-only attribute of the callback that is its ``settings``' ``name``."""
+    return property(lambda self: getattr(self.settings, name), doc=f"``settings.{name}``.")
 
 
 class QuantizedEvaluation(Callback):
@@ -161,73 +163,27 @@ class QuantizedEvaluation(Callback):
         knowmem_max_new_tokens: int = 32,
         progress: bool = True,
     ) -> None:
-        if not isinstance(data, str) or not data:
-            raise ValueError(
-                f"`data`={data!r} must name a MUSE-layout dataset, e.g. 'world:data' or "
-                "'muse-bench/MUSE-News'."
-            )
-        if isinstance(precisions, (str, Deployment)):
-            precisions = [precisions]
-        # One Deployment per precision, each parsed once (an unknown name or a block size a scheme refuses
-        # fails here, before any model loads), then checked against what the quantizer runs.
-        deployments = as_deployments(list(dict.fromkeys(precisions)), block_size, modules, what="precisions")
-        for deployment in deployments:
-            check_precision(deployment, quantizer)
-        custom = any(d.block_size is not None for d in deployments)
-        if quantizer == "bitsandbytes" and (block_size is not None or modules is not None or custom):
-            raise ValueError(
-                "`block_size` and `modules` choose what the fake quantizer deploys; quantizer='bitsandbytes' "
-                "reloads the model with transformers' fixed choice (block 64, every linear layer but the "
-                "head). Drop them, or use quantizer='fake'."
-            )
-        for name, value in (("every_n_steps", every_n_steps), ("max_items", max_items)):
-            if value is not None and not _positive_int(value):
-                raise ValueError(f"`{name}`={value!r} must be a positive integer, or None to turn it off.")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("verbmem_max_new_tokens", verbmem_max_new_tokens),
-            ("knowmem_max_new_tokens", knowmem_max_new_tokens),
-        ):
-            if not _positive_int(value):
-                raise ValueError(f"`{name}`={value!r} must be a positive integer.")
-        references = dict(references or {})
-        for name, path in references.items():
-            if not name or not isinstance(path, str) or not path:
-                raise ValueError(
-                    f"`references` entry {name!r}: {path!r} must map a row name to a model path or hub id, "
-                    "e.g. {'retrain': 'world:retrain'}."
-                )
-        self.data = data
-        self.precisions = [d.precision for d in deployments]
-        self._deployments = {d.precision: d for d in deployments}
-        self.convention = get_convention(convention).name
-        self.auc_retrain = resolve_auc_retrain(auc_retrain)
-        self.references = references
+        settings = EvaluationSettings.of(
+            data, precisions, convention, max_items, batch_size, quantizer, block_size, modules, tasks,
+            verbmem_max_new_tokens, knowmem_max_new_tokens, progress,
+        )
+        check_positive_int("every_n_steps", every_n_steps, optional=True)
+        references = check_references(references)
+        auc_retrain = resolve_auc_retrain(auc_retrain)
+        if not isinstance(cache_references, bool):
+            raise ValueError(f"`cache_references` must be True or False, got {cache_references!r}.")
+        #: What is evaluated and how (the data, the deployments, the convention and every setting).
+        self.settings = settings
         self.every_n_steps = every_n_steps
-        self.max_items = max_items
-        self.batch_size = batch_size
         self.output_dir = output_dir
         self.method = method
         self.tokenizer = tokenizer
-        self.quantizer = quantizer
-        if not isinstance(cache_references, bool):
-            raise ValueError(f"`cache_references` must be True or False, got {cache_references!r}.")
-        from lit_unlearn.evaluation.cache import ResultsCache
-
+        self._evaluator = Evaluator(settings)
         # Reference models do not change: their rows are reused across fits and tests (see the cache module).
-        self._cache = ResultsCache() if cache_references else None
-        self.block_size = block_size
-        self.modules = modules
-        self.tasks = check_tasks(tasks)
-        self.verbmem_max_new_tokens = verbmem_max_new_tokens
-        self.knowmem_max_new_tokens = knowmem_max_new_tokens
-        self.progress = progress
+        cache = ResultsCache() if cache_references else None
+        self._references = ReferenceRows(self._evaluator, references, auc_retrain, cache)
 
         self.table = ResultsTable()
-        self._reference_rows: dict[str, dict[str, dict[str, float]]] = {}
-        self._computed_auc_retrain: float | None = None
-        self._eval_data: EvalData | None = None
-        self._data_hash: str | None = None
         self._last_step = -1
         self._active = True
         # One row per evaluated step of this fit: {"step": s, "eval/<precision>/<metric>": value, ...}.
@@ -237,6 +193,34 @@ class QuantizedEvaluation(Callback):
         # (step, {precision: results}) of the latest periodic evaluation, reused when training ends on
         # that step rather than evaluating the same weights twice.
         self._step_results: tuple[int, dict[str, dict[str, float]]] | None = None
+
+    # The constructor's arguments, as checked (read-only: they are fixed in `settings`).
+    data = _setting("data")
+    convention = _setting("convention")
+    max_items = _setting("max_items")
+    batch_size = _setting("batch_size")
+    quantizer = _setting("quantizer")
+    block_size = _setting("block_size")
+    modules = _setting("modules")
+    tasks = _setting("tasks")
+    verbmem_max_new_tokens = _setting("verbmem_max_new_tokens")
+    knowmem_max_new_tokens = _setting("knowmem_max_new_tokens")
+    progress = _setting("progress")
+
+    @property
+    def precisions(self) -> list[str]:
+        """The evaluated precisions' names, in order."""
+        return self.settings.precisions
+
+    @property
+    def references(self) -> dict[str, str]:
+        """The reference models, row name → path or hub id."""
+        return self._references.references
+
+    @property
+    def auc_retrain(self) -> float | None:
+        """The fixed AUC_retrain, or ``None`` (taken from the ``retrain`` reference or the convention)."""
+        return self._references.auc_retrain
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -289,11 +273,11 @@ class QuantizedEvaluation(Callback):
             return
         self._last_step = step
         model, tokenizer = self._model_and_tokenizer(pl_module)
-        auc_retrain = self._auc_retrain(model, tokenizer)
+        auc_retrain = self._references.resolve_auc_retrain(model, tokenizer)
         scalars = {}
         evaluated = {}
         for precision in self.precisions:
-            evaluated[precision] = results = self._evaluate(model, tokenizer, precision, auc_retrain)
+            evaluated[precision] = results = self._evaluator.evaluate(model, tokenizer, precision, auc_retrain)
             # NaN (PrivLeak without AUC_retrain) is left out rather than drawn as a gap in every curve.
             scalars.update(
                 {f"eval/{precision}/{scalar_name(k)}": v for k, v in results.items() if not math.isnan(v)}
@@ -335,7 +319,7 @@ class QuantizedEvaluation(Callback):
         # the same curve.
         return self._generate_state_key(
             data=self.data,
-            precisions=[(d.precision, d.block_size) for d in self._deployments.values()],
+            precisions=[(d.precision, d.block_size) for d in self.settings.deployments],
             modules=self.modules if self.modules is None or isinstance(self.modules, str) else list(self.modules),
             quantizer=self.quantizer,
             convention=self.convention,
@@ -345,11 +329,7 @@ class QuantizedEvaluation(Callback):
     def state_dict(self) -> dict[str, Any]:
         # Reference models do not change, so a resumed run need not evaluate them again; the curve keeps
         # the points of the steps before the checkpoint.
-        return {
-            "reference_rows": self._reference_rows,
-            "computed_auc_retrain": self._computed_auc_retrain,
-            "curve": [dict(point) for point in self._curve],
-        }
+        return {**self._references.state_dict(), "curve": [dict(point) for point in self._curve]}
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -363,8 +343,7 @@ class QuantizedEvaluation(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._reference_rows = dict(state_dict.get("reference_rows", {}))
-        self._computed_auc_retrain = state_dict.get("computed_auc_retrain")
+        self._references.load_state_dict(state_dict)
         self._curve = [dict(point) for point in state_dict.get("curve", [])]
 
     # ------------------------------------------------------------------ evaluation
@@ -380,18 +359,18 @@ class QuantizedEvaluation(Callback):
     ) -> ResultsTable:
         # `evaluated`: the trained model's results per precision, already computed for these weights.
         model, tokenizer = self._model_and_tokenizer(pl_module)
-        auc_retrain = self._auc_retrain(model, tokenizer)
+        auc_retrain = self._references.resolve_auc_retrain(model, tokenizer)
         method = self._method_name(pl_module, model)
         table = ResultsTable()
-        for name, path in self.references.items():
-            rows = self._reference(name, path, model, tokenizer, auc_retrain)
+        for name in self.references:
+            rows = self._references.evaluate(name, model, tokenizer, auc_retrain)
             for precision in self.precisions:
                 table.add(name, precision, rows[precision])
         for precision in self.precisions:
             if evaluated is not None and precision in evaluated:
                 table.add(method, precision, evaluated[precision])
             else:
-                table.add(method, precision, self._evaluate(model, tokenizer, precision, auc_retrain))
+                table.add(method, precision, self._evaluator.evaluate(model, tokenizer, precision, auc_retrain))
         self.table = table
         self._primary = method
         # `run_directory` is a collective under DDP: every rank must ask, though only rank zero writes.
@@ -404,33 +383,6 @@ class QuantizedEvaluation(Callback):
             table.log_to(logger, step=trainer.global_step, primary=method)
         return table
 
-    def _evaluate(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        precision: str,
-        auc_retrain: float | None,
-        tasks: Sequence[str] | None = None,
-    ) -> dict[str, float]:
-        # The fake quantizer deploys with this precision's block size and layers; bitsandbytes has its own.
-        deployment = self._deployments.get(precision) if self.quantizer == "fake" else None
-        return evaluate(
-            model,
-            tokenizer,
-            self._data(),
-            precision=precision,
-            convention=self.convention,
-            auc_retrain=auc_retrain,
-            tasks=tasks or self.tasks,
-            batch_size=self.batch_size,
-            quantizer=self.quantizer,
-            block_size=deployment.block_size if deployment is not None else None,
-            filter_fn=deployment.modules if deployment is not None else None,
-            verbmem_max_new_tokens=self.verbmem_max_new_tokens,
-            knowmem_max_new_tokens=self.knowmem_max_new_tokens,
-            progress=self.progress,
-        )
-
     def _gaps_to_retrain(
         self,
         model: nn.Module,
@@ -441,114 +393,13 @@ class QuantizedEvaluation(Callback):
         """``eval/<precision>/knowmem_vs_retrain``: the model's KnowMem on the forget set minus the retrain
         model's at the same precision (≤ 0 once MUSE's stopping rule is met), when a ``retrain`` reference
         is given. The reference is evaluated once, at the first periodic evaluation."""
-        if _RETRAIN not in self.references or "knowmem_forget" not in self.tasks:
+        if RETRAIN not in self.references or "knowmem_forget" not in self.tasks:
             return {}
-        rows = self._reference(_RETRAIN, self.references[_RETRAIN], model, tokenizer, auc_retrain)
+        rows = self._references.evaluate(RETRAIN, model, tokenizer, auc_retrain)
         return {
             f"eval/{p}/knowmem_vs_retrain": results["knowmem_forget"] - rows[p]["knowmem_forget"]
             for p, results in evaluated.items()
         }
-
-    def _data_fingerprint(self) -> str:
-        if self._data_hash is None:
-            from lit_unlearn.evaluation.cache import data_fingerprint
-
-            self._data_hash = data_fingerprint(self._data())
-        return self._data_hash
-
-    def _data(self) -> EvalData:
-        if self._eval_data is None:
-            self._eval_data = EvalData.load(self.data, self.max_items)
-        return self._eval_data
-
-    def _auc_retrain(self, model: nn.Module, tokenizer: Any) -> float | None:
-        if self.auc_retrain is not None or "privleak" not in self.tasks or _RETRAIN not in self.references:
-            return self.auc_retrain
-        if self._computed_auc_retrain is None:
-            key = self._cache_key(self.references[_RETRAIN], "full", 1.0, tasks=["privleak"])
-            cached = self._cache.get(key) if self._cache is not None else None
-            if cached is not None:
-                auc = cached["auc"]
-            else:
-                reference = self._load_reference(self.references[_RETRAIN], model)
-                try:
-                    # Only the attack's AUC is read here; it does not depend on the reference AUC: any serves.
-                    results = self._evaluate(reference, tokenizer, "full", auc_retrain=1.0, tasks=["privleak"])
-                finally:
-                    del reference
-                    _empty_cache()
-                auc = results["auc"]
-                if self._cache is not None and _is_rank_zero():
-                    self._cache.put(key, results, {"model": self.references[_RETRAIN], "what": "AUC_retrain"})
-            self._computed_auc_retrain = auc
-            rank_zero_info(
-                f"AUC_retrain = {auc:.4f} (Min-40% forget vs holdout, retrain model at full precision)."
-            )
-        return self._computed_auc_retrain
-
-    def _reference(
-        self, name: str, path: str, model: nn.Module, tokenizer: Any, auc_retrain: float | None
-    ) -> dict[str, dict[str, float]]:
-        rows = self._reference_rows.setdefault(name, {})
-        keys = {p: self._cache_key(path, p, auc_retrain) for p in self.precisions if p not in rows}
-        for precision, key in keys.items():
-            cached = self._cache.get(key) if self._cache is not None else None
-            if cached is not None:
-                rows[precision] = cached
-        missing = [p for p in self.precisions if p not in rows]
-        if missing:
-            reference = self._load_reference(path, model)
-            try:
-                for precision in missing:
-                    rows[precision] = self._evaluate(reference, tokenizer, precision, auc_retrain)
-                    if self._cache is not None and _is_rank_zero():
-                        about = {"model": path, "precision": precision}
-                        self._cache.put(keys[precision], rows[precision], about)
-            finally:
-                del reference
-                _empty_cache()
-        elif keys:
-            rank_zero_info(
-                f"Reference {name!r}: {len(keys)} rows from the results cache ({self._cache.directory})."
-            )
-        return rows
-
-    def _cache_key(
-        self, path: str, precision: str, auc_retrain: float | None, tasks: Sequence[str] | None = None
-    ) -> str | None:
-        """The results-cache key of reference ``path`` at ``precision`` under this callback's settings."""
-        if self._cache is None:
-            return None
-        from lit_unlearn.data.sources import resolve_path
-
-        deployment = self._deployments.get(precision)
-        modules = None if deployment is None else deployment.modules
-        parts = {
-            "precision": precision,
-            "block_size": None if deployment is None else deployment.block_size,
-            "modules": modules if not callable(modules) else getattr(modules, "__qualname__", repr(modules)),
-            # The convention's every detail, so a change of what a convention computes invalidates its rows.
-            "quantizer": self.quantizer, "convention": dataclasses.asdict(get_convention(self.convention)),
-            "auc_retrain": auc_retrain,
-            "tasks": list(tasks or self.tasks), "batch_size": self.batch_size,
-            "verbmem_max_new_tokens": self.verbmem_max_new_tokens,
-            "knowmem_max_new_tokens": self.knowmem_max_new_tokens,
-            "data": self._data_fingerprint(),
-        }
-        return self._cache.key(resolve_path(path), parts)
-
-    def _load_reference(self, path: str, model: nn.Module) -> nn.Module:
-        from lit_unlearn.data.sources import resolve_path
-        from lit_unlearn.gguf_io import load_causal_lm
-
-        like = next(model.parameters())
-        dtype = base_dtype(model)
-        rank_zero_info(f"Loading reference model {path!r} for the MUSE table.")
-        reference = load_causal_lm(resolve_path(path), dtype=dtype)  # a directory, hub id or .gguf file
-        if is_sharded(like):
-            # Sharded like the trained model (FSDP2, the same mesh): no rank holds a whole reference.
-            return shard_model(reference.to(like.device), like.device_mesh, reshard_after_forward=True).eval()
-        return reference.to(like.device).eval()
 
     # ------------------------------------------------------------------ discovery
     def _model_and_tokenizer(self, pl_module: LightningModule) -> tuple[nn.Module, Any]:
@@ -613,19 +464,3 @@ class QuantizedEvaluation(Callback):
         precision_curves(self._curve, path)
         log_image(trainer, CURVES_IMAGE_KEY, path, step=trainer.global_step)
         rank_zero_info(f"Precision curves of {len(self._curve)} evaluations drawn to {path}.")
-
-
-def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _empty_cache() -> None:
-    # A reference model can be as large as the trained one; give its accelerator memory back at once.
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

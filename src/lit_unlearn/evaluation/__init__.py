@@ -2,7 +2,10 @@
 
 ``evaluate(model, tokenizer, data, precision=...)`` returns VerbMem, KnowMem, PrivLeak and utility of a
 model as it would be deployed at that precision (a LoRA adapter merged first, then quantized);
-``ResultsTable`` collects rows of methods × precisions in the papers' layout.
+``ResultsTable`` collects rows of methods × precisions in the papers' layout. ``EvaluationSettings`` fixes
+what is evaluated and how, an ``Evaluator`` evaluates under them with the data loaded once, and
+``ReferenceRows`` evaluates reference models (``target``, ``retrain``) once per precision, reusing earlier
+runs' rows from the results cache.
 """
 
 from lit_unlearn.evaluation.data import MUSE_LAYOUT, QA, Continuation, EvalData
@@ -27,7 +30,9 @@ from lit_unlearn.evaluation.protocol import (
     evaluation_mode,
     knowmem_prompt,
 )
+from lit_unlearn.evaluation.references import RETRAIN, ReferenceRows, check_references, load_reference
 from lit_unlearn.evaluation.results import COLUMNS, ResultsTable, scalar_name
+from lit_unlearn.evaluation.settings import EvaluationSettings, Evaluator
 
 __all__ = [
     "BITSANDBYTES_PRECISIONS",
@@ -37,14 +42,19 @@ __all__ = [
     "QA",
     "QUANTIZERS",
     "RESULT_KEYS",
+    "RETRAIN",
     "TASKS",
     "Continuation",
     "EvalData",
+    "EvaluationSettings",
+    "Evaluator",
     "Precision",
     "Quantizer",
+    "ReferenceRows",
     "ResultsTable",
     "Task",
     "check_precision",
+    "check_references",
     "check_tasks",
     "deployed_weights",
     "evaluate",
@@ -52,6 +62,7 @@ __all__ = [
     "generate_greedy",
     "knowmem_prompt",
     "load_bitsandbytes",
+    "load_reference",
     "merged_state_dict",
     "min_k_scores",
     "scalar_name",
