@@ -3,6 +3,7 @@
     python scripts/real_llama_cpp.py                         # SmolLM2 as shipped, re-exported to its Q4_1
     python scripts/real_llama_cpp.py --delta outputs/real_map/<cell>/seed0/delta.safetensors --format q4_1
     python scripts/real_llama_cpp.py --format q4_k_m --limit 40
+    python scripts/real_llama_cpp.py --accuracy real:smollm2 out/model.q4_1.gguf   # files as they are
 
 The model (``real:smollm2``, plus an unlearning update ``ΔW`` saved by ``scripts/real_map.py`` when given) is
 written with ``lit_unlearn.gguf_io.write_gguf`` in ``--format`` (``q4_1`` = the base's own format), run by
@@ -97,14 +98,43 @@ def compare(model: Any, tokenizer: Any, fmt: str, limit: int | None, out_dir: Pa
     }
 
 
+def accuracy(files: Sequence[Path], limit: int | None) -> dict[str, dict[str, float]]:
+    """Strict-match accuracy per split of each .gguf file under llama.cpp alone (greedy, one thread): what the
+    file a user ships answers, e.g. ``MagnitudeFloor``'s export against the shipped model."""
+    from lit_unlearn.data.sources import resolve_path
+    from lit_unlearn.gguf_io import load_tokenizer
+    from lit_unlearn.real import MAX_NEW_TOKENS, is_correct, load_benchmark
+    from lit_unlearn.real.probe import _prompt_ids
+
+    tokenizer = load_tokenizer(resolve_path("real:smollm2"))
+    items = list(load_benchmark("real:smollm2-data").items)[:limit] if limit else list(load_benchmark("real:smollm2-data").items)
+    prompts = [_prompt_ids(tokenizer, item.question)[0].tolist() for item in items]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = {}
+    for path in files:
+        replies = llama_cpp_replies(Path(resolve_path(str(path))), prompts, MAX_NEW_TOKENS, eos)
+        hits: dict[str, list[int]] = {}
+        for item, reply in zip(items, replies, strict=True):
+            text = tokenizer.decode(reply, skip_special_tokens=True).strip()
+            hits.setdefault(item.split, []).append(int(is_correct(item.question, text, item.answers, item.rivals)))
+        out[str(path)] = {split: 100 * sum(h) / len(h) for split, h in hits.items()}
+        print(path, {split: round(a, 1) for split, a in out[str(path)].items()}, flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", default="q4_1")
     parser.add_argument("--delta", type=Path, default=None, help="a run's delta.safetensors (scripts/real_map.py)")
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--docs", action="store_true", help="append the result to docs/real_llama_cpp.json")
+    parser.add_argument("--accuracy", nargs="+", type=Path, default=None, metavar="GGUF",
+                        help="only score these .gguf files under llama.cpp (accuracy per split), e.g. real:smollm2 "
+                             "and an export of MagnitudeFloor's model")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.accuracy:
+        return {"accuracy": accuracy(args.accuracy, args.limit)}
 
     from lit_unlearn.real import load_smollm2
 
