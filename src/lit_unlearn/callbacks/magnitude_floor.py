@@ -59,6 +59,12 @@ class MagnitudeFloor(Callback):
     survives nothing is saved; when no share reaches the target within ``retain_tolerance`` a warning says
     so and nothing is saved. The run's own adapter or model is saved as always, untouched.
 
+    The target is a share of the probe's *loss* rise, and how much of it a run's answers need differs by run:
+    on SmolLM2 at Q4_1, 0.7 kept all of LoRA NPO+GDR's forgetting (three seeds) and wrecked a full-parameter
+    run's model, and a run whose training texts' mean loss does not rise (GA+GDR with a heavy retain weight,
+    SimNPO) gets no push (docs/real_model.md). The retain guard reads the training retain batches, which the
+    pushes tend to improve. Score the saved model at the deployment before shipping it.
+
     Args:
         deployment: The format you ship (``"q4_1"``, ``"nf4"``, ``{precision, block_size, modules}``), read by
             :meth:`~lit_unlearn.deployment.Deployment.parse`; ``None`` takes the grid the base's weights sit
