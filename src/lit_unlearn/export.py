@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from lit_unlearn.adapters import load_adapter, lora_delta, merge_adapter
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import FULL, DeployedLayer, Deployment, deployed_layers
+from lit_unlearn.deployment.bitsandbytes import bitsandbytes_config
 from lit_unlearn.deployment.config import unsupported
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
 from lit_unlearn.four_bit_base import FourBitBase, read_four_bit_base
@@ -475,15 +476,6 @@ def _load_tokenizer(source: Path, base: str, trust_remote_code: bool) -> Any:
     return load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
-def _bitsandbytes_config(quantize: str, dtype: torch.dtype) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    if quantize == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    # Block 64 (transformers' fixed choice) is the block of the nf4/fp4 statistics.
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=dtype)
-
-
 def _save_quantized(
     merged_dir: Path, quantize: str, dtype: torch.dtype, tokenizer: Any, trust_remote_code: bool
 ) -> Path:
@@ -494,7 +486,7 @@ def _save_quantized(
     try:
         model = AutoModelForCausalLM.from_pretrained(
             merged_dir,
-            quantization_config=_bitsandbytes_config(quantize, dtype),
+            quantization_config=bitsandbytes_config(quantize, dtype),
             dtype=dtype,
             device_map={"": device},
             trust_remote_code=trust_remote_code,

@@ -65,14 +65,10 @@ class FourBitBase:
 
     def bitsandbytes_config(self) -> Any:
         """The ``transformers.BitsAndBytesConfig`` that loads a base in this format."""
-        from transformers import BitsAndBytesConfig
+        from lit_unlearn.deployment.bitsandbytes import bitsandbytes_config
 
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=self.quant_type,
-            bnb_4bit_compute_dtype=getattr(torch, self._concrete_dtype("loading a base")),
-            bnb_4bit_use_double_quant=self.double_quant,
-        )
+        dtype = getattr(torch, self._concrete_dtype("loading a base"))
+        return bitsandbytes_config(self.quant_type, dtype, double_quant=self.double_quant)
 
     def write(self, directory: str | Path) -> None:
         """Record this format next to an adapter (``directory/base_quantization.json``)."""

@@ -151,7 +151,7 @@ def test_failed_bitsandbytes_save_keeps_the_merged_export(adapter, tmp_path, mon
     def refuse(quantize, dtype):
         raise RuntimeError("no kernel for this device")
 
-    monkeypatch.setattr(export_module, "_bitsandbytes_config", refuse)
+    monkeypatch.setattr(export_module, "bitsandbytes_config", refuse)
     with pytest.raises(RuntimeError, match=r"fp4.*no kernel.*CUDA.*complete.*quantize it at load time"):
         export(adapter[0], str(tmp_path), quantize="fp4", progress=False, overwrite=True)
     assert (tmp_path / "model.safetensors").is_file()

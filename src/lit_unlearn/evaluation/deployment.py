@@ -88,18 +88,15 @@ def load_bitsandbytes(
             "against bitsandbytes) on this machine."
         )
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from lit_unlearn.deployment.bitsandbytes import bitsandbytes_config
 
     base = model.get_base_model() if is_peft_model(model) else model
     # Activations keep the model's dtype (bitsandbytes' 4-bit kernels accept fp32, bf16 and fp16), so
     # the two quantizers differ only in how weights are stored and multiplied.
     dtype = compute_dtype or base_dtype(model)
-    if precision == "int8":
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=precision, bnb_4bit_compute_dtype=dtype
-        )
+    config = bitsandbytes_config(precision, dtype)
     # `copy=True` gives tied weights their own storage: safetensors stores each tensor once, and
     # `from_pretrained` ties them again from the config.
     state = {
