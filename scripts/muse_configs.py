@@ -106,7 +106,7 @@ def render(row: Row) -> str:
             "moments over the 4 GPUs (lit_unlearn.strategies; one process per GPU, started by the command above).",
             (
                 f"Comparable with MUSE's and P2's tables: `muse` convention, published AUC_retrain ({auc}); "
-                "`model.npo_form`/`klr_form: logits` reproduce MUSE's released code. P2 sampled its VerbMem "
+                "`model.objective.npo_form`/`klr_form: logits` reproduce MUSE's released code. P2 sampled its VerbMem "
                 "generations (temperature 0.9); this table decodes greedily, as MUSE's code does, so its VerbMem "
                 "compares with P2's only roughly."
             ),
@@ -192,10 +192,12 @@ def render(row: Row) -> str:
         "model:",
         f"  model_name_or_path: {target}",
         "  tokenizer: meta-llama/Llama-2-7b-hf",
-        f"  objective: {row.method}",
     ]
-    if weight is not None:
-        lines.append(f"  retain_weight: {weight:g}" if weight != int(weight) else f"  retain_weight: {weight:.1f}")
+    if weight is None:
+        lines.append(f"  objective: {{method: {row.method}}}")
+    else:
+        shown = f"{weight:g}" if weight != int(weight) else f"{weight:.1f}"
+        lines.append(f"  objective: {{method: {row.method}, retain_weight: {shown}}}")
     lines.append("  dtype: bfloat16")
     if full:
         lines += ["  lora: null", f"  output_dir: {out}/model"]

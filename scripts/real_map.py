@@ -117,7 +117,7 @@ def fit(cell: Cell, seed: int, model: str, data: str, smoke: bool, run_dir: Path
     lora = LoRA(r=16, alpha=32, dropout=0.05) if cell.adapter == "lora" else None
     retain_weight = 100.0 if cell.method == "ga_gdr" else 1.0  # GA+GDR needs a heavy retain term
     module = UnlearningModule(
-        model, objective=cell.method, retain_weight=retain_weight, lora=lora,
+        model, objective={"method": cell.method, "retain_weight": retain_weight}, lora=lora,
         quantization_aware=cell.quantization_aware,
         optimizer=lambda params: torch.optim.AdamW(params, lr=cell.lr, weight_decay=0.0),
     )

@@ -130,7 +130,7 @@ def run_config(cell: Cell, seed: int, run_dir: Path, smoke: bool) -> dict[str, A
                 args.update(max_items=2, verbmem_max_new_tokens=4, knowmem_max_new_tokens=4)
     trainer["callbacks"] = callbacks
     model = config["model"]
-    model.update(objective=cell.method, retain_weight=cell.retain_weight)
+    model["objective"] = {"method": cell.method, "retain_weight": cell.retain_weight}
     model["optimizer"]["init_args"]["lr"] = cell.lr
     if cell.control == "qat":
         model["quantization_aware"] = "nf4"

@@ -78,10 +78,9 @@ def render(method: str, full: bool) -> str:
         "        references: {target: world:target, retrain: world:retrain}",
         "model:",
         "  model_name_or_path: world:target",
-        f"  objective: {method}",
+        f"  objective: {{method: {method}}}" if retain_weight is None
+        else f"  objective: {{method: {method}, retain_weight: {retain_weight}}}",
     ]
-    if retain_weight is not None:
-        lines.append(f"  retain_weight: {retain_weight}")
     if full:
         lines.append("  lora: null")
     else:

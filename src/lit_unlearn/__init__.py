@@ -2,7 +2,7 @@
 
 The public API::
 
-    from lit_unlearn import UnlearningModule, ForgetRetainDataModule, LoRA, FourBitBase, TextSource
+    from lit_unlearn import UnlearningModule, ForgetRetainDataModule, LoRA, FourBitBase, ObjectiveSettings, TextSource
     from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
 
 The Lightning-facing names are imported on first use, so the pure-torch parts
@@ -24,6 +24,7 @@ _LAZY = {
     "ForgetRetainDataModule": "lit_unlearn.data",
     "FourBitBase": "lit_unlearn.four_bit_base",
     "LoRA": "lit_unlearn.adapters",
+    "ObjectiveSettings": "lit_unlearn.objectives",
     "TextSource": "lit_unlearn.data",
     "UnlearningModule": "lit_unlearn.module",
 }

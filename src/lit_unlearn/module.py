@@ -35,9 +35,11 @@ from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
 from lit_unlearn.loggers import log_adapter_artifact
 from lit_unlearn.objectives import (
+    Method,
+    ObjectiveSettings,
     apply_row_masks_,
-    build_objective,
     mean_token_nll,
+    objective_settings,
     sure_row_masks,
 )
 from lit_unlearn.quantization import Scheme
@@ -46,7 +48,6 @@ from lit_unlearn.sharding import gathered_state_dict, is_sharded, shard_model, s
 
 __all__ = ["UnlearningModule"]
 
-Method = Literal["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "simnpo_gdr", "simnpo_klr"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 _RNG_KEY = "lit_unlearn_rng_states"
@@ -99,23 +100,19 @@ class UnlearningModule(LightningModule):
     """Unlearn a forget set from a causal LM while keeping a retain set.
 
     ``L = forget_weight · L_forget + retain_weight · L_retain`` where the method names the pair
-    (``npo_gdr`` = NPO forget loss + GDR retain term). With ``lora`` set, only a LoRA adapter on the
-    frozen base trains and the reference π_ref is the base with the adapter disabled (no copy); with
-    ``lora=None`` every weight trains and a frozen reference copy is built only if the objective reads it.
+    (``npo_gdr`` = NPO forget loss + GDR retain term); ``objective`` holds it with the weights and the
+    losses' knobs. With ``lora`` set, only a LoRA adapter on the frozen base trains and the reference π_ref
+    is the base with the adapter disabled (no copy); with ``lora=None`` every weight trains and a frozen
+    reference copy is built only if the objective reads it.
 
     Args:
         model_name_or_path: Local directory, ``.gguf`` file or hub id of a causal LM (``world:target`` = the
             toy world).
-        objective: Method name, see ``lit_unlearn.objectives.METHODS``.
-        forget_weight: γ, the weight of the forget loss.
-        retain_weight: α, the weight of the retain term; ``None`` takes the paper's value for the method
-            (100 for GA+GDR/GA+KLR, 0.1 for NPO+GDR/NPO+KLR).
-        npo_beta: NPO's β (paper: 0.1).
-        npo_form: ``sequence`` is the paper's NPO on summed sequence log-likelihoods; ``logits`` is the
-            raw-logit variant of MUSE's released code, kept to reproduce its numbers.
-        simnpo_beta: SimNPO's β.
-        simnpo_delta: SimNPO's margin δ.
-        klr_form: ``probs`` is per-token KL(p_ref ‖ p_θ); ``logits`` is MUSE's raw-logit variant.
+        objective: The method name (see ``lit_unlearn.objectives.METHODS``) with every knob at its default,
+            or the method with its knobs (:class:`~lit_unlearn.objectives.ObjectiveSettings`: ``method``;
+            ``forget_weight`` γ; ``retain_weight`` α, unset for the paper's value for the method;
+            ``npo_beta``, ``npo_form``, ``simnpo_beta``, ``simnpo_delta``, ``klr_form``). YAML:
+            ``objective: npo_gdr``, or ``objective: {method: npo_gdr, retain_weight: 1.0}``.
         lora: LoRA settings, or ``None`` for full-parameter unlearning.
         sure_percentile: Full-parameter runs only: SURE's saliency mask (P2). Each step only the weight
             rows whose forget-gradient norm is above this percentile are updated. ``None`` disables it.
@@ -155,10 +152,10 @@ class UnlearningModule(LightningModule):
             gradients are those without checkpointing.
 
     Raises:
-        ValueError: for an unknown ``objective``, ``sure_percentile`` outside (0, 100) or used with LoRA, an
-            unknown ``quantization_aware`` scheme or block size, a 4-bit base without LoRA or with
-            ``quantization_aware``, both ``four_bit`` and ``quantization_config``, or an 8-bit
-            ``quantization_config``.
+        ValueError: for an unknown ``objective`` or an invalid knob of it, ``sure_percentile`` outside
+            (0, 100) or used with LoRA, an unknown ``quantization_aware`` scheme or block size, a 4-bit base
+            without LoRA or with ``quantization_aware``, both ``four_bit`` and ``quantization_config``, or an
+            8-bit ``quantization_config``.
 
     Example::
 
@@ -172,14 +169,7 @@ class UnlearningModule(LightningModule):
     def __init__(
         self,
         model_name_or_path: str = "world:target",
-        objective: Method = "npo_gdr",
-        forget_weight: float = 1.0,
-        retain_weight: float | None = None,
-        npo_beta: float = 0.1,
-        npo_form: Literal["sequence", "logits"] = "sequence",
-        simnpo_beta: float = 2.5,
-        simnpo_delta: float = 0.0,
-        klr_form: Literal["probs", "logits"] = "probs",
+        objective: Method | ObjectiveSettings = "npo_gdr",
         lora: LoRA | None = LoRA(),
         sure_percentile: float | None = None,
         tokenizer: str | None = None,
@@ -226,21 +216,16 @@ class UnlearningModule(LightningModule):
                 )
             if not 0.0 < sure_percentile < 100.0:
                 raise ValueError(f"`sure_percentile` must be in (0, 100), got {sure_percentile}; the paper uses 90.")
-        # Raises for unknown names, listing METHODS, before anything is loaded; a `retain_weight` of
-        # None takes the paper's value for the method.
-        self.objective = build_objective(
-            objective,
-            forget_weight=forget_weight,
-            retain_weight=retain_weight,
-            npo_beta=npo_beta,
-            npo_form=npo_form,
-            simnpo_beta=simnpo_beta,
-            simnpo_delta=simnpo_delta,
-            klr_form=klr_form,
-        )
+        # Raises for unknown names, listing METHODS, and invalid knobs before anything is loaded; a
+        # `retain_weight` of None takes the paper's value for the method.
+        self.objective_settings: ObjectiveSettings = objective_settings(objective)
+        self.objective = self.objective_settings.build()
         self.save_hyperparameters(
-            ignore=["optimizer", "lr_scheduler", "lora", "four_bit", "quantization_config"]
+            ignore=["objective", "optimizer", "lr_scheduler", "lora", "four_bit", "quantization_config"]
         )
+        # Recorded as the settings' fields however it was given (a name or the settings): a checkpoint's
+        # hparams rebuild the same objective.
+        self.hparams["objective"] = asdict(self.objective_settings)
         self.hparams["lora"] = None if lora is None else vars(lora).copy()
         # Recorded as `four_bit`'s fields, its compute dtype resolved, however it was given: a checkpoint's
         # hparams rebuild the module from them.
@@ -271,7 +256,7 @@ class UnlearningModule(LightningModule):
     # ------------------------------------------------------------------ properties
     @property
     def method(self) -> str:
-        return self.hparams["objective"]
+        return self.objective_settings.method
 
     @property
     def needs_retain(self) -> bool:

@@ -232,5 +232,5 @@ trainer:
     main(["fit", "-c", str(config)])
     last = tmp_path / "checkpoints" / "last.ckpt"
     hparams = SafetensorsCheckpointIO().load_checkpoint(last)["hyper_parameters"]
-    assert hparams["objective"] == "ga" and hparams["lora"]["r"] == 4
+    assert hparams["objective"]["method"] == "ga" and hparams["lora"]["r"] == 4
     main(["test", "-c", str(config), "--ckpt_path", "last"])

@@ -45,7 +45,7 @@ def test_unlearn_from_python(tmp_path, tiny_model_dir, text_files, muse_dir):
     ]
     out = load("unlearn_from_python").main(argv)
     assert (out["saved"] / "adapter_model.safetensors").exists()
-    assert out["module"].hparams["objective"] == "ga_gdr"
+    assert out["module"].hparams["objective"]["method"] == "ga_gdr"
     for name in ("results.md", "quantization_survival.csv", "precision_curves.png"):
         assert (tmp_path / name).exists(), name
     keys = logged_keys(tmp_path / "metrics.csv")

@@ -10,9 +10,11 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
+from lit_unlearn.objectives import ObjectiveSettings
 from lit_unlearn.data import collate
 
 LORA = LoRA(r=4, alpha=8, dropout=0.0)
+GA_GDR = ObjectiveSettings("ga_gdr", retain_weight=1.0)
 
 
 def make_trainer(tmp_path, **kwargs) -> Trainer:
@@ -43,7 +45,7 @@ def combined(module):
 
 
 def test_npo_with_lora_at_step_zero_is_two_over_beta_ln2(tiny_model_dir):
-    module = built(tiny_model_dir, objective="npo", lora=LORA, npo_beta=0.1)
+    module = built(tiny_model_dir, objective=ObjectiveSettings("npo", npo_beta=0.1), lora=LORA)
     out = module.objective(
         module._forward(module.model, combined(module)["forget"]),
         combined(module)["forget"]["labels"],
@@ -96,7 +98,7 @@ def _nll(module, batch):
 
 def test_fit_lowers_forget_likelihood_and_gdr_keeps_retain(tiny_model_dir, text_files, tmp_path):
     seed_everything(0)
-    module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=LoRA(r=8, alpha=16, dropout=0.0),
+    module = built(tiny_model_dir, objective=GA_GDR, lora=LoRA(r=8, alpha=16, dropout=0.0),
                    optimizer=lambda p: torch.optim.AdamW(p, lr=2e-2))
     probe = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], tokenizer=tiny_model_dir,
                                    max_length=32, batch_size=64, shuffle=False)
@@ -246,9 +248,9 @@ def test_reference_runs_without_dropout_while_training_keeps_it(tiny_model_dir, 
 def test_quantization_aware_losses_see_the_deployed_model(tiny_model_dir, lora):
     from lit_unlearn.deployment import quantize_model_
 
-    module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora, quantization_aware="nf4")
+    module = built(tiny_model_dir, objective=GA_GDR, lora=lora, quantization_aware="nf4")
     batch = combined(module)
-    deployed = UnlearningModule(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora)
+    deployed = UnlearningModule(tiny_model_dir, objective=GA_GDR, lora=lora)
     deployed.configure_model()
     deployed.model.load_state_dict(module.model.state_dict())
     net = deployed.model.merge_and_unload() if lora is not None else deployed.model
@@ -266,7 +268,7 @@ def test_quantization_aware_losses_see_the_deployed_model(tiny_model_dir, lora):
 def test_quantization_aware_fit_trains_and_none_is_the_plain_run(tiny_model_dir, text_files, tmp_path):
     def fit(**kwargs):
         seed_everything(0)
-        module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=LORA,
+        module = built(tiny_model_dir, objective=GA_GDR, lora=LORA,
                        optimizer=lambda p: torch.optim.AdamW(p, lr=2e-2), **kwargs)
         dm = ForgetRetainDataModule(forget=text_files["forget"], retain=text_files["retain"], max_length=32,
                                     batch_size=4)
@@ -287,7 +289,7 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_last_checkpoint(
     from lit_unlearn.checkpoint_io import SafetensorsCheckpointIO
 
     seed_everything(0)
-    module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=LORA)
+    module = built(tiny_model_dir, objective=GA_GDR, lora=LORA)
     real = module.objective.__class__.__call__
 
     def poisoned(self, *args, **kwargs):
@@ -337,7 +339,7 @@ def test_quantization_aware_gradients_are_the_same_with_gradient_checkpointing(t
     grads = []
     for checkpointing in (False, True):
         seed_everything(0)
-        module = built(tiny_model_dir, objective="ga_gdr", retain_weight=1.0, lora=lora, quantization_aware="nf4",
+        module = built(tiny_model_dir, objective=GA_GDR, lora=lora, quantization_aware="nf4",
                        quantization_aware_retain=retain_aware, gradient_checkpointing=checkpointing)
         assert module.model.is_gradient_checkpointing is checkpointing
         batch = combined(module)

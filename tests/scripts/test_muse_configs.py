@@ -72,7 +72,7 @@ def test_p1s_lora_rows(script):
     books = _load(ROOT / "configs/muse/books/npo_gdr_lora.yaml")
     assert books["model"]["lora"]["r"] == 64 and books["model"]["lora"]["alpha"] == 128
     assert books["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(7e-4)
-    assert books["trainer"]["max_epochs"] == 5 and books["model"]["retain_weight"] == 1.0
+    assert books["trainer"]["max_epochs"] == 5 and books["model"]["objective"]["retain_weight"] == 1.0
     for (corpus, method), (r, alpha) in P1_ROWS.items():
         config = _load(ROOT / f"configs/muse/{corpus}/{method}_lora.yaml")
         assert (config["model"]["lora"]["r"], config["model"]["lora"]["alpha"]) == (r, alpha), (corpus, method)

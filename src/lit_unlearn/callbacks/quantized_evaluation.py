@@ -97,8 +97,9 @@ class QuantizedEvaluation(Callback):
         output_dir: Where ``results.md``/``.csv``/``.json`` go; ``None`` uses the run's own directory
             (``trainer.log_dir`` for CSV/TensorBoard loggers, ``<save_dir>/<project>/<run id>`` for W&B,
             else ``default_root_dir``).
-        method: Row name of the trained model; ``None`` uses ``pl_module.hparams["objective"]`` (or the
-            class name), with `` (LoRA)`` appended for a peft model.
+        method: Row name of the trained model; ``None`` uses ``pl_module.hparams["objective"]`` (its
+            ``method`` when it is the dict of an objective's settings, or the class name), with `` (LoRA)``
+            appended for a peft model.
         tokenizer: Tokenizer path or hub id, used only when the module carries no tokenizer.
         quantizer: ``fake`` (exact simulation on any device) or ``bitsandbytes`` (CUDA: the merged model
             is reloaded with ``BitsAndBytesConfig``; no ``int4``).
@@ -438,6 +439,8 @@ class QuantizedEvaluation(Callback):
             return self.method
         hparams = getattr(pl_module, "hparams", {}) or {}
         objective = hparams.get("objective") if hasattr(hparams, "get") else None
+        if isinstance(objective, dict):  # UnlearningModule records its ObjectiveSettings' fields
+            objective = objective.get("method")
         name = str(objective) if isinstance(objective, str) else type(pl_module).__name__
         return f"{name} (LoRA)" if is_peft_model(model) else name
 

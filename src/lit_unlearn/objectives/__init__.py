@@ -2,7 +2,8 @@
 
 ``L = γ · L_forget + α · L_retain``: pick a forget loss (:class:`GradAscent`, :class:`NPO`,
 :class:`SimNPO`) and optionally a retain term (:class:`GDR`, :class:`KLR`), compose them with
-:class:`Objective`, or name a method from :data:`METHODS` with :func:`build_objective`. All losses take
+:class:`Objective`, or name a method from :data:`METHODS` with :func:`build_objective` (or, with its knobs as
+one value, :class:`ObjectiveSettings`, the module's ``objective``). All losses take
 causal-LM logits ``(B, T, V)`` and labels ``(B, T)`` in the Hugging Face convention.
 """
 
@@ -25,6 +26,7 @@ from lit_unlearn.objectives.objective import (
     default_retain_weight,
 )
 from lit_unlearn.objectives.retain import GDR, KLR, KLR_FORMS, token_kl
+from lit_unlearn.objectives.settings import Method, ObjectiveSettings, objective_settings
 from lit_unlearn.objectives.sure import (
     SURE_SCOPES,
     apply_row_masks_,
@@ -47,8 +49,10 @@ __all__ = [
     "ForgetOutput",
     "GradAscent",
     "LossOutput",
+    "Method",
     "Objective",
     "ObjectiveOutput",
+    "ObjectiveSettings",
     "RetainLoss",
     "RetainOutput",
     "SimNPO",
@@ -58,6 +62,7 @@ __all__ = [
     "default_retain_weight",
     "mean_token_nll",
     "npo_initial_value",
+    "objective_settings",
     "percentile_threshold",
     "row_grad_norms",
     "scored_positions",
