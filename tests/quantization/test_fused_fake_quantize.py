@@ -11,17 +11,20 @@ from lit_unlearn.quantization.merge import merge
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", ["nf4", "fp4", "int4", "int3", "int8"])
+@pytest.mark.parametrize("name", ["nf4", "fp4", "int4", "int3", "int8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k"])
 def test_fused_fake_quantize_of_the_merge_is_the_eager_one(name: str, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
     w0 = (torch.randn(96, 256, generator=g) * 0.02).to(dtype)
     w0[0, :64], w0[1, :64] = 0.0, -1e-30  # a zero block, and one of tiny negatives (fp4's -0.0, RTN's +0.0)
+    # A block whose largest weight is positive gives Q4_0/Q5_0 a negative scale: its small weights decode to -0.0.
+    w0[2, :32] = torch.linspace(1e-3, 2e-2, 32)
     delta = torch.randn(96, 256, generator=g) * 1e-3
     delta[3, :64] = -w0[3, :64].float()  # a block merged to zero
+    delta[2, :32] = 0.0
     scheme = fit_scheme(get_scheme(name), w0.shape)
     got = _fused.fake_quantize_merged(w0, delta, scheme, codec_for(scheme, w0.device).group_len(w0.shape))
-    if scheme.family == "llm_int8":
-        assert got is None  # int8 stays eager
+    if scheme.family == "llm_int8" or scheme.name == "q4_k":
+        assert got is None  # LLM.int8 and the K-quants stay eager
         return
     want = fake_quantize(merge(w0, delta), scheme)
     bits = torch.int32 if dtype == torch.float32 else torch.int16

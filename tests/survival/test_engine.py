@@ -116,3 +116,26 @@ def test_callback_history_is_the_engines_rows(tmp_path):
     engine = SurvivalEngine(module.model, ["nf4"])
     engine.prepare({name: original.get_submodule(name).weight.detach() for name in engine.snapshot_layers})
     assert engine.weight_check().rows(step=2) == survival.history
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8", "q4_1"])
+def test_probe_losses_are_the_same_bits_with_a_held_copy_and_layer_by_layer(monkeypatch, scheme):
+    import lit_unlearn.survival.engine as engine_module
+
+    model = Unlearner().model
+    engine = SurvivalEngine(model, [scheme])
+    engine.prepare()
+    probe = [split_probe(batch) for batch in forget_retain_batches(2)]
+    with torch.no_grad():
+        for layer in engine.watched:
+            layer.linear.weight.add_(torch.randn_like(layer.linear.weight), alpha=0.05)
+    seen = []
+    real = engine_module.deployed_model
+    monkeypatch.setattr(engine_module, "deployed_model", lambda *a, **k: seen.append(k["lazy"]) or real(*a, **k))
+
+    held = engine.probe(loss_of(model), [probe])[0]
+    assert seen == [False]  # the toy model's deployed copy is far under the budget
+    monkeypatch.setattr(engine_module, "EAGER_PROBE_BYTES", 0)
+    streamed = engine.probe(loss_of(model), [probe])[0]
+    assert seen == [False, True]
+    assert held == streamed and held[scheme] != held["fp"]

@@ -250,20 +250,23 @@ def _chunk_fake_quantize(raw0: Tensor, delta: Tensor | None, scheme: Scheme, tab
     else:
         values, scales, zero_points, _, bad = _encode(x, scheme, tables)
         q = _dequantize(values, scales, zero_points, scheme)
-        if zero_points is None:
-            q = q + 0.0  # a stored integer code 0 decodes to +0.0, where rounding left -0.0
+        if zero_points is None and scheme.family != "gguf":
+            # A stored integer code 0 decodes to +0.0, where rounding left -0.0. GGUF's values are exact
+            # (code less offset) and ggml's `value * d` keeps the sign of a negative Q4_0/Q5_0 scale.
+            q = q + 0.0
     return q.to(raw0.dtype), bad.sum()
 
 
 def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group_len: int) -> Tensor | None:
     """``fake_quantize(merge(w0, delta), scheme)`` by a compiled kernel, chunk by chunk; ``None`` where it does
-    not apply (another family or device, a shorter last group, a failed compile): the caller then runs eagerly.
+    not apply (LLM.int8, the K-quants, another device, a shorter last group, a failed compile): the caller
+    then runs eagerly. nf4/fp4, the integer RTN schemes and GGUF's legacy block formats apply.
 
     ``scheme`` is already fitted to the weight's shape; ``group_len`` is its codec's. Equal to the eager path
     bit for bit (tested). Raises ``ValueError`` for non-finite weights, as the eager path.
     """
     if not (
-        scheme.family in ("bnb4", "rtn")
+        (scheme.family in ("bnb4", "rtn") or scheme.name in LEGACY_OFFSET)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES
         and (delta is None or (delta.dtype in _DTYPES and delta.shape == w0.shape))
@@ -275,18 +278,20 @@ def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group
 
     flat0 = w0.detach().reshape(-1)
     flat_delta = None if delta is None else delta.detach().reshape(-1)
-    out = torch.empty(w0.shape, dtype=w0.dtype)
-    flat_out = out.view(-1)
+    chunks = list(iter_chunks(flat0.numel(), group_len, CHUNK_ELEMENTS))
+    out = None if len(chunks) == 1 else torch.empty(w0.shape, dtype=w0.dtype)
     kernel, tables = _fake_kernel(), _tables(scheme)
     try:
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT, specialize_float=True):
-            for chunk in iter_chunks(flat0.numel(), group_len, CHUNK_ELEMENTS):
+            for chunk in chunks:
                 part, shape = slice(chunk.start, chunk.stop), (chunk.groups, group_len)
                 other = None if flat_delta is None else flat_delta[part].view(shape)
                 q, nonfinite = kernel(flat0[part].view(shape), other, scheme, tables)
                 if nonfinite > 0:
                     raise_not_finite(chunk)
-                flat_out[part].copy_(q.view(-1))
+                if out is None:
+                    return q.view(w0.shape)  # one chunk: the kernel's output is the weight, no copy
+                out.view(-1)[part].copy_(q.view(-1))
     except Exception as error:
         if not _is_compile_failure(error):
             raise

@@ -15,8 +15,8 @@ as int8 codes ``CB`` with one absmax ``SCB`` per output row, and in every forwar
    / 127)ᵀ`` with the weight columns dequantized to ``A``'s dtype.
 
 :func:`llm_int8_linear` is those four steps in that order. The integer product is exact, as the GPU's int32
-matmul is: in fp32 up to 1040 input features (products ≤ 127², so every partial sum stays below 2²⁴),
-in float64 beyond (exact below 2⁵³). bitsandbytes' CPU fallback without AVX-512 multiplies in fp32 at any
+matmul is: fp32 products over slices of at most 1040 input features (products ≤ 127², so every partial
+sum stays below 2²⁴), summed in int32. bitsandbytes' CPU fallback without AVX-512 multiplies in fp32 at any
 width, so it is exact only up to 1040 input features.
 """
 
@@ -33,6 +33,8 @@ THRESHOLD = 6.0
 #: bitsandbytes' constant for ``1 / 127²`` in ``int8_mm_dequant``.
 DEQUANT_SCALE = 6.200124e-05
 _INV_127 = 7.874015718698502e-3  # bitsandbytes' ``int8_vectorwise_dequant``
+# Input features whose int8 products fp32 sums exactly: 1040 · 127² < 2^24.
+_EXACT_COLUMNS = (1 << 24) // (127 * 127)
 
 
 def llm_int8_linear(x: Tensor, codes: Tensor, scb: Tensor, bias: Tensor | None = None,
@@ -62,9 +64,14 @@ def llm_int8_linear(x: Tensor, codes: Tensor, scb: Tensor, bias: Tensor | None =
     ca = torch.nan_to_num(ca, nan=0.0).to(torch.int8)  # an all-zero row (0/0) quantizes to zeros
     if cols is not None and cols.numel() and a.shape[0] > 1:
         ca[:, cols] = 0
-    # Exact either way: |products| ≤ 127², so fp32 holds every partial sum of up to 1040 of them exactly.
-    exact = torch.float32 if codes.shape[1] * 127 * 127 < 2**24 else torch.float64
-    acc = (ca.to(exact) @ codes.to(exact).t()).to(torch.int32)
+    # Exact: |products| ≤ 127², so fp32 holds every partial sum of up to 1040 of them exactly; wider
+    # inputs are summed in int32 over slices of at most that many columns.
+    width = codes.shape[1]
+    acc = None
+    for start in range(0, width, _EXACT_COLUMNS):
+        part = slice(start, min(start + _EXACT_COLUMNS, width))
+        partial = (ca[:, part].float() @ codes[:, part].float().t()).to(torch.int32)
+        acc = partial if acc is None else acc.add_(partial)
     out = acc * (sca.unsqueeze(-1) * scb.float().reshape(1, -1)) * DEQUANT_SCALE
     if bias is not None:
         out += bias.to(x.dtype)

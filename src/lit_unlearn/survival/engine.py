@@ -23,9 +23,12 @@ Where ``W0`` comes from:
   block scales; the functional check re-quantizes exactly (8-bit scales too).
 
 Either way the cached ``Q(W0)`` adds 1 byte per weight and scheme of host RAM (plus one fp32 scale per
-block), and a check holds at most one layer's temporaries on the device, never a copy of the model.
-While the functional check runs one scheme it keeps that scheme's ``Q(W0 + ΔW)`` codes in host RAM too
-(another byte per weight), so that each layer is quantized once per scheme, not once per probe forward.
+block), and the weight-space check holds at most one layer's temporaries on the device. The functional
+check runs each scheme's probe forwards over one deployed copy of the model's layers when that copy takes
+at most :data:`EAGER_PROBE_BYTES` (SmolLM2-135M: 0.4 GiB in fp32), so each layer is quantized once per
+scheme and every forward runs at a plain forward's speed; above it, a layer's deployed weight exists only
+while that layer runs (formed again for each forward, from codes kept in host RAM where no compiled pass
+applies), never a copy of the model.
 
 Under FSDP2 (weights sharded by rows as ``DTensor``\ s) the weight-space sums are reduced over the ranks
 (or a layer is gathered alone), so :meth:`SurvivalEngine.weight_check` and
@@ -63,6 +66,10 @@ HISTORY_KEYS = (
 #: given. Below it the ratio divides quantization noise by almost nothing; early in a run, or with a
 #: learning rate too small to move the loss, the metric is simply absent.
 MIN_FORGET_EFFECT = 1e-3
+
+#: Largest deployed copy of the model's layers (bytes) that the functional check holds for one scheme's
+#: probe forwards; above it each layer is deployed only while it runs (see the module's docstring).
+EAGER_PROBE_BYTES = 1 << 30
 
 #: Probe losses of one model state: ``{"fp": {split: loss}, <scheme>: {split: loss}}``, the mean loss per
 #: split (``forget``, and ``retain`` when the probe has it) at full precision and deployed per scheme.
@@ -302,7 +309,10 @@ class SurvivalEngine:
         if scheme is None:
             # Full precision: only snapshot layers need W0 swapped in; LoRA layers are bare with adapters off.
             layers = [layer for layer in layers if layer.source == "snapshot" and layer.quantized]
-        return deployed_model(self.model, layers, scheme, original=original, lazy=True)
+        # Sharded weights (FSDP2) are whole only inside their block's forward: deployed there, lazily.
+        sharded = any(layer.mesh is not None for layer in self.layers)
+        lazy = sharded or _deployed_bytes(layers) > EAGER_PROBE_BYTES
+        return deployed_model(self.model, layers, scheme, original=original, lazy=lazy)
 
 
 def effect_retained(
@@ -317,6 +327,17 @@ def effect_retained(
     if abs(fp_effect) < MIN_FORGET_EFFECT:
         return None
     return (q["forget"] - q_original["forget"]) / fp_effect
+
+
+def _deployed_bytes(layers: Sequence[DeployedLayer]) -> int:
+    """Bytes of one deployed copy of ``layers``' weights (a 4-bit base's in its compute dtype)."""
+    total = 0
+    for layer in layers:
+        weight = layer.linear.weight
+        dtype = getattr(layer.linear, "compute_dtype", None) or weight.dtype
+        size = torch.empty((), dtype=dtype).element_size() if dtype.is_floating_point else 4
+        total += layer.numel * size
+    return total
 
 
 def _as_scheme(item: Scheme | Deployment | str, block_size: int | None) -> Scheme:
