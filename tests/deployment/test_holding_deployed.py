@@ -35,9 +35,10 @@ def test_held_weight_equals_the_weight_quantized_each_time(name: str, dtype: tor
         assert layer._held is None
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", ["nf4", "fp4", "int4", "q4_0", "q4_1", "q8_0"])
-@pytest.mark.parametrize("adapter", ["lora", "full"])
+@pytest.mark.parametrize(("name", "dtype", "adapter"), [
+    ("nf4", torch.float32, "lora"), ("nf4", torch.bfloat16, "lora"), ("nf4", torch.float32, "full"),
+    ("int4", torch.float32, "lora"), ("q4_1", torch.float32, "lora"), ("q4_0", torch.bfloat16, "full"),
+])
 def test_a_large_layer_is_deployed_by_the_compiled_pass_bit_for_bit(name, dtype, adapter) -> None:
     from lit_unlearn.quantization import _fused, fake_quantize
     from lit_unlearn.quantization.merge import merge
