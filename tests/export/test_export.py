@@ -146,12 +146,12 @@ def test_nf4_copy_names_the_layers_an_avx512_cpu_decodes_wrong(adapter, tmp_path
 
 
 def test_failed_bitsandbytes_save_keeps_the_merged_export(adapter, tmp_path, monkeypatch):
-    import lit_unlearn.export as export_module
+    import lit_unlearn.export.saving as saving
 
     def refuse(quantize, dtype):
         raise RuntimeError("no kernel for this device")
 
-    monkeypatch.setattr(export_module, "bitsandbytes_config", refuse)
+    monkeypatch.setattr(saving, "bitsandbytes_config", refuse)
     with pytest.raises(RuntimeError, match=r"fp4.*no kernel.*CUDA.*complete.*quantize it at load time"):
         export(adapter[0], str(tmp_path), quantize="fp4", progress=False, overwrite=True)
     assert (tmp_path / "model.safetensors").is_file()
