@@ -233,3 +233,34 @@ def test_fsdp1_fit_turns_the_callback_off_and_fsdp1_test_is_refused_but_fsdp2_is
     for stage in ("fit", "test"):
         evaluation.setup(SimpleNamespace(strategy=FSDP2Strategy()), None, stage)
         assert evaluation._active
+
+
+def test_the_strategy_messages_in_full():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    from lit_unlearn.deployment import UnsupportedStrategyError
+
+    why = (
+        "QuantizedEvaluation deploys each weight as its layer runs, which it can do under FSDP2 "
+        "(ModelParallelStrategy, lit_unlearn.strategies.FSDP2Strategy), but DeepSpeedStrategy shards weights its "
+        "own way."
+    )
+    trainer = SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy))
+    with pytest.raises(UnsupportedStrategyError) as error:
+        QuantizedEvaluation().setup(trainer, None, "validate")
+    assert str(error.value) == (
+        f"{why} Run `lit-unlearn test` with `--trainer.strategy lit_unlearn.strategies.FSDP2Strategy`, on one "
+        "device, or with strategy='ddp', where each rank evaluates a shard of the items."
+    )
+    with pytest.warns(UserWarning) as warned:
+        QuantizedEvaluation().setup(trainer, None, "fit")
+    assert [str(w.message) for w in warned] == [
+        f"{why} It is off for this fit; train with FSDP2Strategy to evaluate during the fit, or evaluate the saved "
+        "model with `lit-unlearn test`."
+    ]
+    evaluation = QuantizedEvaluation()
+    for stage in ("fit", "test"):
+        evaluation.setup(SimpleNamespace(strategy=DDPStrategy()), None, stage)  # each rank a shard of the items
+        assert evaluation._active

@@ -21,14 +21,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 from typing_extensions import override
 
 from lit_unlearn._paths import run_directory
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.deployment import Deployment, UnsupportedStrategyError, shards_weights
+from lit_unlearn.deployment import Deployment, check_strategy
 from lit_unlearn.evaluation import Precision, Quantizer, ResultsTable, Task
 from lit_unlearn.evaluation.cache import ResultsCache
 from lit_unlearn.evaluation.references import RETRAIN, ReferenceRows, check_references
@@ -42,6 +41,22 @@ __all__ = ["CURVES_IMAGE_KEY", "CURVES_NAME", "QuantizedEvaluation"]
 #: File (in the output directory) and logged image key of the precision curves drawn at fit end.
 CURVES_NAME = "precision_curves.png"
 CURVES_IMAGE_KEY = "eval/precision_curves"
+
+# Under a strategy that shards weights its own way (FSDP1, DeepSpeed): why, the message, and the fix for a
+# fit (the evaluation is off for it) and for a test (refused).
+_STRATEGY_WHY = (
+    "deploys each weight as its layer runs, which it can do under FSDP2 (ModelParallelStrategy, "
+    "lit_unlearn.strategies.FSDP2Strategy)"
+)
+_STRATEGY_REFUSAL = "{who} {why}, but {strategy} shards weights its own way. {fix}"
+_FIT_FIX = (
+    "It is off for this fit; train with FSDP2Strategy to evaluate during the fit, or evaluate the saved model "
+    "with `lit-unlearn test`."
+)
+_TEST_FIX = (
+    "Run `lit-unlearn test` with `--trainer.strategy lit_unlearn.strategies.FSDP2Strategy`, on one device, or "
+    "with strategy='ddp', where each rank evaluates a shard of the items."
+)
 
 
 def _setting(name: str) -> property:
@@ -232,22 +247,13 @@ class QuantizedEvaluation(Callback):
             # which is restored after `setup`.
             self._curve = []
             self._step_results = None
-        if shards_weights(trainer.strategy) and not isinstance(trainer.strategy, ModelParallelStrategy):
-            message = (
-                "QuantizedEvaluation deploys each weight as its layer runs, which it can do under FSDP2 "
-                f"(ModelParallelStrategy, lit_unlearn.strategies.FSDP2Strategy), but {type(trainer.strategy).__name__} "
-                "shards weights its own way."
-            )
-            if stage != "fit":
-                raise UnsupportedStrategyError(
-                    f"{message} Run `lit-unlearn test` with `--trainer.strategy lit_unlearn.strategies.FSDP2Strategy`, "
-                    "on one device, or with strategy='ddp', where each rank evaluates a shard of the items."
-                )
-            rank_zero_warn(
-                f"{message} It is off for this fit; train with FSDP2Strategy to evaluate during the fit, or "
-                "evaluate the saved model with `lit-unlearn test`."
-            )
-            self._active = False
+        # One device, DDP (each rank evaluates a shard of the items) and FSDP2 are served; a fit under another
+        # sharding strategy goes on without the evaluation, a test is refused.
+        fit = stage == "fit"
+        self._active = check_strategy(
+            trainer.strategy, "QuantizedEvaluation", _STRATEGY_WHY, fix=_FIT_FIX if fit else _TEST_FIX,
+            allow_fsdp2=True, refusal=_STRATEGY_REFUSAL, warn=fit,
+        )
         if self.quantizer == "bitsandbytes" and not torch.cuda.is_available():
             raise ValueError(
                 "`quantizer`='bitsandbytes' needs a CUDA device and none is available; use "
