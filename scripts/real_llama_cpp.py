@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def llama_cpp_replies(path: Path, prompts: Sequence[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
     """Greedy continuations (token ids, end-of-turn excluded) of each prompt under llama.cpp, one thread."""
-    import llama_cpp
+    from lit_unlearn.gguf_io.llama_cpp import load_llama
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False,
-                          seed=0)
+    llm = load_llama(path, n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False, seed=0)
     replies = []
     for prompt in prompts:
         llm.reset()

@@ -26,6 +26,7 @@ from lit_unlearn import UnlearningModule
 from lit_unlearn.adapters import LoRA
 from lit_unlearn.export import export, main
 from lit_unlearn.gguf_io import GGUFBase
+from lit_unlearn.gguf_io.llama_cpp import load_llama
 from lit_unlearn.quantization import fake_quantize, get_scheme
 from tests.conftest import build_tokenizer, make_texts
 from tests.gguf.tiny_gguf import tiny_gguf, tiny_llama_and_tokenizer  # noqa: F401  (fixtures)
@@ -36,7 +37,7 @@ FLOAT_RTOL = 2e-3
 
 
 def _llama(path: Path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(model_path=str(path), logits_all=True, n_threads=1, n_ctx=64, verbose=False)
+    return load_llama(path, logits_all=True, n_threads=1, n_ctx=64, verbose=False)
 
 
 def _llama_logits(llm: llama_cpp.Llama, ids: list[int]) -> np.ndarray:

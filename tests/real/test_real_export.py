@@ -39,10 +39,9 @@ def test_reexported_q4_1_is_the_shipped_file_tensor_for_tensor(smollm2, tmp_path
 
 
 def test_llama_cpp_answers_our_export_as_the_fake_quantized_model(smollm2, tmp_path):
-    import llama_cpp
-
     from lit_unlearn.deployment import deployed_weights
     from lit_unlearn.gguf_io import gguf_base_of
+    from lit_unlearn.gguf_io.llama_cpp import load_llama
     from lit_unlearn.gguf_io.write import write_gguf
     from lit_unlearn.real import is_correct, load_benchmark, verdicts
     from lit_unlearn.real.probe import _prompt_ids
@@ -53,7 +52,7 @@ def test_llama_cpp_answers_our_export_as_the_fake_quantized_model(smollm2, tmp_p
     write_gguf(model, tokenizer, out, "q4_k_m", base=gguf_base_of(model))
     with deployed_weights(model, "q4_k_m") as deployed:
         ours = verdicts(deployed, tokenizer, items, max_new_tokens=16)
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
+    llm = load_llama(out, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     agree = 0
     for item, row in zip(items, ours, strict=True):
