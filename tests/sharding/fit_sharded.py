@@ -52,7 +52,8 @@ def main(spec_path: str) -> None:
         evaluation = QuantizedEvaluation(**spec["evaluation"])
         callbacks.append(evaluation)
     if spec.get("checkpoints"):
-        callbacks.append(ModelCheckpoint(dirpath=spec["checkpoints"], save_last=True, every_n_train_steps=1))
+        callbacks.append(ModelCheckpoint(dirpath=spec["checkpoints"], save_last=True, every_n_train_steps=1,
+                                         save_top_k=-1))  # every step's file kept
     trainer = Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=spec["steps"], logger=False,
                       enable_checkpointing=bool(spec.get("checkpoints")), enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks, default_root_dir=spec["root"],

@@ -14,6 +14,8 @@ import pytest
 import torch
 from tests.conftest import build_tiny_llama
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).with_name("fit_sharded.py")
 ROOT = Path(__file__).parents[2]
 
@@ -139,19 +141,20 @@ def test_two_process_fsdp2_survival_equals_one_process_on_the_same_weights(
                          ids=["full-npo-klr", "lora-npo-gdr"])
 def test_sharded_resume_mid_epoch_continues_exactly(wide_model_dir, text_files, tmp_path, lora, objective):
     """FSDP2Strategy writes one safetensors checkpoint per step through SafetensorsCheckpointIO (the whole
-    state gathered on rank zero) and reads it back on every rank: stopped at step 3 and resumed, the fit
-    ends on the weights and survival history of the uninterrupted one."""
+    state gathered on rank zero) and reads it back on every rank: resumed from the uninterrupted fit's
+    checkpoint of step 3 (as after a preemption there), a second fit ends on the weights and survival history
+    of the uninterrupted one."""
     common = {"sharded": True, "lora": lora, "objective": objective, "shuffle": True}
     straight = _fit(tmp_path, wide_model_dir, text_files, steps=6, name="straight",
                     checkpoints=str(tmp_path / "straight" / "ckpt"), **common)
-    ckpt = tmp_path / "split" / "ckpt"
-    _fit(tmp_path, wide_model_dir, text_files, steps=3, name="split", checkpoints=str(ckpt), **common)
+    (step3,) = (tmp_path / "straight" / "ckpt").glob("*step=3.ckpt")
     from safetensors import safe_open
 
-    with safe_open(str(ckpt / "last.ckpt"), framework="pt") as f:  # a safetensors file, no pickle
+    with safe_open(str(step3), framework="pt") as f:  # a safetensors file, no pickle
         assert any("lora" in k or "layers" in k for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
-    resumed = _fit(tmp_path, wide_model_dir, text_files, steps=6, name="split", checkpoints=str(ckpt),
-                   ckpt_path=str(ckpt / "last.ckpt"), **common)
+    resumed = _fit(tmp_path, wide_model_dir, text_files, steps=6, name="resumed",
+                   checkpoints=str(tmp_path / "resumed" / "ckpt"), ckpt_path=str(step3), **common)
+    assert f"Restored all states from the checkpoint at {step3}" in resumed["log"], "it resumed, at step 3"
     from safetensors.torch import load_file
 
     expected = load_file(next(straight["saved"].glob("*.safetensors")))

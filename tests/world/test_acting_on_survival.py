@@ -12,6 +12,8 @@ import yaml
 
 from lit_unlearn.cli import UnlearnCLI
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).parents[2] / "configs"
 
 
