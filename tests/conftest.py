@@ -24,8 +24,8 @@ def pytest_report_header(config):
 
 def pytest_collection_modifyitems(config, items):
     """Files with slow tests first, each file's tests together and in order: under ``pytest -n 2 --dist
-    loadfile`` the long end-to-end files start at once and the many short ones fill in around them, rather
-    than two long files ending the run on their own."""
+    loadfile --no-loadscope-reorder`` the long end-to-end files start at once and the many short ones fill in
+    around them, rather than two long files ending the run on their own."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)  # stable: collection order within each group
 
