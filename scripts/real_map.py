@@ -63,7 +63,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-PRECISIONS = ("full", "int8", "nf4", "q4_1", "q4_k_m", "q8_0")  # fp4 with --precisions
+PRECISIONS = ("full", "int8", "nf4", "fp4", "q4_1", "q4_k_m", "q8_0")
 WATCHED = ("q4_1", "nf4", "int8")  # checked in training (q4_1 is also what detection adds)
 SURVIVAL_KEYS = ("effect_retained", "changed", "below_half_step")
 SPLITS = ("forget", "paraphrase", "neighbour", "retain")
@@ -101,6 +101,12 @@ CELLS: tuple[Cell, ...] = (
     Cell("ga_gdr", "lora", 7e-4),
     Cell("simnpo_gdr", "lora", 7e-4),
     Cell("npo_gdr", "lora", 7e-4, quantization_aware="q4_1"),
+    Cell("ga_gdr", "full", 1e-4),
+    Cell("simnpo_gdr", "full", 1e-4),
+    Cell("ga_gdr", "lora", 1e-4),
+    Cell("simnpo_gdr", "lora", 1e-4),
+    Cell("ga_gdr", "full", 1e-5),
+    Cell("simnpo_gdr", "full", 1e-5),
 )
 CANDIDATES = ("floor:auto", "amplify:16", "floor:0.01", "floor:0.001")
 
@@ -479,10 +485,21 @@ def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dic
         c for c in args.candidates if c not in result.get("candidates", {})
     ]
     missing_stats = any("changed" not in result["survival"].get(s, {}) for s in WATCHED)
-    if not want and not missing_stats:
+    missing_precisions = [p for p in args.precisions if p not in result["scores"]]
+    if not want and not missing_stats and not missing_precisions:
         return False
     if delta is None:
+        if not (run_dir / "delta.safetensors").is_file():
+            return False  # an early run that kept no update: nothing can be added to it
         delta = load_file(str(run_dir / "delta.safetensors"))
+    if missing_precisions:  # a precision asked for now: the merge W0 + ΔW scored there
+        model = with_update(base, delta, "amplify:1")
+        result["scores"].update(scores(model, tokenizer, benchmark, missing_precisions, args.batch_size))
+        for p in missing_precisions:
+            if p != "full":
+                result["kept"][p] = {s: kept(original, result["scores"], p, s, args.min_forgetting)
+                                     for s in ("forget", "paraphrase")}
+        del model
     if missing_stats:
         for scheme, stats in weight_statistics(base, delta, WATCHED).items():
             result["survival"].setdefault(scheme, {"effect_retained": None}).update(stats)
