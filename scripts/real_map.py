@@ -187,7 +187,7 @@ def scores(model: Any, tokenizer: Any, benchmark: Any, precisions: Sequence[str]
 
 def kept(original: dict, unlearned: dict, precision: str, split: str, min_forgetting: float) -> float | None:
     forgot = original["full"][f"{split}_acc"] - unlearned["full"][f"{split}_acc"]
-    if forgot < min_forgetting:
+    if forgot < min_forgetting or forgot <= 0:  # nothing forgotten: no share of it to keep
         return None
     return (original[precision][f"{split}_acc"] - unlearned[precision][f"{split}_acc"]) / forgot
 
@@ -515,7 +515,7 @@ def refresh(result: dict, run_dir: Path, args: argparse.Namespace, original: dic
         # Against the run's own forgetting at full precision: how much of it the candidate's Q4_1 file keeps.
         forgot = original["full"]["forget_acc"] - result["scores"]["full"]["forget_acc"]
         result["candidates"][candidate] = {
-            "kept": None if forgot < args.min_forgetting else (original["q4_1"]["forget_acc"] - q["forget_acc"]) / forgot,
+            "kept": None if forgot < args.min_forgetting or forgot <= 0 else (original["q4_1"]["forget_acc"] - q["forget_acc"]) / forgot,
             "forget_acc": q["forget_acc"], "paraphrase_acc": q["paraphrase_acc"],
             "neighbour_acc": q["neighbour_acc"], "retain_acc": q["retain_acc"], "utility_ppl": q["utility_ppl"],
             **({} if plan is None else {"plan": plan}),

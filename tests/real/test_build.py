@@ -220,3 +220,34 @@ def test_batched_questions_get_the_replies_asked_alone(chat_model):
     assert ask(model, tokenizer, questions, max_new_tokens=6, batch_size=3) == alone
     with pytest.raises(ValueError, match="`batch_size`=0"):
         ask(model, tokenizer, questions, batch_size=0)
+
+
+def test_real_map_pipeline_on_a_tiny_gguf_fills_a_new_precision_from_the_saved_update(chat_model, built, tmp_path):
+    """scripts/real_map.py end to end (--smoke: two steps per run) on the tiny chat model shipped as Q4_1 with
+    its benchmark; asked again for one more precision, it scores the stored run's saved update there
+    without fitting again."""
+    from pathlib import Path
+
+    from tests.conftest import load_script
+
+    from lit_unlearn.gguf_io import write_gguf
+
+    model, tokenizer = chat_model
+    gguf = tmp_path / "tiny.q4_1.gguf"
+    write_gguf(model, tokenizer, gguf, "q4_1")
+    real_map = load_script(Path(__file__).parents[2] / "scripts" / "real_map.py", "real_map")
+    args = ["--smoke", "--model", str(gguf), "--data", str(built[1]), "--out", str(tmp_path / "map"),
+            "--cells", "lora_npo_gdr_0.0007_30", "--seeds", "0", "--batch-size", "4", "--min-forgetting", "0"]
+    first = real_map.main([*args, "--precisions", "full", "q4_1", "--candidates", "amplify:2"])
+    (run,) = first["runs"]
+    assert run["steps"] == 2 and set(run["scores"]) == {"full", "q4_1"} and "amplify:2" in run["candidates"]
+    assert (tmp_path / "map" / "lora_npo_gdr_0.0007_30" / "seed0" / "delta.safetensors").is_file()
+    assert "| lora npo_gdr, lr 0.0007, 30 steps | 1 |" in first["markdown"]
+
+    second = real_map.main([*args, "--precisions", "full", "q4_1", "int8", "--candidates"])
+    (again,) = second["runs"]
+    assert again["fit_s"] == run["fit_s"]  # nothing refitted
+    assert set(again["scores"]) == {"full", "q4_1", "int8"} and set(again["kept"]) == {"q4_1", "int8"}
+    assert again["scores"]["q4_1"] == run["scores"]["q4_1"]
+    for split in ("forget", "paraphrase", "neighbour", "retain"):
+        assert 0.0 <= again["scores"]["int8"][f"{split}_acc"] <= 100.0
