@@ -10,9 +10,12 @@ one torch thread, best of ``--repeats``), each compiled by ``torch.compile``'s C
   (:func:`lit_unlearn.quantization._fused._bnb4_lookup`), summed;
 * ``count + gather``: the level index as a count of midpoints below, then a 16-entry table gather;
 * ``binary search``: four compare steps, each gathering its midpoint;
-* ``check``: the library's compiled nf4 statistics of ``W0 -> W0 + ΔW``
+* ``check``: the library's nf4 statistics of ``W0 -> W0 + ΔW``
   (:func:`lit_unlearn.quantization._fused.survival_sums`): two encodings (``W0``'s with its half step) and
-  six sums.
+  six sums, by the AVX-512 kernels (:mod:`lit_unlearn.quantization._simd`: a four-step binary search and
+  one register permute per table) where the CPU has them, and by the compiled chain (``LIT_UNLEARN_SIMD=0``);
+* ``deployed weight``: ``Q(W0 + ΔW)`` decoded, what the functional probe and quantization-aware LoRA
+  form (:func:`lit_unlearn.quantization._fused.fake_quantize_merged`), both ways.
 
 Writes ``benchmarks/results/lookup.json`` and ``.md``.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -29,7 +33,8 @@ from pathlib import Path
 import torch
 
 from lit_unlearn.quantization import get_scheme
-from lit_unlearn.quantization._fused import _bnb4_lookup, survival_sums
+from lit_unlearn.quantization import _simd
+from lit_unlearn.quantization._fused import _bnb4_lookup, fake_quantize_merged, survival_sums
 from lit_unlearn.quantization.bnb4 import levels_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,6 +78,19 @@ def candidates() -> dict[str, Callable[..., torch.Tensor]]:
     return {"scale": scale, "chain": chain, "count + gather": count_gather, "binary search": binary_search}
 
 
+def without_simd(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the AVX-512 kernels off: the torch.compile kernel's compare-and-select chain."""
+
+    def run() -> object:
+        os.environ["LIT_UNLEARN_SIMD"] = "0"
+        try:
+            return fn()
+        finally:
+            os.environ.pop("LIT_UNLEARN_SIMD")
+
+    return run
+
+
 def best(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
@@ -102,6 +120,9 @@ def main() -> None:
         compiled = torch.compile(fn, dynamic=True)
         fns[name] = lambda compiled=compiled: compiled(x)
     fns["check"] = lambda: survival_sums(flat, flat_delta, True, nf4, GROUP)
+    fns["check, compiled chain"] = without_simd(lambda: survival_sums(flat, flat_delta, True, nf4, GROUP))
+    fns["deployed weight"] = lambda: fake_quantize_merged(x, delta, nf4, GROUP)
+    fns["deployed weight, compiled chain"] = without_simd(lambda: fake_quantize_merged(x, delta, nf4, GROUP))
     # Interleaved rounds: every variant sees the same load.
     seconds = dict.fromkeys(fns, float("inf"))
     for _ in range(3):
@@ -130,6 +151,8 @@ def main() -> None:
         "| variant | M weights/s | share of an fp32 copy |",
         "|---|---|---|",
         *[f"| {r['variant']} | {r['weights_per_s'] / 1e6:.0f} | {r['share_of_copy']:.1%} |" for r in rows],
+        "",
+        f"AVX-512 kernels in use: {_simd.applies((x,), GROUP)}.",
         "",
     ]
     (RESULTS / "lookup.md").write_text("\n".join(lines))

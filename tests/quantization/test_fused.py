@@ -27,6 +27,7 @@ def compiled(monkeypatch):
     monkeypatch.setattr(_fused, "CHUNK_ELEMENTS", 1 << 13)
     monkeypatch.setitem(_fused._state, "failed", False)
     monkeypatch.delenv("LIT_UNLEARN_COMPILE", raising=False)
+    monkeypatch.setenv("LIT_UNLEARN_SIMD", "0")  # the torch.compile kernels; test_simd.py tests the other
     calls = []
     real = _fused.survival_sums
     monkeypatch.setattr(_fused, "survival_sums", lambda *a: calls.append(a) or real(*a))

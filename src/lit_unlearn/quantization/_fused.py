@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_unlearn.quantization._chunks import iter_chunks, raise_not_finite
+from lit_unlearn.quantization import _simd
+from lit_unlearn.quantization._chunks import Chunk, iter_chunks, raise_not_finite
 from lit_unlearn.quantization.bnb4 import _ABSMAX_FLOOR, levels_for
 from lit_unlearn.quantization.gguf_legacy import LEGACY_OFFSET, LEGACY_QMAX, LEGACY_WITH_MIN
 from lit_unlearn.quantization.rtn import _INV_127
@@ -278,6 +279,11 @@ def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group
 
     flat0 = w0.detach().reshape(-1)
     flat_delta = None if delta is None else delta.detach().reshape(-1)
+    if scheme.family == "bnb4" and _simd.applies((flat0, flat_delta), group_len):
+        q, bad = _simd.fake(flat0, flat_delta, _tables(scheme), group_len, _ABSMAX_FLOOR)
+        if bad >= 0:
+            raise_not_finite(_group(bad, group_len))
+        return q.view(w0.shape)
     chunks = list(iter_chunks(flat0.numel(), group_len, CHUNK_ELEMENTS))
     out = None if len(chunks) == 1 else torch.empty(w0.shape, dtype=w0.dtype)
     kernel, tables = _fake_kernel(), _tables(scheme)
@@ -331,6 +337,11 @@ def survival_sums(
     import torch._dynamo
 
     groups = flat0.numel() // group_len
+    if scheme.family == "bnb4" and _simd.applies((flat0, flat_other), group_len):
+        sums, bad = _simd.stats(flat0, flat_other, is_delta, _tables(scheme), groups, group_len, _ABSMAX_FLOOR)
+        if bad >= 0:
+            raise_not_finite(_group(bad, group_len))
+        return sums, groups * group_len
     totals = torch.zeros(7, dtype=torch.float64)
     kernel, tables = _kernel(), _tables(scheme)
     try:
@@ -348,6 +359,10 @@ def survival_sums(
         _compile_failed(error)
         return None
     return totals[:6], groups * group_len
+
+
+def _group(index: int, group_len: int) -> Chunk:
+    return Chunk(index * group_len, (index + 1) * group_len, index, 1, group_len, False)
 
 
 def _compile_failed(error: Exception) -> None:

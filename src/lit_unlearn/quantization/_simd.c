@@ -1,0 +1,128 @@
+/* nf4/fp4 survival statistics and fake quantization of fp32 weights with AVX-512 register lookups.
+ *
+ * The compiled (torch.compile) kernels of _fused.py find a weight's 4-bit level by a chain of 15
+ * compare-and-select steps per table, the fastest form inductor vectorises. Here the level index comes
+ * from a four-step branchless binary search over the 15 midpoints and every table (level, half step) is
+ * one 16-entry register permute (vpermps). The arithmetic is the compiled kernels', operation for
+ * operation and in the same order (no FMA contraction: built with -ffp-contract=off), so codes and
+ * deployed weights are bit-identical; the fp64 sums add the same fp32 products in another order.
+ *
+ * Built once per machine by _simd.py and loaded with ctypes; used only where the CPU has AVX-512F.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+/* The level of each scaled weight: how many of the ascending midpoints lie strictly below it (NaN: 0).
+ * mids[c] holds midpoint c (1-based); mids[0] is never read as a candidate. */
+static inline __m512i level_index(__m512 s, __m512 mids) {
+    __m512i index = _mm512_setzero_si512();
+    for (int step = 8; step >= 1; step >>= 1) {
+        __m512i candidate = _mm512_add_epi32(index, _mm512_set1_epi32(step));
+        __mmask16 above = _mm512_cmp_ps_mask(s, _mm512_permutexvar_ps(candidate, mids), _CMP_GT_OQ);
+        index = _mm512_mask_mov_epi32(index, above, candidate);
+    }
+    return index;
+}
+
+/* max |x| over a group (lanes of `len` floats, len % 16 == 0) and whether it holds a NaN. */
+static inline float group_absmax(const float *x, int64_t len, int *nan) {
+    __m512 best = _mm512_setzero_ps();
+    __mmask16 unordered = 0;
+    for (int64_t i = 0; i < len; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        best = _mm512_max_ps(best, _mm512_abs_ps(v));
+    }
+    *nan = unordered != 0;
+    return _mm512_reduce_max_ps(best);
+}
+
+static inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+static inline __m512d high_pd(__m512 v) {
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+/* Statistics of W0 -> W1 over n_groups groups of group_len weights (W1 = W0 + other when is_delta):
+ * out[0..5] = changed codes, updates below half a step, <dQ,dW>, ||dW||^2, ||dQ||^2, ||dQ-dW||^2.
+ * Returns the index of the first group with a non-finite absmax (W0's or W1's), or -1. */
+int64_t bnb4_stats_f32(const float *w0, const float *other, int is_delta, int64_t n_groups, int64_t group_len,
+                       const float *midpoints16, const float *compare16, const float *half16, float absmax_floor,
+                       double *out) {
+    const __m512 mids = _mm512_loadu_ps(midpoints16);
+    const __m512 compare = _mm512_loadu_ps(compare16);
+    const __m512 half = _mm512_loadu_ps(half16);
+    __m512d dot = _mm512_setzero_pd(), delta_sq = _mm512_setzero_pd(), qdelta_sq = _mm512_setzero_pd(),
+            residual_sq = _mm512_setzero_pd();
+    int64_t changed = 0, below = 0;
+    float x1_group[group_len > 0 ? group_len : 1];
+    for (int64_t g = 0; g < n_groups; ++g) {
+        const float *x0 = w0 + g * group_len;
+        const float *x1 = other + g * group_len;
+        if (is_delta) {
+            for (int64_t i = 0; i < group_len; i += 16)
+                _mm512_storeu_ps(x1_group + i, _mm512_add_ps(_mm512_loadu_ps(x0 + i), _mm512_loadu_ps(x1 + i)));
+            x1 = x1_group;
+        }
+        int nan0, nan1;
+        const float absmax0 = group_absmax(x0, group_len, &nan0);
+        const float absmax1 = group_absmax(x1, group_len, &nan1);
+        if (nan0 || nan1 || absmax0 == __builtin_inff() || absmax1 == __builtin_inff()) return g;
+        const __m512 scale0 = _mm512_set1_ps(absmax0), scale1 = _mm512_set1_ps(absmax1);
+        const __m512 inv0 = _mm512_set1_ps(1.0f / (absmax0 > absmax_floor ? absmax0 : absmax_floor));
+        const __m512 inv1 = _mm512_set1_ps(1.0f / (absmax1 > absmax_floor ? absmax1 : absmax_floor));
+        for (int64_t i = 0; i < group_len; i += 16) {
+            const __m512 a = _mm512_loadu_ps(x0 + i), b = _mm512_loadu_ps(x1 + i);
+            const __m512i k0 = level_index(_mm512_mul_ps(a, inv0), mids);
+            const __m512i k1 = level_index(_mm512_mul_ps(b, inv1), mids);
+            const __m512 v0 = _mm512_permutexvar_ps(k0, compare), v1 = _mm512_permutexvar_ps(k1, compare);
+            const __m512 half0 = _mm512_mul_ps(_mm512_permutexvar_ps(k0, half), scale0);
+            const __m512 q0 = _mm512_mul_ps(v0, scale0), q1 = _mm512_mul_ps(v1, scale1);
+            const __m512 d = _mm512_sub_ps(b, a);
+            changed += __builtin_popcount(_mm512_cmp_ps_mask(v1, v0, _CMP_NEQ_UQ));
+            below += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_abs_ps(d), half0, _CMP_LT_OQ));
+            const __m512 dq = _mm512_sub_ps(q1, q0);
+            const __m512 residual = _mm512_sub_ps(dq, d);
+            const __m512 p_dot = _mm512_mul_ps(dq, d), p_delta = _mm512_mul_ps(d, d);
+            const __m512 p_q = _mm512_mul_ps(dq, dq), p_res = _mm512_mul_ps(residual, residual);
+            dot = _mm512_add_pd(_mm512_add_pd(dot, low_pd(p_dot)), high_pd(p_dot));
+            delta_sq = _mm512_add_pd(_mm512_add_pd(delta_sq, low_pd(p_delta)), high_pd(p_delta));
+            qdelta_sq = _mm512_add_pd(_mm512_add_pd(qdelta_sq, low_pd(p_q)), high_pd(p_q));
+            residual_sq = _mm512_add_pd(_mm512_add_pd(residual_sq, low_pd(p_res)), high_pd(p_res));
+        }
+    }
+    out[0] = (double)changed;
+    out[1] = (double)below;
+    out[2] = _mm512_reduce_add_pd(dot);
+    out[3] = _mm512_reduce_add_pd(delta_sq);
+    out[4] = _mm512_reduce_add_pd(qdelta_sq);
+    out[5] = _mm512_reduce_add_pd(residual_sq);
+    return -1;
+}
+
+/* out = Q(W0 [+ delta]) decoded (levels16: the dequantization levels) over n_groups groups.
+ * Returns the index of the first group with a non-finite absmax, or -1. */
+int64_t bnb4_fake_f32(const float *w0, const float *delta, int64_t n_groups, int64_t group_len,
+                      const float *midpoints16, const float *levels16, float absmax_floor, float *out) {
+    const __m512 mids = _mm512_loadu_ps(midpoints16);
+    const __m512 levels = _mm512_loadu_ps(levels16);
+    for (int64_t g = 0; g < n_groups; ++g) {
+        const float *x = w0 + g * group_len;
+        float *y = out + g * group_len;
+        if (delta) {  /* the merged weight, formed in the output */
+            const float *d = delta + g * group_len;
+            for (int64_t i = 0; i < group_len; i += 16)
+                _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(d + i)));
+            x = y;
+        }
+        int nan;
+        const float absmax = group_absmax(x, group_len, &nan);
+        if (nan || absmax == __builtin_inff()) return g;
+        const __m512 scale = _mm512_set1_ps(absmax);
+        const __m512 inv = _mm512_set1_ps(1.0f / (absmax > absmax_floor ? absmax : absmax_floor));
+        for (int64_t i = 0; i < group_len; i += 16) {
+            const __m512i k = level_index(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv), mids);
+            _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_permutexvar_ps(k, levels), scale));
+        }
+    }
+    return -1;
+}

@@ -1,0 +1,141 @@
+"""nf4/fp4 checks and deployed weights of fp32 layers by AVX-512 register lookups (``_simd.c``).
+
+The compiled kernels of :mod:`~lit_unlearn.quantization._fused` look a weight's 4-bit level up by a chain
+of 15 compare-and-select steps per table, which bounds an nf4 check at about 6% of an fp32 copy
+(``benchmarks/results/lookup.md``). On a CPU with AVX-512 the same arithmetic runs here with the level
+index from a four-step binary search and each table read by one register permute: codes and deployed
+weights bit-identical to the compiled kernels, the fp64 sums of the same fp32 products added in another
+order.
+
+Built once per machine with the system's C compiler (``$CC``, else ``cc``; a second or less) into
+``$LIT_UNLEARN_CACHE`` (default ``~/.cache/lit_unlearn``) and loaded with ``ctypes``. Used only where torch
+reports AVX-512 (:func:`torch.backends.cpu.get_cpu_capability`), for fp32 weights in groups of a multiple
+of 16 up to 4096; everything else, ``LIT_UNLEARN_SIMD=0`` and ``LIT_UNLEARN_COMPILE=0`` keep the compiled
+(or eager) path. A failed build says so once and falls back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_simd.c")
+FLAGS = ("-O2", "-std=c11", "-mavx512f", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+MAX_GROUP = 4096  # a group's merged weights live on the C stack
+
+_state: dict[str, Any] = {"lib": None, "failed": False}
+
+
+def enabled() -> bool:
+    return (
+        os.environ.get("LIT_UNLEARN_SIMD", "1") != "0"
+        and os.environ.get("LIT_UNLEARN_COMPILE", "1") != "0"
+        and not _state["failed"]
+        and "AVX512" in torch.backends.cpu.get_cpu_capability()
+    )
+
+
+def applies(tensors: tuple[Tensor | None, ...], group_len: int) -> bool:
+    """Whether fp32 CPU ``tensors`` (``None`` allowed) in groups of ``group_len`` can run here."""
+    return (
+        group_len % 16 == 0
+        and 0 < group_len <= MAX_GROUP
+        and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+        and enabled()
+        and _library() is not None
+    )
+
+
+def _library() -> ctypes.CDLL | None:
+    if _state["lib"] is not None or _state["failed"]:
+        return _state["lib"]
+    try:
+        _state["lib"] = _load(_build())
+    except (OSError, subprocess.CalledProcessError) as error:
+        _state["failed"] = True
+        detail = getattr(error, "stderr", None) or str(error)
+        log.warning("Building the AVX-512 survival kernels failed (%s); the compiled kernels run instead.",
+                    str(detail).strip().splitlines()[-1] if str(detail).strip() else type(error).__name__)
+    return _state["lib"]
+
+
+def _build() -> Path:
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256(source + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("LIT_UNLEARN_CACHE") or Path.home() / ".cache" / "lit_unlearn")
+    target = cache / f"simd-{key}.so"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # Built beside its final name and renamed: concurrent builders (test workers, DDP ranks) never load
+    # a half-written library.
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
+                       text=True)
+        os.replace(built, target)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    f32, f64 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_double)
+    i64 = ctypes.c_int64
+    lib.bnb4_stats_f32.argtypes = [f32, f32, ctypes.c_int, i64, i64, f32, f32, f32, ctypes.c_float, f64]
+    lib.bnb4_stats_f32.restype = i64
+    lib.bnb4_fake_f32.argtypes = [f32, f32, i64, i64, f32, f32, ctypes.c_float, f32]
+    lib.bnb4_fake_f32.restype = i64
+    return lib
+
+
+def _floats(t: Tensor) -> Any:
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
+
+
+def _table(values: tuple[float, ...]) -> Tensor:
+    return torch.tensor(values, dtype=torch.float32).contiguous()
+
+
+def _midpoints(midpoints: tuple[float, ...]) -> Tensor:
+    # Midpoint c (1-based) at index c; index 0 is never a candidate of the binary search.
+    return _table((float("-inf"), *midpoints))
+
+
+def stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, tables: dict[str, tuple[float, ...]],
+          groups: int, group_len: int, absmax_floor: float) -> tuple[Tensor, int]:
+    """``([changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||²] in fp64, first bad group or -1)``
+    of the first ``groups`` whole groups of contiguous fp32 ``flat0`` and ``flat_other``."""
+    flat0, flat_other = flat0.contiguous(), flat_other.contiguous()
+    mids, compare, half = _midpoints(tables["midpoints"]), _table(tables["compare"]), _table(tables["half_step"])
+    out = torch.zeros(6, dtype=torch.float64)
+    bad = _library().bnb4_stats_f32(
+        _floats(flat0), _floats(flat_other), int(is_delta), groups, group_len, _floats(mids), _floats(compare),
+        _floats(half), absmax_floor, ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
+    )
+    return out, int(bad)
+
+
+def fake(flat0: Tensor, flat_delta: Tensor | None, tables: dict[str, tuple[float, ...]], group_len: int,
+         absmax_floor: float) -> tuple[Tensor, int]:
+    """``(Q(W0 [+ ΔW]) decoded, first bad group or -1)`` of contiguous fp32 weights in whole groups."""
+    flat0 = flat0.contiguous()
+    flat_delta = None if flat_delta is None else flat_delta.contiguous()
+    mids, levels = _midpoints(tables["midpoints"]), _table(tables["dequant"])
+    out = torch.empty_like(flat0)
+    bad = _library().bnb4_fake_f32(
+        _floats(flat0), None if flat_delta is None else _floats(flat_delta), flat0.numel() // group_len,
+        group_len, _floats(mids), _floats(levels), absmax_floor, _floats(out),
+    )
+    return out, int(bad)

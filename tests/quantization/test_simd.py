@@ -1,0 +1,117 @@
+"""The AVX-512 nf4/fp4 kernels equal the torch.compile ones: the same codes and deployed weights bit for bit,
+the same counts, the same fp64 sums up to their order; NaN and inf are refused as there; anything else
+falls back."""
+
+import logging
+
+import pytest
+import torch
+from tests.quantization.test_fused import COUNTS, SUMS, adversarial
+
+from lit_unlearn.quantization import _fused, _simd, get_scheme, survival_stats, survival_stats_delta
+
+pytestmark = pytest.mark.skipif(
+    "AVX512" not in torch.backends.cpu.get_cpu_capability() or _simd._library() is None,
+    reason="this CPU has no AVX-512 (or no C compiler): the torch.compile kernels run instead",
+)
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Run a function through the AVX-512 kernels and through the torch.compile ones; count the former."""
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 0)
+    monkeypatch.delenv("LIT_UNLEARN_COMPILE", raising=False)
+    monkeypatch.setitem(_fused._state, "failed", False)
+    calls = []
+    for name in ("stats", "fake"):
+        real = getattr(_simd, name)
+        monkeypatch.setattr(_simd, name, lambda *a, real=real: calls.append(a) or real(*a))
+
+    def run(fn, *args, simd: bool, **kwargs):
+        with monkeypatch.context() as m:
+            m.setenv("LIT_UNLEARN_SIMD", "1" if simd else "0")
+            before = len(calls)
+            out = fn(*args, **kwargs)
+            assert (len(calls) > before) == simd, "the path asked for ran"
+            return out
+
+    return run
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "fp4"])
+@pytest.mark.parametrize("as_delta", [False, True])
+def test_statistics_equal_the_compiled_kernel(paths, scheme, as_delta):
+    w0 = adversarial(scheme, 64, 1024, shift=0)
+    w1 = adversarial(scheme, 64, 1024, shift=1)
+    w1[8:16] = w0[8:16]  # rows that do not move
+    w0[20, :64] = 1e-39  # a block under bitsandbytes' absmax floor
+    w1[21, :64] = 0.0
+    if as_delta:
+        fn, args = survival_stats_delta, (w0, w1 - w0, scheme)
+    else:
+        fn, args = survival_stats, (w0, w1, scheme)
+    got, want = paths(fn, *args, simd=True), paths(fn, *args, simd=False)
+    assert [getattr(got, k) for k in COUNTS] == [getattr(want, k) for k in COUNTS]
+    assert 0 < got.n_changed < got.numel and 0 < got.n_below_half_step < got.numel
+    for key in SUMS:
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12, abs=1e-30), key
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "fp4"])
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_deployed_weights_are_bit_identical(paths, scheme, with_delta):
+    w0 = adversarial(scheme, 64, 1024, shift=0)
+    w0[3, :64] = -w0[3, :64]  # negative levels, fp4's -0.0 among them
+    delta = (adversarial(scheme, 64, 1024, shift=1) - w0) if with_delta else None
+    fitted = get_scheme(scheme)
+    got = paths(_fused.fake_quantize_merged, w0, delta, fitted, 64, simd=True)
+    want = paths(_fused.fake_quantize_merged, w0, delta, fitted, 64, simd=False)
+    assert got.shape == want.shape and torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.signbit(got).any() and (got == 0).any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_their_block(paths, bad):
+    w = torch.randn(64, 256)
+    w[10, 3] = bad  # flattened element 2563: block [2560, 2624)
+    with pytest.raises(ValueError, match=r"NaN or inf values among flattened elements \[2560, 2624\)"):
+        paths(survival_stats, w.clone(), w, "nf4", simd=True)
+    with pytest.raises(ValueError, match=r"\[2560, 2624\)"):
+        paths(survival_stats_delta, torch.zeros_like(w), w, "fp4", simd=True)
+    with pytest.raises(ValueError, match=r"\[2560, 2624\)"):
+        paths(_fused.fake_quantize_merged, w, None, get_scheme("nf4"), 64, simd=True)
+
+
+def test_other_dtypes_and_groups_stay_compiled(paths):
+    w0 = torch.randn(64, 256)
+    assert not _simd.applies((w0.bfloat16(),), 64)
+    assert not _simd.applies((w0, None), 8)  # not a multiple of 16 lanes
+    assert not _simd.applies((w0,), 8192)  # longer than the kernel's group buffer
+    assert _simd.applies((w0, None), 64)
+    # bf16 runs through the compiled kernel, and says the same as fp32 where the weights are bf16 values.
+    paths(survival_stats, w0.bfloat16(), (w0 * 1.01).bfloat16(), "nf4", simd=False)
+
+
+def test_a_failing_build_falls_back_to_the_compiled_kernel_once(monkeypatch, tmp_path, caplog):
+    monkeypatch.setitem(_simd._state, "lib", None)
+    monkeypatch.setitem(_simd._state, "failed", False)
+    monkeypatch.setenv("LIT_UNLEARN_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that fails
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 0)
+    w0 = torch.randn(64, 256)
+    with caplog.at_level(logging.WARNING):
+        assert not _simd.applies((w0,), 64)
+        stats = survival_stats(w0, w0 + 0.1 * torch.randn_like(w0), "nf4")
+    assert stats.n_changed > 0
+    assert caplog.text.count("Building the AVX-512 survival kernels failed") == 1
+    assert not list(tmp_path.glob("simd-*.so"))
+
+
+def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setitem(_simd._state, "lib", None)
+    monkeypatch.setitem(_simd._state, "failed", False)
+    monkeypatch.setenv("LIT_UNLEARN_CACHE", str(tmp_path))
+    first = _simd._build()
+    stamp = first.stat().st_mtime_ns
+    assert _simd._build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no leftover temporary directory
