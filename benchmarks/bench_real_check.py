@@ -10,7 +10,8 @@ unlearning (NPO + GDR, ``UnlearningModule``'s training step and AdamW):
   (:class:`~lit_unlearn.survival.SurvivalEngine`): weight-space statistics over every watched layer and
   the functional probe (forget and retain losses of the current model, full precision and quantized),
   for the base's own format (``q4_1``, watched because the weights sit on its grid) plus ``nf4`` and
-  ``int8`` (goal: check / step <= 1).
+  ``int8`` (goal: check / step <= 1);
+* the same check with the AVX-512 nf4/fp4 kernels off (``LIT_UNLEARN_SIMD=0``), side by side.
 
 Timing: wall clock, best of ``--repeats`` interleaved rounds after a warm-up, ``--threads`` intra-op
 threads (default 1; the machine is shared). ``--profile`` adds a cProfile of one check and its top lines
@@ -100,6 +101,19 @@ def survival_check(
     return check, function_space, engine
 
 
+def without_simd(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the AVX-512 nf4/fp4 kernels off (``LIT_UNLEARN_SIMD=0``): the torch.compile kernels."""
+
+    def run() -> object:
+        os.environ["LIT_UNLEARN_SIMD"] = "0"
+        try:
+            return fn()
+        finally:
+            os.environ.pop("LIT_UNLEARN_SIMD")
+
+    return run
+
+
 def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
@@ -141,7 +155,7 @@ def main() -> None:
         check, function_space, engine = survival_check(module, batch)
         step()  # one optimizer step, so the check measures an update
         check()  # warm-up: compiles the fused kernels once per process
-        times = best_times({"step": step, "check": check}, args.repeats)
+        times = best_times({"step": step, "check": check, "check_compiled": without_simd(check)}, args.repeats)
         # The check's halves, timed on their own next to it.
         halves = best_times({
             "weight_space": lambda: engine.weight_check().rows(step=1),
@@ -152,6 +166,8 @@ def main() -> None:
             "tokens": int(batch["forget"]["attention_mask"].sum() + batch["retain"]["attention_mask"].sum()),
             "watched_weights": sum(layer.numel for layer in engine.layers if layer.quantized),
             "step_s": times["step"], "check_s": times["check"], "check_per_step": times["check"] / times["step"],
+            "check_compiled_s": times["check_compiled"],
+            "check_compiled_per_step": times["check_compiled"] / times["step"],
             "weight_space_s": halves["weight_space"], "function_space_s": halves["function_space"],
         }
         rows.append(row)
@@ -178,14 +194,15 @@ def main() -> None:
         "A check = weight-space statistics of every watched layer + the functional probe (forget and retain "
         "losses, full precision and per scheme). Goal: check / step <= 1.",
         "",
-        "| mode | schemes | tokens | watched weights | train step | check | check / step | weight space | function space |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | schemes | tokens | watched weights | train step | check | check / step | weight space | function space "
+        "| check, compiled chain | its check / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {' + '.join(r['schemes'])} | {r['tokens']} | {r['watched_weights']:,} | "
             f"{r['step_s']:.2f} s | {r['check_s']:.2f} s | {r['check_per_step']:.2f} | {r['weight_space_s']:.2f} s | "
-            f"{r['function_space_s']:.2f} s |"
+            f"{r['function_space_s']:.2f} s | {r['check_compiled_s']:.2f} s | {r['check_compiled_per_step']:.2f} |"
         )
     for mode, text in profiles.items():
         lines += ["", f"Profile of one {mode} check (cProfile, top lines by own time):", "", "```", *_top(text), "```"]
