@@ -1,19 +1,26 @@
-"""The AVX-512 nf4/fp4 kernels equal the torch.compile ones: the same codes and deployed weights bit for bit,
+"""The AVX-512 nf4/fp4 and GGUF legacy kernels equal the torch.compile ones: the same codes and deployed weights bit for bit,
 the same counts, the same fp64 sums up to their order; NaN and inf are refused as there; anything else
 falls back."""
 
 import logging
+import os
+import shutil
 
 import pytest
 import torch
-from tests.quantization.test_fused import COUNTS, SUMS, adversarial
+from tests.quantization.test_fused import COUNTS, SUMS, adversarial, gguf_blocks
 
 from lit_unlearn.quantization import _fused, _simd, get_scheme, survival_stats, survival_stats_delta
 
 pytestmark = pytest.mark.skipif(
-    "AVX512" not in torch.backends.cpu.get_cpu_capability() or _simd._library() is None,
-    reason="this CPU has no AVX-512 (or no C compiler): the torch.compile kernels run instead",
+    "AVX512" not in torch.backends.cpu.get_cpu_capability()
+    or shutil.which(os.environ.get("CC", "cc")) is None,
+    reason="this CPU has no AVX-512 (or there is no C compiler): the torch.compile kernels run instead",
 )
+
+
+def test_the_kernels_build_where_a_compiler_and_avx512_are():
+    assert _simd._library() is not None and not _simd._state["failed"], "the C kernels failed to build"
 
 
 @pytest.fixture
@@ -23,7 +30,7 @@ def paths(monkeypatch):
     monkeypatch.delenv("LIT_UNLEARN_COMPILE", raising=False)
     monkeypatch.setitem(_fused._state, "failed", False)
     calls = []
-    for name in ("stats", "fake"):
+    for name in ("stats", "fake", "legacy_stats", "legacy_fake"):
         real = getattr(_simd, name)
         monkeypatch.setattr(_simd, name, lambda *a, real=real: calls.append(a) or real(*a))
 
@@ -68,6 +75,57 @@ def test_deployed_weights_are_bit_identical(paths, scheme, with_delta):
     want = paths(_fused.fake_quantize_merged, w0, delta, fitted, 64, simd=False)
     assert got.shape == want.shape and torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert torch.signbit(got).any() and (got == 0).any()
+
+
+LEGACY = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+
+
+def edge_blocks() -> tuple[torch.Tensor, torch.Tensor]:
+    """ggml's edge blocks (±absmax ties, zeros, tiny negatives, .5 after scaling) and a moved copy."""
+    w0 = gguf_blocks(0)
+    w0[4, :32] = -w0[4, :32].abs()  # a block whose absmax is negative: Q4_0's d < 0, and its -0.0 products
+    w0[5, :32] = 7.0  # a constant block: Q4_1's d = 0
+    w1 = w0 + gguf_blocks(1) * 0.05
+    w1[8:16] = w0[8:16]
+    return w0, w1
+
+
+@pytest.mark.parametrize("scheme", LEGACY)
+@pytest.mark.parametrize("as_delta", [False, True])
+def test_gguf_statistics_equal_the_compiled_kernel(paths, scheme, as_delta):
+    w0, w1 = edge_blocks()
+    fn, other = (survival_stats_delta, w1 - w0) if as_delta else (survival_stats, w1)
+    got, want = paths(fn, w0, other, scheme, simd=True), paths(fn, w0, other, scheme, simd=False)
+    assert [getattr(got, k) for k in COUNTS] == [getattr(want, k) for k in COUNTS]
+    assert 0 < got.n_changed < got.numel and 0 < got.n_below_half_step < got.numel
+    for key in SUMS:
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12, abs=1e-30), key
+
+
+@pytest.mark.parametrize("scheme", LEGACY)
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_gguf_deployed_weights_are_bit_identical(paths, scheme, with_delta):
+    w0, w1 = edge_blocks()
+    delta = (w1 - w0) if with_delta else None
+    fitted = get_scheme(scheme)
+    got = paths(_fused.fake_quantize_merged, w0, delta, fitted, 32, simd=True)
+    want = paths(_fused.fake_quantize_merged, w0, delta, fitted, 32, simd=False)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    # and they are ggml's: the eager port of its reference quantizer, which the GGUF tests hold to ggml's bytes
+    from lit_unlearn.quantization import fake_quantize
+
+    assert torch.equal(got.view(torch.int32), fake_quantize(w0 if delta is None else w0 + delta, scheme).view(torch.int32))
+
+
+@pytest.mark.parametrize("scheme", LEGACY)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gguf_non_finite_weights_are_refused_naming_their_block(paths, scheme, bad):
+    w = torch.randn(16, 256)
+    w[5, 40] = bad  # flattened element 1320: block [1312, 1344)
+    with pytest.raises(ValueError, match=r"\[1312, 1344\)"):
+        paths(survival_stats, w, torch.zeros_like(w), scheme, simd=True)
+    with pytest.raises(ValueError, match=r"\[1312, 1344\)"):
+        paths(_fused.fake_quantize_merged, torch.zeros_like(w), w, get_scheme(scheme), 32, simd=True)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

@@ -281,6 +281,11 @@ def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group
     flat_delta = None if delta is None else delta.detach().reshape(-1)
     if scheme.family == "bnb4" and _simd.applies((flat0, flat_delta), group_len):
         q, bad = _simd.fake(flat0, flat_delta, _tables(scheme), group_len, _ABSMAX_FLOOR)
+    elif scheme.name in _simd.LEGACY and group_len == 32 and _simd.applies((flat0, flat_delta), group_len):
+        q, bad = _simd.legacy_fake(flat0, flat_delta, scheme.name)
+    else:
+        q, bad = None, -1
+    if q is not None:
         if bad >= 0:
             raise_not_finite(_group(bad, group_len))
         return q.view(w0.shape)
@@ -339,6 +344,11 @@ def survival_sums(
     groups = flat0.numel() // group_len
     if scheme.family == "bnb4" and _simd.applies((flat0, flat_other), group_len):
         sums, bad = _simd.stats(flat0, flat_other, is_delta, _tables(scheme), groups, group_len, _ABSMAX_FLOOR)
+    elif scheme.name in _simd.LEGACY and group_len == 32 and _simd.applies((flat0, flat_other), group_len):
+        sums, bad = _simd.legacy_stats(flat0, flat_other, is_delta, scheme.name, groups)
+    else:
+        sums, bad = None, -1
+    if sums is not None:
         if bad >= 0:
             raise_not_finite(_group(bad, group_len))
         return sums, groups * group_len

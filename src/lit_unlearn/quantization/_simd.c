@@ -10,6 +10,7 @@
  * Built once per machine by _simd.py and loaded with ctypes; used only where the CPU has AVX-512F.
  */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 /* The level of each scaled weight: how many of the ascending midpoints lie strictly below it (NaN: 0).
@@ -123,6 +124,147 @@ int64_t bnb4_fake_f32(const float *w0, const float *delta, int64_t n_groups, int
             const __m512i k = level_index(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv), mids);
             _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_permutexvar_ps(k, levels), scale));
         }
+    }
+    return -1;
+}
+
+/* ---- GGUF's legacy block formats: ggml's reference quantizer over blocks of 32 weights ----
+ * kind 0: Q4_0/Q5_0 (the signed absmax, the first of +amax and -amax on ties, d = max / -offset),
+ * kind 1: Q4_1/Q5_1 (d = (max - min) / qmax and the fp16 minimum), kind 2: Q8_0 (d = amax / 127,
+ * roundf). As _fused._encode_legacy computes them: values are the codes less the offset, q = values*d
+ * (+ min), d and min rounded to fp16. */
+typedef struct {
+    __m512 values[2], q[2];
+    float half;
+    int bad;
+} Block32;
+
+static inline __m512 fp16_round(__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+static inline float inverse(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
+
+static inline void encode_legacy(const float *x, int kind, int offset, int qmax, Block32 *b) {
+    const __m512 lo_v = _mm512_loadu_ps(x), hi_v = _mm512_loadu_ps(x + 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(lo_v, lo_v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(hi_v, hi_v, _CMP_UNORD_Q);
+    const __m512 vecs[2] = {lo_v, hi_v};
+    __m512 scale, zero = _mm512_setzero_ps(), inv;
+    float d;
+    if (kind == 1) {
+        const float lo = _mm512_reduce_min_ps(_mm512_min_ps(lo_v, hi_v));
+        const float hi = _mm512_reduce_max_ps(_mm512_max_ps(lo_v, hi_v));
+        b->bad = nan != 0 || lo == -__builtin_inff() || lo == __builtin_inff() || hi == __builtin_inff() ||
+                 hi == -__builtin_inff();
+        d = (hi - lo) / (float)qmax;
+        inv = _mm512_set1_ps(inverse(d));
+        const __m512 lo_b = _mm512_set1_ps(lo);
+        zero = fp16_round(lo_b);
+        for (int h = 0; h < 2; ++h) {
+            __m512 c = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(vecs[h], lo_b), inv), _mm512_set1_ps(0.5f));
+            c = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            b->values[h] = _mm512_min_ps(_mm512_max_ps(c, _mm512_setzero_ps()), _mm512_set1_ps((float)qmax));
+        }
+    } else {
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo_v), _mm512_abs_ps(hi_v)));
+        b->bad = nan != 0 || amax == __builtin_inff();
+        if (kind == 0) {
+            const __m512 pos = _mm512_set1_ps(amax), neg = _mm512_set1_ps(-amax);
+            const uint32_t at_pos = (uint32_t)_mm512_cmp_ps_mask(lo_v, pos, _CMP_EQ_OQ) |
+                                    ((uint32_t)_mm512_cmp_ps_mask(hi_v, pos, _CMP_EQ_OQ) << 16);
+            const uint32_t at_neg = (uint32_t)_mm512_cmp_ps_mask(lo_v, neg, _CMP_EQ_OQ) |
+                                    ((uint32_t)_mm512_cmp_ps_mask(hi_v, neg, _CMP_EQ_OQ) << 16);
+            const int first_pos = at_pos ? __builtin_ctz(at_pos) : 32;
+            const int first_neg = at_neg ? __builtin_ctz(at_neg) : 32;
+            const float picked = first_neg < first_pos ? -amax : amax;
+            d = (amax > 0.0f ? picked : 0.0f) / (float)(-offset);
+            inv = _mm512_set1_ps(inverse(d));
+            for (int h = 0; h < 2; ++h) {
+                __m512 c = _mm512_add_ps(_mm512_mul_ps(vecs[h], inv), _mm512_set1_ps((float)offset + 0.5f));
+                c = _mm512_roundscale_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                c = _mm512_min_ps(_mm512_max_ps(c, _mm512_setzero_ps()), _mm512_set1_ps((float)(2 * offset - 1)));
+                b->values[h] = _mm512_sub_ps(c, _mm512_set1_ps((float)offset));
+            }
+        } else {
+            d = amax / 127.0f;
+            inv = _mm512_set1_ps(inverse(d));
+            for (int h = 0; h < 2; ++h) {
+                const __m512 v = _mm512_mul_ps(vecs[h], inv);
+                const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                const __mmask16 away = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+                /* sign(v) where it moves t away from zero (|v - t| >= 0.5 implies v != 0) */
+                const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+                const __m512 one = _mm512_mask_blend_ps(negative, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f));
+                const __m512 r = _mm512_mask_add_ps(t, away, t, one);
+                b->values[h] = _mm512_add_ps(r, _mm512_setzero_ps());
+            }
+        }
+    }
+    scale = fp16_round(_mm512_set1_ps(d));
+    for (int h = 0; h < 2; ++h) {
+        const __m512 q = _mm512_mul_ps(b->values[h], scale);
+        b->q[h] = kind == 1 ? _mm512_add_ps(q, zero) : q;
+    }
+    b->half = fabsf(_mm512_cvtss_f32(scale)) / 2.0f;
+}
+
+int64_t legacy_stats_f32(const float *w0, const float *other, int is_delta, int64_t n_groups, int kind, int offset,
+                         int qmax, double *out) {
+    __m512d dot = _mm512_setzero_pd(), delta_sq = _mm512_setzero_pd(), qdelta_sq = _mm512_setzero_pd(),
+            residual_sq = _mm512_setzero_pd();
+    int64_t changed = 0, below = 0;
+    float merged[32];
+    Block32 b0, b1;
+    for (int64_t g = 0; g < n_groups; ++g) {
+        const float *x0 = w0 + g * 32;
+        const float *x1 = other + g * 32;
+        if (is_delta) {
+            for (int i = 0; i < 32; i += 16)
+                _mm512_storeu_ps(merged + i, _mm512_add_ps(_mm512_loadu_ps(x0 + i), _mm512_loadu_ps(x1 + i)));
+            x1 = merged;
+        }
+        encode_legacy(x0, kind, offset, qmax, &b0);
+        encode_legacy(x1, kind, offset, qmax, &b1);
+        if (b0.bad || b1.bad) return g;
+        const __m512 half0 = _mm512_set1_ps(b0.half);
+        for (int h = 0; h < 2; ++h) {
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x1 + 16 * h), _mm512_loadu_ps(x0 + 16 * h));
+            changed += __builtin_popcount(_mm512_cmp_ps_mask(b1.values[h], b0.values[h], _CMP_NEQ_UQ));
+            below += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_abs_ps(d), half0, _CMP_LT_OQ));
+            const __m512 dq = _mm512_sub_ps(b1.q[h], b0.q[h]);
+            const __m512 residual = _mm512_sub_ps(dq, d);
+            const __m512 p_dot = _mm512_mul_ps(dq, d), p_delta = _mm512_mul_ps(d, d);
+            const __m512 p_q = _mm512_mul_ps(dq, dq), p_res = _mm512_mul_ps(residual, residual);
+            dot = _mm512_add_pd(_mm512_add_pd(dot, low_pd(p_dot)), high_pd(p_dot));
+            delta_sq = _mm512_add_pd(_mm512_add_pd(delta_sq, low_pd(p_delta)), high_pd(p_delta));
+            qdelta_sq = _mm512_add_pd(_mm512_add_pd(qdelta_sq, low_pd(p_q)), high_pd(p_q));
+            residual_sq = _mm512_add_pd(_mm512_add_pd(residual_sq, low_pd(p_res)), high_pd(p_res));
+        }
+    }
+    out[0] = (double)changed;
+    out[1] = (double)below;
+    out[2] = _mm512_reduce_add_pd(dot);
+    out[3] = _mm512_reduce_add_pd(delta_sq);
+    out[4] = _mm512_reduce_add_pd(qdelta_sq);
+    out[5] = _mm512_reduce_add_pd(residual_sq);
+    return -1;
+}
+
+int64_t legacy_fake_f32(const float *w0, const float *delta, int64_t n_groups, int kind, int offset, int qmax,
+                        float *out) {
+    float merged[32];
+    Block32 b;
+    for (int64_t g = 0; g < n_groups; ++g) {
+        const float *x = w0 + g * 32;
+        if (delta) {
+            for (int i = 0; i < 32; i += 16)
+                _mm512_storeu_ps(merged + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(delta + g * 32 + i)));
+            x = merged;
+        }
+        encode_legacy(x, kind, offset, qmax, &b);
+        if (b.bad) return g;
+        _mm512_storeu_ps(out + g * 32, b.q[0]);
+        _mm512_storeu_ps(out + g * 32 + 16, b.q[1]);
     }
     return -1;
 }

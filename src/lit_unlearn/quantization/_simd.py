@@ -31,7 +31,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_simd.c")
-FLAGS = ("-O2", "-std=c11", "-mavx512f", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
+FLAGS = ("-O2", "-std=c11", "-mavx512f", "-mf16c", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC")
 MAX_GROUP = 4096  # a group's merged weights live on the C stack
 
 _state: dict[str, Any] = {"lib": None, "failed": False}
@@ -97,6 +97,11 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.bnb4_stats_f32.restype = i64
     lib.bnb4_fake_f32.argtypes = [f32, f32, i64, i64, f32, f32, ctypes.c_float, f32]
     lib.bnb4_fake_f32.restype = i64
+    c_int = ctypes.c_int
+    lib.legacy_stats_f32.argtypes = [f32, f32, c_int, i64, c_int, c_int, c_int, f64]
+    lib.legacy_stats_f32.restype = i64
+    lib.legacy_fake_f32.argtypes = [f32, f32, i64, c_int, c_int, c_int, f32]
+    lib.legacy_fake_f32.restype = i64
     return lib
 
 
@@ -137,5 +142,32 @@ def fake(flat0: Tensor, flat_delta: Tensor | None, tables: dict[str, tuple[float
     bad = _library().bnb4_fake_f32(
         _floats(flat0), None if flat_delta is None else _floats(flat_delta), flat0.numel() // group_len,
         group_len, _floats(mids), _floats(levels), absmax_floor, _floats(out),
+    )
+    return out, int(bad)
+
+
+#: GGUF's legacy formats: (kind, offset, qmax) of ``legacy_*_f32`` (kind 0: signed absmax, 1: minimum, 2: Q8_0).
+LEGACY = {"q4_0": (0, 8, 15), "q5_0": (0, 16, 31), "q4_1": (1, 0, 15), "q5_1": (1, 0, 31), "q8_0": (2, 0, 127)}
+
+
+def legacy_stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, name: str, groups: int) -> tuple[Tensor, int]:
+    """:func:`stats` of a GGUF legacy format ``name`` (blocks of 32)."""
+    flat0, flat_other = flat0.contiguous(), flat_other.contiguous()
+    out = torch.zeros(6, dtype=torch.float64)
+    bad = _library().legacy_stats_f32(
+        _floats(flat0), _floats(flat_other), int(is_delta), groups, *LEGACY[name],
+        ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
+    )
+    return out, int(bad)
+
+
+def legacy_fake(flat0: Tensor, flat_delta: Tensor | None, name: str) -> tuple[Tensor, int]:
+    """:func:`fake` of a GGUF legacy format ``name`` (blocks of 32)."""
+    flat0 = flat0.contiguous()
+    flat_delta = None if flat_delta is None else flat_delta.contiguous()
+    out = torch.empty_like(flat0)
+    bad = _library().legacy_fake_f32(
+        _floats(flat0), None if flat_delta is None else _floats(flat_delta), flat0.numel() // 32, *LEGACY[name],
+        _floats(out),
     )
     return out, int(bad)
