@@ -137,8 +137,12 @@ class _DeployedLoRA(torch.autograd.Function):
             yield slice(0, w0.shape[0]), _quantized_merge(w0, delta, fitted)
             return
         for rows in _row_chunks(*w0.shape):
-            # get_delta_weight's arithmetic on these rows: (B @ A) * scaling, summed over the adapters.
-            delta = sum((b[rows] @ a) * scaling for a, b, scaling in factors)
+            # get_delta_weight's arithmetic on these rows: (B @ A) * scaling, summed over the adapters, in
+            # place: one matrix product and one pass per chunk.
+            delta = None
+            for a, b, scaling in factors:
+                part = (b[rows] @ a).mul_(scaling)
+                delta = part if delta is None else delta.add_(part)
             yield rows, _quantized_merge(w0[rows], delta, fitted)
 
     @staticmethod
