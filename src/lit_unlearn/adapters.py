@@ -234,16 +234,17 @@ def lora_delta(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tenso
 def _delta_into(layer: nn.Module, adapter: str, out: torch.Tensor | None) -> torch.Tensor:
     a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     plain = (
-        out is not None
-        and a.dtype == b.dtype == out.dtype
-        and a.device == out.device
-        and a.dtype == torch.float32  # peft computes half-precision CPU merges in fp32 and casts back
+        a.dtype == b.dtype == torch.float32  # peft computes half-precision CPU merges in fp32 and casts back
+        and a.device == b.device
         and not layer.fan_in_fan_out
-        and out.numel() >= b.shape[0] * a.shape[1]
     )
     if not plain:
         return layer.get_delta_weight(adapter)
-    # get_delta_weight's `(B @ A) * scaling`, without its two weight-sized allocations.
+    fits = out is not None and out.dtype == a.dtype and out.device == a.device and out.numel() >= b.shape[0] * a.shape[1]
+    if not fits:
+        # get_delta_weight's `(B @ A) * scaling` with one weight-sized allocation instead of two.
+        return torch.mm(b, a).mul_(layer.scaling[adapter])
+    # ... and none: into the caller's buffer.
     delta = out[: b.shape[0] * a.shape[1]].view(b.shape[0], a.shape[1])
     return torch.mm(b, a, out=delta).mul_(layer.scaling[adapter])
 
