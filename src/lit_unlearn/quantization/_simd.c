@@ -43,6 +43,40 @@ static inline __m512d high_pd(__m512 v) {
     return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
 
+/* The six statistics, summed lane by lane: counts exactly, fp32 products in fp64. */
+typedef struct {
+    __m512d dot, delta_sq, qdelta_sq, residual_sq;
+    int64_t changed, below;
+} Sums;
+
+static inline void sums_init(Sums *s) {
+    s->dot = s->delta_sq = s->qdelta_sq = s->residual_sq = _mm512_setzero_pd();
+    s->changed = s->below = 0;
+}
+
+/* 16 weights: codes (values) and deployed weights (q) of W0 and W1, the update d, W0's half step. */
+static inline void sums_add(Sums *s, __m512 v0, __m512 v1, __m512 q0, __m512 q1, __m512 d, __m512 half0) {
+    s->changed += __builtin_popcount(_mm512_cmp_ps_mask(v1, v0, _CMP_NEQ_UQ));
+    s->below += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_abs_ps(d), half0, _CMP_LT_OQ));
+    const __m512 dq = _mm512_sub_ps(q1, q0);
+    const __m512 residual = _mm512_sub_ps(dq, d);
+    const __m512 p_dot = _mm512_mul_ps(dq, d), p_delta = _mm512_mul_ps(d, d);
+    const __m512 p_q = _mm512_mul_ps(dq, dq), p_res = _mm512_mul_ps(residual, residual);
+    s->dot = _mm512_add_pd(_mm512_add_pd(s->dot, low_pd(p_dot)), high_pd(p_dot));
+    s->delta_sq = _mm512_add_pd(_mm512_add_pd(s->delta_sq, low_pd(p_delta)), high_pd(p_delta));
+    s->qdelta_sq = _mm512_add_pd(_mm512_add_pd(s->qdelta_sq, low_pd(p_q)), high_pd(p_q));
+    s->residual_sq = _mm512_add_pd(_mm512_add_pd(s->residual_sq, low_pd(p_res)), high_pd(p_res));
+}
+
+static inline void sums_store(const Sums *s, double *out) {
+    out[0] = (double)s->changed;
+    out[1] = (double)s->below;
+    out[2] = _mm512_reduce_add_pd(s->dot);
+    out[3] = _mm512_reduce_add_pd(s->delta_sq);
+    out[4] = _mm512_reduce_add_pd(s->qdelta_sq);
+    out[5] = _mm512_reduce_add_pd(s->residual_sq);
+}
+
 /* Statistics of W0 -> W1 over n_groups groups of group_len weights (W1 = W0 + other when is_delta):
  * out[0..5] = changed codes, updates below half a step, <dQ,dW>, ||dW||^2, ||dQ||^2, ||dQ-dW||^2.
  * Returns the index of the first group with a non-finite absmax (W0's or W1's), or -1. */
@@ -52,9 +86,8 @@ int64_t bnb4_stats_f32(const float *w0, const float *other, int is_delta, int64_
     const __m512 mids = _mm512_loadu_ps(midpoints16);
     const __m512 compare = _mm512_loadu_ps(compare16);
     const __m512 half = _mm512_loadu_ps(half16);
-    __m512d dot = _mm512_setzero_pd(), delta_sq = _mm512_setzero_pd(), qdelta_sq = _mm512_setzero_pd(),
-            residual_sq = _mm512_setzero_pd();
-    int64_t changed = 0, below = 0;
+    Sums sums;
+    sums_init(&sums);
     float x1_group[group_len > 0 ? group_len : 1];
     for (int64_t g = 0; g < n_groups; ++g) {
         const float *x0 = w0 + g * group_len;
@@ -78,25 +111,10 @@ int64_t bnb4_stats_f32(const float *w0, const float *other, int is_delta, int64_
             const __m512 v0 = _mm512_permutexvar_ps(k0, compare), v1 = _mm512_permutexvar_ps(k1, compare);
             const __m512 half0 = _mm512_mul_ps(_mm512_permutexvar_ps(k0, half), scale0);
             const __m512 q0 = _mm512_mul_ps(v0, scale0), q1 = _mm512_mul_ps(v1, scale1);
-            const __m512 d = _mm512_sub_ps(b, a);
-            changed += __builtin_popcount(_mm512_cmp_ps_mask(v1, v0, _CMP_NEQ_UQ));
-            below += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_abs_ps(d), half0, _CMP_LT_OQ));
-            const __m512 dq = _mm512_sub_ps(q1, q0);
-            const __m512 residual = _mm512_sub_ps(dq, d);
-            const __m512 p_dot = _mm512_mul_ps(dq, d), p_delta = _mm512_mul_ps(d, d);
-            const __m512 p_q = _mm512_mul_ps(dq, dq), p_res = _mm512_mul_ps(residual, residual);
-            dot = _mm512_add_pd(_mm512_add_pd(dot, low_pd(p_dot)), high_pd(p_dot));
-            delta_sq = _mm512_add_pd(_mm512_add_pd(delta_sq, low_pd(p_delta)), high_pd(p_delta));
-            qdelta_sq = _mm512_add_pd(_mm512_add_pd(qdelta_sq, low_pd(p_q)), high_pd(p_q));
-            residual_sq = _mm512_add_pd(_mm512_add_pd(residual_sq, low_pd(p_res)), high_pd(p_res));
+            sums_add(&sums, v0, v1, q0, q1, _mm512_sub_ps(b, a), half0);
         }
     }
-    out[0] = (double)changed;
-    out[1] = (double)below;
-    out[2] = _mm512_reduce_add_pd(dot);
-    out[3] = _mm512_reduce_add_pd(delta_sq);
-    out[4] = _mm512_reduce_add_pd(qdelta_sq);
-    out[5] = _mm512_reduce_add_pd(residual_sq);
+    sums_store(&sums, out);
     return -1;
 }
 
@@ -210,9 +228,8 @@ static inline void encode_legacy(const float *x, int kind, int offset, int qmax,
 
 int64_t legacy_stats_f32(const float *w0, const float *other, int is_delta, int64_t n_groups, int kind, int offset,
                          int qmax, double *out) {
-    __m512d dot = _mm512_setzero_pd(), delta_sq = _mm512_setzero_pd(), qdelta_sq = _mm512_setzero_pd(),
-            residual_sq = _mm512_setzero_pd();
-    int64_t changed = 0, below = 0;
+    Sums sums;
+    sums_init(&sums);
     float merged[32];
     Block32 b0, b1;
     for (int64_t g = 0; g < n_groups; ++g) {
@@ -229,24 +246,10 @@ int64_t legacy_stats_f32(const float *w0, const float *other, int is_delta, int6
         const __m512 half0 = _mm512_set1_ps(b0.half);
         for (int h = 0; h < 2; ++h) {
             const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x1 + 16 * h), _mm512_loadu_ps(x0 + 16 * h));
-            changed += __builtin_popcount(_mm512_cmp_ps_mask(b1.values[h], b0.values[h], _CMP_NEQ_UQ));
-            below += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_abs_ps(d), half0, _CMP_LT_OQ));
-            const __m512 dq = _mm512_sub_ps(b1.q[h], b0.q[h]);
-            const __m512 residual = _mm512_sub_ps(dq, d);
-            const __m512 p_dot = _mm512_mul_ps(dq, d), p_delta = _mm512_mul_ps(d, d);
-            const __m512 p_q = _mm512_mul_ps(dq, dq), p_res = _mm512_mul_ps(residual, residual);
-            dot = _mm512_add_pd(_mm512_add_pd(dot, low_pd(p_dot)), high_pd(p_dot));
-            delta_sq = _mm512_add_pd(_mm512_add_pd(delta_sq, low_pd(p_delta)), high_pd(p_delta));
-            qdelta_sq = _mm512_add_pd(_mm512_add_pd(qdelta_sq, low_pd(p_q)), high_pd(p_q));
-            residual_sq = _mm512_add_pd(_mm512_add_pd(residual_sq, low_pd(p_res)), high_pd(p_res));
+            sums_add(&sums, b0.values[h], b1.values[h], b0.q[h], b1.q[h], d, half0);
         }
     }
-    out[0] = (double)changed;
-    out[1] = (double)below;
-    out[2] = _mm512_reduce_add_pd(dot);
-    out[3] = _mm512_reduce_add_pd(delta_sq);
-    out[4] = _mm512_reduce_add_pd(qdelta_sq);
-    out[5] = _mm512_reduce_add_pd(residual_sq);
+    sums_store(&sums, out);
     return -1;
 }
 
