@@ -83,3 +83,24 @@ def test_the_integer_product_is_exact_beyond_fp32s_range():
     assert acc.max() > 2**24 and not torch.equal((x @ w.t()).to(torch.int32), acc)  # fp32 would round
     expected = acc * (torch.full((3, 1), 127.0) * q.scales.reshape(1, -1)) * DEQUANT_SCALE
     assert torch.equal(llm_int8_linear(x, q.codes, q.scales, threshold=0.0), expected)
+
+
+@pytest.mark.parametrize("int_mm", [True, False], ids=["torch-int8-gemm", "fp32-slices"])
+@pytest.mark.parametrize(("rows", "width", "out"), [(1, 576, 1536), (7, 1, 5), (3, 15, 9), (5, 16, 3),
+                                                    (16, 577, 33), (4, 2100, 17)])
+def test_int8_product_is_the_exact_integer_product(monkeypatch, int_mm, rows, width, out):
+    from lit_unlearn.quantization.llm_int8 import int8_product
+
+    if not int_mm:
+        monkeypatch.delattr(torch, "_int_mm")
+    g = torch.Generator().manual_seed(width)
+    ca = torch.randint(-127, 128, (rows, width), dtype=torch.int8, generator=g)
+    codes = torch.randint(-127, 128, (out, width), dtype=torch.int8, generator=g)
+    codes[0] = 127  # the largest sums: |row · codes| up to 127² per feature
+    ca[0] = 127
+    got = int8_product(ca, codes)
+    assert got.dtype == torch.int32
+    assert torch.equal(got.long(), ca.long() @ codes.long().t())
+    # a column view of wider codes, as a layer's outlier-free slice may be
+    wide = torch.randint(-127, 128, (out, width + 3), dtype=torch.int8, generator=g)
+    assert torch.equal(int8_product(ca, wide[:, 3:]).long(), ca.long() @ wide[:, 3:].long().t())
