@@ -30,7 +30,7 @@ def paths(monkeypatch):
     monkeypatch.delenv("LIT_UNLEARN_COMPILE", raising=False)
     monkeypatch.setitem(_fused._state, "failed", False)
     calls = []
-    for name in ("stats", "fake", "legacy_stats", "legacy_fake"):
+    for name in ("stats", "fake", "legacy_stats", "legacy_fake", "int8_stats"):
         real = getattr(_simd, name)
         monkeypatch.setattr(_simd, name, lambda *a, real=real: calls.append(a) or real(*a))
 
@@ -126,6 +126,32 @@ def test_gguf_non_finite_weights_are_refused_naming_their_block(paths, scheme, b
         paths(survival_stats, w, torch.zeros_like(w), scheme, simd=True)
     with pytest.raises(ValueError, match=r"\[1312, 1344\)"):
         paths(_fused.fake_quantize_merged, torch.zeros_like(w), w, get_scheme(scheme), 32, simd=True)
+
+
+@pytest.mark.parametrize("width", [576, 8208])  # SmolLM2's rows; and rows longer than the 4-bit kernels' buffer
+@pytest.mark.parametrize("as_delta", [False, True])
+def test_llm_int8_statistics_equal_the_compiled_kernel(paths, width, as_delta):
+    torch.manual_seed(width)
+    w0 = torch.randn(24, width) * 0.02
+    w0[1, :5] = torch.tensor([1.0, 0.5 / 127, 1.5 / 127, -2.5 / 127, 3.5 / 127])  # codes on .5: ties to even
+    w0[2] = 0.0  # a zero row: factor 0
+    w0[3, 7] = 1.0001  # a value fp16 rounds
+    w1 = w0 + torch.randn_like(w0) * 0.001
+    w1[4:8] = w0[4:8]
+    fn, other = (survival_stats_delta, w1 - w0) if as_delta else (survival_stats, w1)
+    got, want = paths(fn, w0, other, "int8", simd=True), paths(fn, w0, other, "int8", simd=False)
+    assert [getattr(got, k) for k in COUNTS] == [getattr(want, k) for k in COUNTS]
+    assert 0 < got.n_changed < got.numel and 0 < got.n_below_half_step < got.numel
+    for key in SUMS:
+        assert getattr(got, key) == pytest.approx(getattr(want, key), rel=1e-12, abs=1e-30), key
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 70000.0])  # 70000: beyond fp16, as bitsandbytes casts
+def test_llm_int8_non_finite_rows_are_refused_naming_them(paths, bad):
+    w = torch.randn(16, 256)
+    w[5, 40] = bad
+    with pytest.raises(ValueError, match=r"\[1280, 1536\)"):
+        paths(survival_stats, w, torch.zeros_like(w), "int8", simd=True)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

@@ -346,6 +346,8 @@ def survival_sums(
         sums, bad = _simd.stats(flat0, flat_other, is_delta, _tables(scheme), groups, group_len, _ABSMAX_FLOOR)
     elif scheme.name in _simd.LEGACY and group_len == 32 and _simd.applies((flat0, flat_other), group_len):
         sums, bad = _simd.legacy_stats(flat0, flat_other, is_delta, scheme.name, groups)
+    elif scheme.family == "llm_int8" and _simd.applies((flat0, flat_other), group_len, max_group=1 << 24):
+        sums, bad = _simd.int8_stats(flat0, flat_other, is_delta, groups, group_len, _INV_127, _INV_127 / 2)
     else:
         sums, bad = None, -1
     if sums is not None:

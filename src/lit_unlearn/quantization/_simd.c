@@ -271,3 +271,50 @@ int64_t legacy_fake_f32(const float *w0, const float *delta, int64_t n_groups, i
     }
     return -1;
 }
+
+/* ---- LLM.int8's weight codes: one absmax per row of the fp16-rounded weight, round(x * 127 / absmax) ----
+ * As _fused._encode computes them for the "llm_int8" family: q = code * absmax * inv127, half step
+ * absmax * half_factor. Rows of any multiple of 16; W1 = W0 + other is formed twice (once per pass). */
+static inline __m512 int8_row_input(const float *x0, const float *other, int is_delta, int64_t i, int which) {
+    const __m512 a = _mm512_loadu_ps(x0 + i);
+    if (which == 0) return a;
+    const __m512 o = _mm512_loadu_ps(other + i);
+    return is_delta ? _mm512_add_ps(a, o) : o;
+}
+
+int64_t int8_stats_f32(const float *w0, const float *other, int is_delta, int64_t n_groups, int64_t group_len,
+                       float inv127, float half_factor, double *out) {
+    Sums sums;
+    sums_init(&sums);
+    for (int64_t g = 0; g < n_groups; ++g) {
+        const float *x0 = w0 + g * group_len, *o = other + g * group_len;
+        __m512 max0 = _mm512_setzero_ps(), max1 = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        for (int64_t i = 0; i < group_len; i += 16) {
+            const __m512 a = fp16_round(int8_row_input(x0, o, is_delta, i, 0));
+            const __m512 b = fp16_round(int8_row_input(x0, o, is_delta, i, 1));
+            nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
+            max0 = _mm512_max_ps(max0, _mm512_abs_ps(a));
+            max1 = _mm512_max_ps(max1, _mm512_abs_ps(b));
+        }
+        const float scale0 = _mm512_reduce_max_ps(max0), scale1 = _mm512_reduce_max_ps(max1);
+        if (nan || scale0 == __builtin_inff() || scale1 == __builtin_inff()) return g;
+        /* torch's `127.0 / scales` is `scales.reciprocal() * 127.0`: two roundings */
+        const __m512 factor0 = _mm512_set1_ps(scale0 > 0.0f ? (1.0f / scale0) * 127.0f : 0.0f);
+        const __m512 factor1 = _mm512_set1_ps(scale1 > 0.0f ? (1.0f / scale1) * 127.0f : 0.0f);
+        const __m512 s0 = _mm512_set1_ps(scale0), s1 = _mm512_set1_ps(scale1), inv = _mm512_set1_ps(inv127);
+        const __m512 half0 = _mm512_set1_ps(scale0 * half_factor);
+        for (int64_t i = 0; i < group_len; i += 16) {
+            const __m512 a = int8_row_input(x0, o, is_delta, i, 0), b = int8_row_input(x0, o, is_delta, i, 1);
+            const __m512 v0 = _mm512_roundscale_ps(_mm512_mul_ps(fp16_round(a), factor0),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512 v1 = _mm512_roundscale_ps(_mm512_mul_ps(fp16_round(b), factor1),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m512 q0 = _mm512_mul_ps(_mm512_mul_ps(v0, s0), inv);
+            const __m512 q1 = _mm512_mul_ps(_mm512_mul_ps(v1, s1), inv);
+            sums_add(&sums, v0, v1, q0, q1, _mm512_sub_ps(b, a), half0);
+        }
+    }
+    sums_store(&sums, out);
+    return -1;
+}

@@ -8,7 +8,7 @@ weights bit-identical to the compiled kernels, the fp64 sums of the same fp32 pr
 order.
 
 Built once per machine with the system's C compiler (``$CC``, else ``cc``; a second or less) into
-``$LIT_UNLEARN_CACHE`` (default ``~/.cache/lit_unlearn``) and loaded with ``ctypes``. Used only where torch
+``$LIT_UNLEARN_CACHE`` (default ``~/.cache/lit_unlearn``) and loaded with ``ctypes``. LLM.int8's row-wise statistics run here too. Used only where torch
 reports AVX-512 (:func:`torch.backends.cpu.get_cpu_capability`), for fp32 weights in groups of a multiple
 of 16 up to 4096; everything else, ``LIT_UNLEARN_SIMD=0`` and ``LIT_UNLEARN_COMPILE=0`` keep the compiled
 (or eager) path. A failed build says so once and falls back.
@@ -46,11 +46,12 @@ def enabled() -> bool:
     )
 
 
-def applies(tensors: tuple[Tensor | None, ...], group_len: int) -> bool:
-    """Whether fp32 CPU ``tensors`` (``None`` allowed) in groups of ``group_len`` can run here."""
+def applies(tensors: tuple[Tensor | None, ...], group_len: int, max_group: int = MAX_GROUP) -> bool:
+    """Whether fp32 CPU ``tensors`` (``None`` allowed) in groups of ``group_len`` (at most ``max_group``) can
+    run here."""
     return (
         group_len % 16 == 0
-        and 0 < group_len <= MAX_GROUP
+        and 0 < group_len <= max_group
         and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
         and enabled()
         and _library() is not None
@@ -102,6 +103,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.legacy_stats_f32.restype = i64
     lib.legacy_fake_f32.argtypes = [f32, f32, i64, c_int, c_int, c_int, f32]
     lib.legacy_fake_f32.restype = i64
+    lib.int8_stats_f32.argtypes = [f32, f32, c_int, i64, i64, ctypes.c_float, ctypes.c_float, f64]
+    lib.int8_stats_f32.restype = i64
     return lib
 
 
@@ -169,5 +172,17 @@ def legacy_fake(flat0: Tensor, flat_delta: Tensor | None, name: str) -> tuple[Te
     bad = _library().legacy_fake_f32(
         _floats(flat0), None if flat_delta is None else _floats(flat_delta), flat0.numel() // 32, *LEGACY[name],
         _floats(out),
+    )
+    return out, int(bad)
+
+
+def int8_stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, groups: int, group_len: int, inv127: float,
+               half_factor: float) -> tuple[Tensor, int]:
+    """:func:`stats` of LLM.int8's row-wise codes (rows of ``group_len``, any multiple of 16)."""
+    flat0, flat_other = flat0.contiguous(), flat_other.contiguous()
+    out = torch.zeros(6, dtype=torch.float64)
+    bad = _library().int8_stats_f32(
+        _floats(flat0), _floats(flat_other), int(is_delta), groups, group_len, inv127, half_factor,
+        ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
     )
     return out, int(bad)
