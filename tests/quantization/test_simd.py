@@ -199,3 +199,37 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert _simd._build() == first and first.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no leftover temporary directory
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_4bit_decode_equals_the_byte_table_decode(monkeypatch, quant_type, dtype, block_size):
+    from lit_unlearn.quantization import bnb_decode
+
+    g = torch.Generator().manual_seed(block_size)
+    n = block_size * 40
+    packed = torch.randint(0, 256, (n // 2,), dtype=torch.uint8, generator=g)
+    # scales from tiny to beyond fp16 and near bf16's largest: casts that round, overflow and stay subnormal
+    absmax = torch.logspace(-30, 38, n // block_size).float()
+    absmax[::3] = torch.rand(absmax[::3].shape, generator=g)
+    absmax[5] = 3.3999e38  # times the level 1.0: beyond bf16's largest, rounds to inf
+    calls = []
+    real = _simd.decode
+    monkeypatch.setattr(_simd, "decode", lambda *a: calls.append(a) or real(*a))
+    got = bnb_decode.dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, (40, block_size), dtype)
+    assert calls, "the AVX-512 decode ran"
+    monkeypatch.setenv("LIT_UNLEARN_SIMD", "0")
+    want = bnb_decode.dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, (40, block_size), dtype)
+    assert len(calls) == 1 and got.dtype == want.dtype == dtype and got.shape == want.shape
+    bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[dtype]
+    assert torch.equal(got.view(bits), want.view(bits))
+    assert torch.isinf(got.float()).any() or dtype == torch.float32  # the casts did overflow
+
+
+def test_4bit_decode_leaves_non_finite_scales_to_torch(monkeypatch):
+    from lit_unlearn.quantization import bnb_decode
+
+    absmax = torch.ones(4)
+    absmax[2] = float("inf")
+    assert not _simd.decode_applies(torch.zeros(128, dtype=torch.uint8), absmax, 64, torch.float32)

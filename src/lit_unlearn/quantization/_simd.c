@@ -318,3 +318,34 @@ int64_t int8_stats_f32(const float *w0, const float *other, int is_delta, int64_
     sums_store(&sums, out);
     return -1;
 }
+
+/* ---- bitsandbytes' 4-bit decode (its CUDA dequantize_4bit) of whole blocks ----
+ * level[code] * absmax[block] in fp32, two codes per byte, high nibble first; written as fp32 (out_kind 0),
+ * bf16 (1: round to nearest even, as torch casts finite values) or fp16 (2). */
+void bnb4_decode(const uint8_t *packed, const float *absmax, int64_t n_blocks, int64_t block_size,
+                 const float *levels16, int out_kind, void *out) {
+    const __m512 levels = _mm512_loadu_ps(levels16);
+    const __m128i low_nibble = _mm_set1_epi16(15);
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const __m512 scale = _mm512_set1_ps(absmax[b]);
+        const uint8_t *p = packed + b * (block_size / 2);
+        for (int64_t i = 0; i < block_size; i += 16) {
+            const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(p + i / 2)));
+            const __m128i hi = _mm_srli_epi16(bytes, 4), lo = _mm_and_si128(bytes, low_nibble);
+            const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi16(hi, lo), _mm_unpacklo_epi16(hi, lo));
+            const __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu16_epi32(codes), levels), scale);
+            const int64_t at = b * block_size + i;
+            if (out_kind == 0) {
+                _mm512_storeu_ps((float *)out + at, v);
+            } else if (out_kind == 1) {
+                __m512i bits = _mm512_castps_si512(v);
+                const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+                bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+            } else {
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + at),
+                                    _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+        }
+    }
+}

@@ -105,6 +105,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.legacy_fake_f32.restype = i64
     lib.int8_stats_f32.argtypes = [f32, f32, c_int, i64, i64, ctypes.c_float, ctypes.c_float, f64]
     lib.int8_stats_f32.restype = i64
+    lib.bnb4_decode.argtypes = [ctypes.c_void_p, f32, i64, i64, f32, c_int, ctypes.c_void_p]
+    lib.bnb4_decode.restype = None
     return lib
 
 
@@ -186,3 +188,32 @@ def int8_stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, groups: int, g
         ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
     )
     return out, int(bad)
+
+
+_DECODED = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def decode_applies(packed: Tensor, absmax: Tensor, block_size: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`decode` serves these packed bytes: CPU, blocks of a multiple of 16, an fp32/bf16/fp16
+    result, every block scale finite (a non-finite one decodes as torch decides it, NaN and all)."""
+    return (
+        packed.device.type == "cpu"
+        and dtype in _DECODED
+        and block_size % 16 == 0
+        and enabled()
+        and _library() is not None
+        and bool(torch.isfinite(absmax).all())
+    )
+
+
+def decode(packed: Tensor, absmax: Tensor, table: Tensor, block_size: int, n: int, dtype: torch.dtype) -> Tensor:
+    """``table[code] * absmax[block]`` of the first ``n`` codes (whole blocks) of ``packed`` uint8 bytes, in
+    ``dtype``: bitsandbytes' CUDA decode, as :func:`~lit_unlearn.quantization.bnb_decode.dequantize_4bit_as_cuda`
+    computes it."""
+    packed = packed[: n // 2].contiguous()
+    absmax = absmax.float().reshape(-1).contiguous()
+    table = table.float().contiguous()
+    out = torch.empty(n, dtype=dtype)
+    _library().bnb4_decode(packed.data_ptr(), _floats(absmax), n // block_size, block_size, _floats(table),
+                           _DECODED[dtype], out.data_ptr())
+    return out
