@@ -47,14 +47,16 @@ def paths(monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["nf4", "fp4"])
 @pytest.mark.parametrize("as_delta", [False, True])
-def test_statistics_equal_the_compiled_kernel(paths, scheme, as_delta):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_statistics_equal_the_compiled_kernel(paths, scheme, as_delta, dtype):
     w0 = adversarial(scheme, 64, 1024, shift=0)
     w1 = adversarial(scheme, 64, 1024, shift=1)
     w1[8:16] = w0[8:16]  # rows that do not move
     w0[20, :64] = 1e-39  # a block under bitsandbytes' absmax floor
     w1[21, :64] = 0.0
-    if as_delta:
-        fn, args = survival_stats_delta, (w0, w1 - w0, scheme)
+    w0, w1 = w0.to(dtype), w1.to(dtype)
+    if as_delta:  # a LoRA update is fp32 whatever the base's dtype; the merge rounds to the base's
+        fn, args = survival_stats_delta, (w0, w1.float() - w0.float(), scheme)
     else:
         fn, args = survival_stats, (w0, w1, scheme)
     got, want = paths(fn, *args, simd=True), paths(fn, *args, simd=False)

@@ -342,7 +342,7 @@ def survival_sums(
     import torch._dynamo
 
     groups = flat0.numel() // group_len
-    if scheme.family == "bnb4" and _simd.applies((flat0, flat_other), group_len):
+    if scheme.family == "bnb4" and _simd.applies((flat0, flat_other), group_len, dtypes=tuple(_simd.KINDS)):
         sums, bad = _simd.stats(flat0, flat_other, is_delta, _tables(scheme), groups, group_len, _ABSMAX_FLOOR)
     elif scheme.name in _simd.LEGACY and group_len == 32 and _simd.applies((flat0, flat_other), group_len):
         sums, bad = _simd.legacy_stats(flat0, flat_other, is_delta, scheme.name, groups)

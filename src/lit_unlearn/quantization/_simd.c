@@ -38,6 +38,10 @@ static inline float group_absmax(const float *x, int64_t len, int *nan) {
     return _mm512_reduce_max_ps(best);
 }
 
+static inline __m512 fp16_round(__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
 static inline __m512d low_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 static inline __m512d high_pd(__m512 v) {
     return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -77,40 +81,62 @@ static inline void sums_store(const Sums *s, double *out) {
     out[5] = _mm512_reduce_add_pd(s->residual_sq);
 }
 
-/* Statistics of W0 -> W1 over n_groups groups of group_len weights (W1 = W0 + other when is_delta):
+/* Weights in fp32 (kind 0), bf16 (1) or fp16 (2): loaded as fp32, and fp32 values rounded to the kind as
+ * torch's casts round them (to nearest even; NaN stays NaN). */
+static inline __m512 load_kind(const void *p, int kind, int64_t i) {
+    if (kind == 0) return _mm512_loadu_ps((const float *)p + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (kind == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+static inline __m512 round_kind(__m512 v, int kind) {
+    if (kind == 0) return v;
+    if (kind == 2) return fp16_round(v);
+    __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    const __m512 rounded = _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32((int)0xFFFF0000u)));
+    return _mm512_mask_mov_ps(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+}
+
+/* Statistics of W0 -> W1 over n_groups groups of group_len weights, W0 of kind0 and `other` of kind1;
+ * W1 = W0 + other rounded to kind0 when is_delta, else `other`. Each deployed weight Q(W) is rounded to
+ * its weight's kind, as deployed in the model's dtype:
  * out[0..5] = changed codes, updates below half a step, <dQ,dW>, ||dW||^2, ||dQ||^2, ||dQ-dW||^2.
  * Returns the index of the first group with a non-finite absmax (W0's or W1's), or -1. */
-int64_t bnb4_stats_f32(const float *w0, const float *other, int is_delta, int64_t n_groups, int64_t group_len,
-                       const float *midpoints16, const float *compare16, const float *half16, float absmax_floor,
-                       double *out) {
+int64_t bnb4_stats(const void *w0, int kind0, const void *other, int kind1, int is_delta, int64_t n_groups,
+                   int64_t group_len, const float *midpoints16, const float *compare16, const float *half16,
+                   float absmax_floor, double *out) {
     const __m512 mids = _mm512_loadu_ps(midpoints16);
     const __m512 compare = _mm512_loadu_ps(compare16);
     const __m512 half = _mm512_loadu_ps(half16);
+    const int kind_w1 = is_delta ? kind0 : kind1;
     Sums sums;
     sums_init(&sums);
-    float x1_group[group_len > 0 ? group_len : 1];
+    float x0_group[group_len > 0 ? group_len : 1], x1_group[group_len > 0 ? group_len : 1];
     for (int64_t g = 0; g < n_groups; ++g) {
-        const float *x0 = w0 + g * group_len;
-        const float *x1 = other + g * group_len;
-        if (is_delta) {
-            for (int64_t i = 0; i < group_len; i += 16)
-                _mm512_storeu_ps(x1_group + i, _mm512_add_ps(_mm512_loadu_ps(x0 + i), _mm512_loadu_ps(x1 + i)));
-            x1 = x1_group;
+        const int64_t at = g * group_len;
+        for (int64_t i = 0; i < group_len; i += 16) {
+            const __m512 a = load_kind(w0, kind0, at + i), o = load_kind(other, kind1, at + i);
+            _mm512_storeu_ps(x0_group + i, a);
+            _mm512_storeu_ps(x1_group + i, is_delta ? round_kind(_mm512_add_ps(a, o), kind0) : o);
         }
         int nan0, nan1;
-        const float absmax0 = group_absmax(x0, group_len, &nan0);
-        const float absmax1 = group_absmax(x1, group_len, &nan1);
+        const float absmax0 = group_absmax(x0_group, group_len, &nan0);
+        const float absmax1 = group_absmax(x1_group, group_len, &nan1);
         if (nan0 || nan1 || absmax0 == __builtin_inff() || absmax1 == __builtin_inff()) return g;
         const __m512 scale0 = _mm512_set1_ps(absmax0), scale1 = _mm512_set1_ps(absmax1);
         const __m512 inv0 = _mm512_set1_ps(1.0f / (absmax0 > absmax_floor ? absmax0 : absmax_floor));
         const __m512 inv1 = _mm512_set1_ps(1.0f / (absmax1 > absmax_floor ? absmax1 : absmax_floor));
         for (int64_t i = 0; i < group_len; i += 16) {
-            const __m512 a = _mm512_loadu_ps(x0 + i), b = _mm512_loadu_ps(x1 + i);
+            const __m512 a = _mm512_loadu_ps(x0_group + i), b = _mm512_loadu_ps(x1_group + i);
             const __m512i k0 = level_index(_mm512_mul_ps(a, inv0), mids);
             const __m512i k1 = level_index(_mm512_mul_ps(b, inv1), mids);
             const __m512 v0 = _mm512_permutexvar_ps(k0, compare), v1 = _mm512_permutexvar_ps(k1, compare);
             const __m512 half0 = _mm512_mul_ps(_mm512_permutexvar_ps(k0, half), scale0);
-            const __m512 q0 = _mm512_mul_ps(v0, scale0), q1 = _mm512_mul_ps(v1, scale1);
+            const __m512 q0 = round_kind(_mm512_mul_ps(v0, scale0), kind0);
+            const __m512 q1 = round_kind(_mm512_mul_ps(v1, scale1), kind_w1);
             sums_add(&sums, v0, v1, q0, q1, _mm512_sub_ps(b, a), half0);
         }
     }
@@ -156,10 +182,6 @@ typedef struct {
     float half;
     int bad;
 } Block32;
-
-static inline __m512 fp16_round(__m512 v) {
-    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
 
 static inline float inverse(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
 

@@ -46,13 +46,14 @@ def enabled() -> bool:
     )
 
 
-def applies(tensors: tuple[Tensor | None, ...], group_len: int, max_group: int = MAX_GROUP) -> bool:
-    """Whether fp32 CPU ``tensors`` (``None`` allowed) in groups of ``group_len`` (at most ``max_group``) can
-    run here."""
+def applies(tensors: tuple[Tensor | None, ...], group_len: int, max_group: int = MAX_GROUP,
+            dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+    """Whether CPU ``tensors`` (``None`` allowed) of ``dtypes`` in groups of ``group_len`` (at most
+    ``max_group``) can run here."""
     return (
         group_len % 16 == 0
         and 0 < group_len <= max_group
-        and all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+        and all(t is None or (t.dtype in dtypes and t.device.type == "cpu") for t in tensors)
         and enabled()
         and _library() is not None
     )
@@ -94,11 +95,11 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     f32, f64 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_double)
     i64 = ctypes.c_int64
-    lib.bnb4_stats_f32.argtypes = [f32, f32, ctypes.c_int, i64, i64, f32, f32, f32, ctypes.c_float, f64]
-    lib.bnb4_stats_f32.restype = i64
+    void, c_int = ctypes.c_void_p, ctypes.c_int
+    lib.bnb4_stats.argtypes = [void, c_int, void, c_int, c_int, i64, i64, f32, f32, f32, ctypes.c_float, f64]
+    lib.bnb4_stats.restype = i64
     lib.bnb4_fake_f32.argtypes = [f32, f32, i64, i64, f32, f32, ctypes.c_float, f32]
     lib.bnb4_fake_f32.restype = i64
-    c_int = ctypes.c_int
     lib.legacy_stats_f32.argtypes = [f32, f32, c_int, i64, c_int, c_int, c_int, f64]
     lib.legacy_stats_f32.restype = i64
     lib.legacy_fake_f32.argtypes = [f32, f32, i64, c_int, c_int, c_int, f32]
@@ -123,16 +124,22 @@ def _midpoints(midpoints: tuple[float, ...]) -> Tensor:
     return _table((float("-inf"), *midpoints))
 
 
+#: Weight dtypes of the 4-bit statistics, as the kernel's kinds.
+KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
 def stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, tables: dict[str, tuple[float, ...]],
           groups: int, group_len: int, absmax_floor: float) -> tuple[Tensor, int]:
     """``([changed, below half step, <dQ,ΔW>, ||ΔW||², ||dQ||², ||dQ-ΔW||²] in fp64, first bad group or -1)``
-    of the first ``groups`` whole groups of contiguous fp32 ``flat0`` and ``flat_other``."""
+    of the first ``groups`` whole groups of contiguous ``flat0`` and ``flat_other`` (fp32, bf16 or fp16: the
+    merge and each deployed weight rounded to the weight's dtype, as the compiled kernel rounds them)."""
     flat0, flat_other = flat0.contiguous(), flat_other.contiguous()
     mids, compare, half = _midpoints(tables["midpoints"]), _table(tables["compare"]), _table(tables["half_step"])
     out = torch.zeros(6, dtype=torch.float64)
-    bad = _library().bnb4_stats_f32(
-        _floats(flat0), _floats(flat_other), int(is_delta), groups, group_len, _floats(mids), _floats(compare),
-        _floats(half), absmax_floor, ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
+    bad = _library().bnb4_stats(
+        flat0.data_ptr(), KINDS[flat0.dtype], flat_other.data_ptr(), KINDS[flat_other.dtype], int(is_delta), groups,
+        group_len, _floats(mids), _floats(compare), _floats(half), absmax_floor,
+        ctypes.cast(out.data_ptr(), ctypes.POINTER(ctypes.c_double)),
     )
     return out, int(bad)
 
