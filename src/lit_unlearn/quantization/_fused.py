@@ -19,6 +19,10 @@ than the eager path's fp32 sums (tested). Layers under
 :data:`MIN_ELEMENTS` stay eager, where compiling would cost more than it saves, as does nf4/fp4's
 shorter last block (a handful of weights whose scale bitsandbytes computes by division).
 
+On a CPU with AVX-512, :mod:`~lit_unlearn.quantization._simd` runs nf4/fp4 (fp32, bf16 and fp16 weights),
+the legacy GGUF formats and LLM.int8 (fp32) in place of these kernels, bit-identical and 2-3x faster; the
+kernels here serve every other case.
+
 Set ``LIT_UNLEARN_COMPILE=0`` to keep every check eager. Without a working C++ compiler the first
 compile fails; the checks then run eagerly and say so once.
 """

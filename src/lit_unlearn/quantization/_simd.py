@@ -1,4 +1,8 @@
-"""nf4/fp4 checks and deployed weights of fp32 layers by AVX-512 register lookups (``_simd.c``).
+"""Survival checks, deployed weights and 4-bit decodes by AVX-512 kernels in C (``_simd.c``).
+
+nf4/fp4 statistics (fp32, bf16 and fp16 weights) and deployed weights (fp32); GGUF's legacy formats
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: statistics and deployed weights, fp32); LLM.int8's statistics (fp32); and
+bitsandbytes' 4-bit decode of a QLoRA base (to fp32, bf16 or fp16).
 
 The compiled kernels of :mod:`~lit_unlearn.quantization._fused` look a weight's 4-bit level up by a chain
 of 15 compare-and-select steps per table, which bounds an nf4 check at about 6% of an fp32 copy
@@ -8,10 +12,10 @@ weights bit-identical to the compiled kernels, the fp64 sums of the same fp32 pr
 order.
 
 Built once per machine with the system's C compiler (``$CC``, else ``cc``; a second or less) into
-``$LIT_UNLEARN_CACHE`` (default ``~/.cache/lit_unlearn``) and loaded with ``ctypes``. LLM.int8's row-wise statistics run here too. Used only where torch
-reports AVX-512 (:func:`torch.backends.cpu.get_cpu_capability`), for fp32 weights in groups of a multiple
-of 16 up to 4096; everything else, ``LIT_UNLEARN_SIMD=0`` and ``LIT_UNLEARN_COMPILE=0`` keep the compiled
-(or eager) path. A failed build says so once and falls back.
+``$LIT_UNLEARN_CACHE`` (default ``~/.cache/lit_unlearn``) and loaded with ``ctypes``. Used only where torch
+reports AVX-512 (:func:`torch.backends.cpu.get_cpu_capability`), for groups of a multiple of 16 (4-bit
+blocks up to 4096); everything else, ``LIT_UNLEARN_SIMD=0`` and ``LIT_UNLEARN_COMPILE=0`` keep the
+compiled (or eager) path. A failed build says so once and falls back.
 """
 
 from __future__ import annotations
