@@ -218,14 +218,18 @@ def test_4bit_decode_equals_the_byte_table_decode(monkeypatch, quant_type, dtype
     absmax[5] = 3.3999e38  # times the level 1.0: beyond bf16's largest, rounds to inf
     calls = []
     real = _simd.decode
-    monkeypatch.setattr(_simd, "decode", lambda *a: calls.append(a) or real(*a))
-    got = bnb_decode.dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, (40, block_size), dtype)
-    assert calls, "the AVX-512 decode ran"
+    monkeypatch.setattr(_simd, "decode", lambda *a, **k: calls.append(a) or real(*a, **k))
+    decode = bnb_decode.dequantize_4bit_as_cuda
+    got = decode(packed, absmax, quant_type, block_size, (40, block_size), dtype)
+    widened = decode(packed, absmax, quant_type, block_size, (40, block_size), dtype, widen_to=torch.float32)
+    assert len(calls) == 2, "the AVX-512 decode ran"
     monkeypatch.setenv("LIT_UNLEARN_SIMD", "0")
-    want = bnb_decode.dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, (40, block_size), dtype)
-    assert len(calls) == 1 and got.dtype == want.dtype == dtype and got.shape == want.shape
+    want = decode(packed, absmax, quant_type, block_size, (40, block_size), dtype)
+    assert len(calls) == 2 and got.dtype == want.dtype == dtype and got.shape == want.shape
     bits = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[dtype]
     assert torch.equal(got.view(bits), want.view(bits))
+    # rounded to the dtype, returned in fp32: .to(dtype).float() in one pass
+    assert widened.dtype == torch.float32 and torch.equal(widened.view(torch.int32), want.float().view(torch.int32))
     assert torch.isinf(got.float()).any() or dtype == torch.float32  # the casts did overflow
 
 

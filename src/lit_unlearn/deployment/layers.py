@@ -337,7 +337,8 @@ class DeployedLayer:
             # peft's 4-bit merge sums in the promoted dtype (float32 for a float32 adapter): W0 is taken
             # in that dtype, so the streamed merge rounds to it exactly as peft's sum does.
             delta = self.delta(buffer)
-            w0 = self.w0().to(torch.promote_types(self.linear.weight.quant_state.dtype, delta.dtype))
+            stored = self.linear.weight.quant_state.dtype
+            w0 = dequantize_params4bit(self.linear.weight, widen_to=torch.promote_types(stored, delta.dtype))
             # Fresh nested scales on both sides (see quantization.double_quant), never against the stored base.
             return {s.name: double_quant_survival(w0, w0 + delta, s.name, s.block_size) if self._double_quant_merge(s)
                     else survival_stats_delta(w0, delta, self.scheme_for(s), reference=codes.get(s.name))

@@ -343,7 +343,8 @@ int64_t int8_stats_f32(const float *w0, const float *other, int is_delta, int64_
 
 /* ---- bitsandbytes' 4-bit decode (its CUDA dequantize_4bit) of whole blocks ----
  * level[code] * absmax[block] in fp32, two codes per byte, high nibble first; written as fp32 (out_kind 0),
- * bf16 (1: round to nearest even, as torch casts finite values) or fp16 (2). */
+ * bf16 (1: round to nearest even, as torch casts finite values) or fp16 (2), or rounded to bf16 (4) or
+ * fp16 (5) and written as fp32. */
 void bnb4_decode(const uint8_t *packed, const float *absmax, int64_t n_blocks, int64_t block_size,
                  const float *levels16, int out_kind, void *out) {
     const __m512 levels = _mm512_loadu_ps(levels16);
@@ -359,6 +360,8 @@ void bnb4_decode(const uint8_t *packed, const float *absmax, int64_t n_blocks, i
             const int64_t at = b * block_size + i;
             if (out_kind == 0) {
                 _mm512_storeu_ps((float *)out + at, v);
+            } else if (out_kind >= 3) {  /* rounded to bf16 (4) or fp16 (5), kept in fp32 */
+                _mm512_storeu_ps((float *)out + at, round_kind(v, out_kind - 3));
             } else if (out_kind == 1) {
                 __m512i bits = _mm512_castps_si512(v);
                 const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));

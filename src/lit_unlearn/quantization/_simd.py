@@ -217,14 +217,16 @@ def decode_applies(packed: Tensor, absmax: Tensor, block_size: int, dtype: torch
     )
 
 
-def decode(packed: Tensor, absmax: Tensor, table: Tensor, block_size: int, n: int, dtype: torch.dtype) -> Tensor:
+def decode(packed: Tensor, absmax: Tensor, table: Tensor, block_size: int, n: int, dtype: torch.dtype,
+           widened: bool = False) -> Tensor:
     """``table[code] * absmax[block]`` of the first ``n`` codes (whole blocks) of ``packed`` uint8 bytes, in
     ``dtype``: bitsandbytes' CUDA decode, as :func:`~lit_unlearn.quantization.bnb_decode.dequantize_4bit_as_cuda`
-    computes it."""
+    computes it; ``widened``: rounded to ``dtype`` but returned in fp32 (``.to(dtype).float()``)."""
     packed = packed[: n // 2].contiguous()
     absmax = absmax.float().reshape(-1).contiguous()
     table = table.float().contiguous()
-    out = torch.empty(n, dtype=dtype)
+    out = torch.empty(n, dtype=torch.float32 if widened else dtype)
+    kind = _DECODED[dtype] + (3 if widened and dtype != torch.float32 else 0)
     _library().bnb4_decode(packed.data_ptr(), _floats(absmax), n // block_size, block_size, _floats(table),
-                           _DECODED[dtype], out.data_ptr())
+                           kind, out.data_ptr())
     return out

@@ -129,6 +129,7 @@ def dequantize_4bit_as_cuda(
     block_size: int,
     shape: Sequence[int],
     dtype: torch.dtype = torch.float32,
+    widen_to: torch.dtype | None = None,
 ) -> Tensor:
     """What bitsandbytes' CUDA kernel decodes from ``quantize_4bit``'s output, computed on any device.
 
@@ -139,6 +140,7 @@ def dequantize_4bit_as_cuda(
         block_size: The block size the weight was quantized with.
         shape: The weight's shape.
         dtype: The dtype to cast the fp32 values to.
+        widen_to: Return those values in this dtype instead (a wider one: ``.to(dtype).to(widen_to)``).
 
     Returns:
         A tensor of ``shape`` and ``dtype``; fp4 pattern 8 is ``-0.0``.
@@ -147,6 +149,13 @@ def dequantize_4bit_as_cuda(
     flat = packed.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
+    widen = widen_to is not None and widen_to != dtype
+    if widen and not (n % block_size or n % 2 or flat.numel() * 2 < n) and widen_to == torch.float32 \
+            and _simd.decode_applies(flat, absmax, block_size, dtype):
+        table = _cuda_table(quant_type, flat.device)
+        return _simd.decode(flat, absmax, table, block_size, n, dtype, widened=True).reshape(tuple(shape))
+    if widen:
+        return dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, shape, dtype).to(widen_to)
     if n % block_size or n % 2 or flat.numel() * 2 < n:
         table = _cuda_table(quant_type, packed.device)
         values = table[_unpack(packed, n)]
@@ -179,7 +188,8 @@ def params4bit_format(weight: Tensor) -> tuple[str, int]:
     return state.quant_type, int(state.blocksize)
 
 
-def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None, widen_to: torch.dtype | None = None
+                          ) -> Tensor:
     """The weight a bitsandbytes ``Params4bit`` holds, as the CUDA kernel decodes it, on any device.
 
     With double quantization (``bnb_4bit_use_double_quant``, ``quant_state.nested``) the block scales are
@@ -190,6 +200,8 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> T
         weight: A ``Linear4bit``'s weight (its ``quant_state`` set, i.e. already quantized).
         dtype: The result's dtype; ``None`` takes the dtype the weight was quantized from
             (``quant_state.dtype``), as ``dequantize_4bit`` returns it.
+        widen_to: Return the values rounded to ``dtype`` in this wider dtype instead (``.to(dtype).to(widen_to)``
+            in one pass where the AVX-512 decode serves it).
     """
     state = weight.quant_state
     if getattr(state, "packing_format_for_cpu", False):
@@ -201,7 +213,7 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None) -> T
         )
     return dequantize_4bit_as_cuda(
         weight.data, block_scales(state), state.quant_type, int(state.blocksize), tuple(state.shape),
-        state.dtype if dtype is None else dtype,
+        state.dtype if dtype is None else dtype, widen_to=widen_to,
     )
 
 
