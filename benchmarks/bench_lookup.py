@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -82,11 +81,8 @@ def without_simd(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the AVX-512 kernels off: the torch.compile kernel's compare-and-select chain."""
 
     def run() -> object:
-        os.environ["LIT_UNLEARN_SIMD"] = "0"
-        try:
+        with _simd.disabled():
             return fn()
-        finally:
-            os.environ.pop("LIT_UNLEARN_SIMD")
 
     return run
 

@@ -39,6 +39,7 @@ from lit_unlearn import ForgetRetainDataModule, UnlearningModule
 from lit_unlearn.adapters import LoRA
 from lit_unlearn.callbacks._survival_probe import resolve_probe_loss, split_probe, to_device
 from lit_unlearn.data.sources import resolve_path
+from lit_unlearn.quantization import _simd
 from lit_unlearn.survival import SurvivalEngine
 from lit_unlearn.survival.layers import model_of
 
@@ -102,14 +103,11 @@ def survival_check(
 
 
 def without_simd(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the AVX-512 nf4/fp4 kernels off (``LIT_UNLEARN_SIMD=0``): the torch.compile kernels."""
+    """``fn`` with the AVX-512 kernels off (``LIT_UNLEARN_SIMD=0``): the torch.compile kernels."""
 
     def run() -> object:
-        os.environ["LIT_UNLEARN_SIMD"] = "0"
-        try:
+        with _simd.disabled():
             return fn()
-        finally:
-            os.environ.pop("LIT_UNLEARN_SIMD")
 
     return run
 

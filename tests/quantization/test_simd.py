@@ -113,10 +113,16 @@ def test_gguf_deployed_weights_are_bit_identical(paths, scheme, with_delta):
     got = paths(_fused.fake_quantize_merged, w0, delta, fitted, 32, simd=True)
     want = paths(_fused.fake_quantize_merged, w0, delta, fitted, 32, simd=False)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
-    # and they are ggml's: the eager port of its reference quantizer, which the GGUF tests hold to ggml's bytes
-    from lit_unlearn.quantization import fake_quantize
+    # and they are ggml's own: its reference quantizer (llama.cpp's libggml), decoded by the gguf package
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
 
-    assert torch.equal(got.view(torch.int32), fake_quantize(w0 if delta is None else w0 + delta, scheme).view(torch.int32))
+    from lit_unlearn.quantization.gguf_bytes import GGML_TYPE
+    from tests.quantization.ggml_oracle import ggml_quantize
+
+    merged = w0 if delta is None else w0 + delta
+    ggml = gguf_dequantize(ggml_quantize(merged.numpy(), scheme), GGMLQuantizationType(GGML_TYPE[scheme]))
+    assert torch.equal(got.view(torch.int32), torch.from_numpy(ggml.reshape(merged.shape).copy()).view(torch.int32))
 
 
 @pytest.mark.parametrize("scheme", LEGACY)

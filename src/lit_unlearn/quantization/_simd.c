@@ -25,6 +25,11 @@ static inline __m512i level_index(__m512 s, __m512 mids) {
     return index;
 }
 
+/* 1 / absmax, the absmax floored as bitsandbytes floors it, broadcast. */
+static inline __m512 inverse_scale(float absmax, float absmax_floor) {
+    return _mm512_set1_ps(1.0f / (absmax > absmax_floor ? absmax : absmax_floor));
+}
+
 /* max |x| over a group (lanes of `len` floats, len % 16 == 0) and whether it holds a NaN. */
 static inline float group_absmax(const float *x, int64_t len, int *nan) {
     __m512 best = _mm512_setzero_ps();
@@ -127,8 +132,8 @@ int64_t bnb4_stats(const void *w0, int kind0, const void *other, int kind1, int 
         const float absmax1 = group_absmax(x1_group, group_len, &nan1);
         if (nan0 || nan1 || absmax0 == __builtin_inff() || absmax1 == __builtin_inff()) return g;
         const __m512 scale0 = _mm512_set1_ps(absmax0), scale1 = _mm512_set1_ps(absmax1);
-        const __m512 inv0 = _mm512_set1_ps(1.0f / (absmax0 > absmax_floor ? absmax0 : absmax_floor));
-        const __m512 inv1 = _mm512_set1_ps(1.0f / (absmax1 > absmax_floor ? absmax1 : absmax_floor));
+        const __m512 inv0 = inverse_scale(absmax0, absmax_floor);
+        const __m512 inv1 = inverse_scale(absmax1, absmax_floor);
         for (int64_t i = 0; i < group_len; i += 16) {
             const __m512 a = _mm512_loadu_ps(x0_group + i), b = _mm512_loadu_ps(x1_group + i);
             const __m512i k0 = level_index(_mm512_mul_ps(a, inv0), mids);
@@ -163,7 +168,7 @@ int64_t bnb4_fake_f32(const float *w0, const float *delta, int64_t n_groups, int
         const float absmax = group_absmax(x, group_len, &nan);
         if (nan || absmax == __builtin_inff()) return g;
         const __m512 scale = _mm512_set1_ps(absmax);
-        const __m512 inv = _mm512_set1_ps(1.0f / (absmax > absmax_floor ? absmax : absmax_floor));
+        const __m512 inv = inverse_scale(absmax, absmax_floor);
         for (int64_t i = 0; i < group_len; i += 16) {
             const __m512i k = level_index(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv), mids);
             _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_permutexvar_ps(k, levels), scale));

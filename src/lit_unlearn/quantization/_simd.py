@@ -20,12 +20,14 @@ compiled (or eager) path. A failed build says so once and falls back.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,21 @@ def enabled() -> bool:
         and not _state["failed"]
         and "AVX512" in torch.backends.cpu.get_cpu_capability()
     )
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the context, the compiled (or eager) kernels run instead (``LIT_UNLEARN_SIMD=0``): for
+    side-by-side measurements."""
+    previous = os.environ.get("LIT_UNLEARN_SIMD")
+    os.environ["LIT_UNLEARN_SIMD"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["LIT_UNLEARN_SIMD"]
+        else:
+            os.environ["LIT_UNLEARN_SIMD"] = previous
 
 
 def applies(tensors: tuple[Tensor | None, ...], group_len: int, max_group: int = MAX_GROUP,

@@ -149,14 +149,13 @@ def dequantize_4bit_as_cuda(
     flat = packed.reshape(-1)
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
-    widen = widen_to is not None and widen_to != dtype
-    if widen and not (n % block_size or n % 2 or flat.numel() * 2 < n) and widen_to == torch.float32 \
-            and _simd.decode_applies(flat, absmax, block_size, dtype):
-        table = _cuda_table(quant_type, flat.device)
-        return _simd.decode(flat, absmax, table, block_size, n, dtype, widened=True).reshape(tuple(shape))
-    if widen:
+    whole_blocks = not (n % block_size or n % 2 or flat.numel() * 2 < n)
+    if widen_to is not None and widen_to != dtype:
+        if whole_blocks and widen_to == torch.float32 and _simd.decode_applies(flat, absmax, block_size, dtype):
+            table = _cuda_table(quant_type, flat.device)
+            return _simd.decode(flat, absmax, table, block_size, n, dtype, widened=True).reshape(tuple(shape))
         return dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, shape, dtype).to(widen_to)
-    if n % block_size or n % 2 or flat.numel() * 2 < n:
+    if not whole_blocks:
         table = _cuda_table(quant_type, packed.device)
         values = table[_unpack(packed, n)]
         scales = absmax.float().reshape(-1).repeat_interleave(block_size)[:n]
