@@ -243,6 +243,7 @@ def test_real_map_pipeline_on_a_tiny_gguf_fills_a_new_precision_from_the_saved_u
     assert run["steps"] == 2 and set(run["scores"]) == {"full", "q4_1"} and "amplify:2" in run["candidates"]
     assert (tmp_path / "map" / "lora_npo_gdr_0.0007_30" / "seed0" / "delta.safetensors").is_file()
     assert "| lora npo_gdr, lr 0.0007, 30 steps | 1 |" in first["markdown"]
+    assert "| lora npo_gdr, lr 0.0007, 30 steps | 1 |" in first["readme"]
 
     second = real_map.main([*args, "--precisions", "full", "q4_1", "int8", "--candidates"])
     (again,) = second["runs"]
