@@ -256,10 +256,12 @@ def with_update(base: Any, delta: dict[str, torch.Tensor], transform: str) -> An
         raise ValueError(f"Unknown candidate {transform!r}; use amplify:<a>, floor:<share>, push:<share> or floor:auto.")
     param = float(value)
     quantized = {f"{layer.name}.weight" for layer in deployed_layers(model)}
-    state = model.state_dict()
+    # W0 read from the base, never from the copy being written: a tied head and embedding are one tensor under
+    # two keys, and reading it back after the first write would add their update twice.
+    original, state = base.state_dict(), model.state_dict()
     with torch.no_grad():
         for key, d in delta.items():
-            w0 = state[key].float()
+            w0 = original[key].float()
             if kind == "amplify":
                 new = w0 + param * d
             elif kind == "push" and key in quantized:  # the library's floor at a fixed share

@@ -252,3 +252,29 @@ def test_real_map_pipeline_on_a_tiny_gguf_fills_a_new_precision_from_the_saved_u
     assert again["scores"]["q4_1"] == run["scores"]["q4_1"]
     for split in ("forget", "paraphrase", "neighbour", "retain"):
         assert 0.0 <= again["scores"]["int8"][f"{split}_acc"] <= 100.0
+
+
+def test_real_map_adds_a_tied_head_and_embeddings_update_once():
+    """A tied head and embedding are one tensor under two state-dict keys, and a full-parameter run's ``ΔW``
+    names both: the deploy-time candidates must hold ``W0 + ΔW`` there, not ``W0 + 2ΔW``."""
+    from pathlib import Path
+
+    from tests.conftest import load_script
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    real_map = load_script(Path(__file__).parents[2] / "scripts" / "real_map.py", "real_map")
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True)).eval()
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    d = torch.randn(64, 32) * 1e-2
+    proj = torch.randn(32, 32) * 1e-2
+    delta = {"lm_head.weight": d, "model.embed_tokens.weight": d, "model.layers.0.self_attn.q_proj.weight": proj}
+    for candidate in ("amplify:1", "floor:0.01"):
+        model = real_map.with_update(base, delta, candidate)
+        torch.testing.assert_close(model.model.embed_tokens.weight, base.model.embed_tokens.weight + d,
+                                   rtol=0, atol=1e-7)
+    amplified = real_map.with_update(base, delta, "amplify:3")
+    torch.testing.assert_close(amplified.model.layers[0].self_attn.q_proj.weight,
+                               base.model.layers[0].self_attn.q_proj.weight + 3 * proj, rtol=0, atol=1e-7)
