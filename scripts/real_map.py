@@ -6,6 +6,7 @@
     python scripts/real_map.py --from-json docs/real_map.json   # tables from stored runs, nothing fitted
     python scripts/real_map.py --stored              # tables from every run under outputs/real_map
     python scripts/real_map.py --stored --readme README.md  # ... and the README's table
+    python scripts/real_map.py --refit --cells lora_npo_gdr_0.0007_30   # recover the ΔW of runs that kept none
 
 Each run unlearns the benchmark's forget topic (``real:smollm2-data``: capitals of European countries) from
 ``real:smollm2`` (the GGUF Q4_1 file the model ships as) with lit-unlearn's own API, with
@@ -495,7 +496,10 @@ def run(cell: Cell, seed: int, args: argparse.Namespace, original: dict, base: A
     result_path = run_dir / "result.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if refresh(result, run_dir, args, original, base, tokenizer, benchmark):
+        refitted = args.refit and not (run_dir / "delta.safetensors").is_file()
+        if refitted:
+            recover_delta(cell, seed, args, result, run_dir, base, tokenizer, benchmark)
+        if refresh(result, run_dir, args, original, base, tokenizer, benchmark) or refitted:
             result_path.write_text(json.dumps(result, indent=1))
         return result
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -516,6 +520,26 @@ def run(cell: Cell, seed: int, args: argparse.Namespace, original: dict, base: A
     result["score_s"] = time.perf_counter() - start
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def recover_delta(cell: Cell, seed: int, args: argparse.Namespace, result: dict, run_dir: Path, base: Any,
+                  tokenizer: Any, benchmark: Any) -> bool:
+    """``--refit``: a stored run that kept no ``ΔW`` is fitted again with its seed; the update is saved only when
+    the refit reproduces the stored run (the same scores at full precision), so that what is scored from it
+    later belongs to that run."""
+    from safetensors.torch import save_file
+
+    module, _, timing = fit(cell, seed, args.model, args.data, args.smoke, run_dir)
+    full = scores(module.model, tokenizer, benchmark, ["full"], args.batch_size)["full"]
+    same = all(math.isclose(full[k], result["scores"]["full"][k], rel_tol=1e-6) for k in full)
+    result.setdefault("refits", []).append({"fit_s": timing["fit_s"], "reproduced": same, "full": full})
+    if same:
+        delta = delta_of(module, base)
+        save_file({k: v.contiguous() for k, v in delta.items()}, str(run_dir / "delta.safetensors"))
+    print(f"{cell.name} seed {seed}: refit {'reproduces' if same else 'does not reproduce'} the stored run", flush=True)
+    del module
+    gc.collect()
+    return same
 
 
 def weight_statistics(base: Any, delta: dict[str, torch.Tensor], schemes: Sequence[str]) -> dict[str, dict]:
@@ -604,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--from-json", type=Path, default=None)
     parser.add_argument("--stored", action="store_true",
                         help="fit and score nothing: the tables from every run stored under --out")
+    parser.add_argument("--refit", action="store_true",
+                        help="fit stored runs that kept no ΔW again; their ΔW is kept when the refit reproduces them")
     parser.add_argument("--smoke", action="store_true", help="2 steps per run (with --model/--data of a tiny world)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("LIT_UNLEARN_THREADS", "1")))

@@ -278,3 +278,37 @@ def test_real_map_adds_a_tied_head_and_embeddings_update_once():
     amplified = real_map.with_update(base, delta, "amplify:3")
     torch.testing.assert_close(amplified.model.layers[0].self_attn.q_proj.weight,
                                base.model.layers[0].self_attn.q_proj.weight + 3 * proj, rtol=0, atol=1e-7)
+
+
+def test_real_map_refit_recovers_an_update_only_when_it_reproduces_the_stored_run(chat_model, built, tmp_path):
+    """``--refit``: a stored run without its ``ΔW`` is fitted again; the update is kept (and a new precision
+    scored from it) when the refit's full-precision scores are the stored ones, and refused when they differ."""
+    import json
+    from pathlib import Path
+
+    from tests.conftest import load_script
+
+    from lit_unlearn.gguf_io import write_gguf
+
+    model, tokenizer = chat_model
+    gguf = tmp_path / "tiny.q4_1.gguf"
+    write_gguf(model, tokenizer, gguf, "q4_1")
+    real_map = load_script(Path(__file__).parents[2] / "scripts" / "real_map.py", "real_map")
+    args = ["--smoke", "--model", str(gguf), "--data", str(built[1]), "--out", str(tmp_path / "map"),
+            "--cells", "full_npo_gdr_1e-05_30", "--seeds", "0", "--batch-size", "4", "--min-forgetting", "0",
+            "--candidates"]
+    real_map.main([*args, "--precisions", "full", "q4_1"])
+    run_dir = tmp_path / "map" / "full_npo_gdr_1e-05_30" / "seed0"
+    (run_dir / "delta.safetensors").unlink()  # an early run that kept only its scores
+
+    (again,) = real_map.main([*args, "--precisions", "full", "q4_1", "int8", "--refit"])["runs"]
+    assert [r["reproduced"] for r in again["refits"]] == [True]
+    assert (run_dir / "delta.safetensors").is_file() and "int8" in again["scores"]
+
+    (run_dir / "delta.safetensors").unlink()
+    stored = json.loads((run_dir / "result.json").read_text())
+    stored["scores"]["full"]["retain_acc"] += 1.0  # not the run a refit reproduces
+    (run_dir / "result.json").write_text(json.dumps(stored))
+    (other,) = real_map.main([*args, "--precisions", "full", "q4_1", "int8", "nf4", "--refit"])["runs"]
+    assert [r["reproduced"] for r in other["refits"]] == [True, False]
+    assert not (run_dir / "delta.safetensors").is_file() and "nf4" not in other["scores"]
