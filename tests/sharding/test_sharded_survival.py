@@ -54,7 +54,10 @@ def _fit(tmp_path: Path, model: str, texts: dict, *, sharded: bool, lora: dict |
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT), str(root / "spec.json")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    # Both ranks write to one stderr: the rank that failed first is named in its error lines, which the other
+    # rank's trace (the tail) would push out of the message.
+    causes = [line for line in done.stderr.splitlines() if "Error" in line or "terminate" in line or "Abort" in line]
+    assert done.returncode == 0, "\n".join(causes[-20:]) + "\n...\n" + done.stderr[-3000:]
     result = json.loads((root / "result.json").read_text())
     return {**result, "saved": root / "saved", "probe": torch.load(root / "probe.pt"), "log": done.stderr}
 
