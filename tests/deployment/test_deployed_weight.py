@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from tests.conftest import build_tiny_llama
@@ -250,6 +251,20 @@ def test_export_writes_the_weights_its_report_describes(tmp_path, dtype):
         expected = F.dequantize_4bit(packed, state).reshape(w.shape)
         got = deployed.get_submodule(name).weight
         assert got.dtype == expected.dtype == dtype
+        assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), name
+    # Independent oracle for int4, from the scheme's definition (PAPER.md: symmetric RTN, s = max|w| / 7 per
+    # group of 128, Q(w) = s * clamp(round(w / s), -7, 7)) written in numpy on peft's merge. The tiny model's
+    # rows (32 and 64 columns) are shorter than a group, so each row is one group.
+    deployed = copy.deepcopy(written)
+    quantize_model_(deployed, "int4")
+    for name in oracle_layers:
+        w = merged.get_submodule(name).weight.detach().float().numpy()
+        assert w.shape[1] < 128
+        s = np.abs(w).max(axis=1, keepdims=True) / np.float32(7)
+        # Integer codes, as a deployment stores them: code 0 decodes to +0.0, never -0.0.
+        codes = np.clip(np.round(w / np.where(s > 0, s, np.float32(1))), -7, 7).astype(np.int8)
+        expected = torch.from_numpy(codes.astype(np.float32) * s).to(dtype)
+        got = deployed.get_submodule(name).weight
         assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), name
     for scheme in ("nf4", "int4"):
         want = _reference(model, scheme)
