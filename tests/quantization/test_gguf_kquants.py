@@ -9,6 +9,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from lit_unlearn.quantization import fake_quantize, fit_scheme, from_gguf_bytes, gguf_bytes, quantize, survival_stats
+from lit_unlearn.quantization import _simd
 from lit_unlearn.quantization.gguf_bytes import GGML_TYPE
 
 from .ggml_oracle import ggml_quantize
@@ -34,9 +35,21 @@ def _weights() -> dict[str, torch.Tensor]:
 WEIGHTS = _weights()
 
 
+@pytest.fixture(params=["c", "torch"])
+def path(request):
+    """Both quantizers of each K-quant: ggml's C transcribed (where the C kernels load) and the torch port."""
+    if request.param == "torch":
+        with _simd.disabled():
+            yield request.param
+        return
+    if not _simd.kquant_applies(torch.zeros(1, 256)):
+        pytest.skip("the C kernels need a CPU with AVX-512 and a C compiler")
+    yield request.param
+
+
 @pytest.mark.parametrize("kind", sorted(WEIGHTS))
 @pytest.mark.parametrize("name", KQUANTS)
-def test_bytes_equal_ggml_and_values_equal_its_dequantizer(name, kind):
+def test_bytes_equal_ggml_and_values_equal_its_dequantizer(name, kind, path):
     w = WEIGHTS[kind]
     reference = ggml_quantize(w.numpy(), name)
     assert np.array_equal(gguf_bytes(w, name), reference)

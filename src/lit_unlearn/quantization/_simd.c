@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* The level of each scaled weight: how many of the ascending midpoints lie strictly below it (NaN: 0).
  * mids[c] holds midpoint c (1-based); mids[0] is never read as a candidate. */
@@ -377,5 +378,220 @@ void bnb4_decode(const uint8_t *packed, const float *absmax, int64_t n_blocks, i
                                     _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
             }
         }
+    }
+}
+
+/* ---- GGUF K-quants: ggml's reference quantizers (quantize_row_q{4,5,6}_K_ref, no importance matrix) ----
+ *
+ * Transcribed statement for statement from ggml's src/ggml-quants.c (make_qkx2_quants, make_qx_quants,
+ * nearest_int), scalar, with the same fp32 operations in the same order (no contraction), so codes and
+ * scales are ggml's bit for bit. fp16 conversions by F16C (round to nearest even), as GGML_FP32_TO_FP16
+ * converts on x86. Output per super-block of 256: the codes as fp32, the fp16 scale(s) as fp32 values,
+ * and the integer sub-block scales (and mins) as fp32 (KBlocks in gguf_kquants.py). */
+
+#define K_QK 256
+
+static inline int k_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static inline float k_fp16(float x) { return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
+
+static float k_make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                                float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = k_nearest_int(iscale * (x[i] - min));
+        L[i] = l < 0 ? 0 : (l > nmax ? nmax : l);
+        float diff = scale * L[i] + min - x[i];
+        diff = diff * diff;
+        float w = weights[i];
+        best_error += w * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = k_nearest_int(iscale * (x[i] - min));
+            l = l < 0 ? 0 : (l > nmax ? nmax : l);
+            Laux[i] = l;
+            float w = weights[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = diff * diff;
+                float w = weights[i];
+                cur_error += w * diff;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* Q4_K (nmax 15, rmin -1, nstep 20) and Q5_K (nmax 31, rmin -0.5, nstep 15) over nb super-blocks. */
+void kquant_q45_f32(const float *x, int64_t nb, int nmax, float rmin, int nstep, float *codes, float *d_out,
+                    float *dmin_out, float *sc_out, float *m_out) {
+    uint8_t L[K_QK], Laux[32];
+    float weights[32], mins[K_QK / 32], scales[K_QK / 32];
+    for (int64_t i = 0; i < nb; i++, x += K_QK) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < K_QK / 32; ++j) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+            float av_x = sqrtf(sum_x2 / 32);
+            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+            scales[j] = k_make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
+                                           nstep);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+        float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        float d = k_fp16(max_scale / 63.f), dmin = k_fp16(max_min / 63.f);
+        d_out[i] = d;
+        dmin_out[i] = dmin;
+        for (int j = 0; j < K_QK / 32; ++j) {
+            uint8_t ls = (uint8_t)k_nearest_int(inv_scale * scales[j]);
+            uint8_t lm = (uint8_t)k_nearest_int(inv_min * mins[j]);
+            ls = ls < 63 ? ls : 63;
+            lm = lm < 63 ? lm : 63;
+            sc_out[i * 8 + j] = ls;
+            m_out[i * 8 + j] = lm;
+            const float dj = d * ls;
+            if (dj) {
+                const float dm = dmin * lm;
+                for (int ii = 0; ii < 32; ++ii) {
+                    int l = k_nearest_int((x[32 * j + ii] + dm) / dj);
+                    L[32 * j + ii] = l < 0 ? 0 : (l > nmax ? nmax : l);
+                }
+            }
+        }
+        for (int l = 0; l < K_QK; ++l) codes[i * K_QK + l] = L[l];
+    }
+}
+
+static float k_make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = k_nearest_int(iscale * x[i]);
+        l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+        L[i] = l + nmax;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = k_nearest_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) {
+                int l = k_nearest_int(iscale * x[i]);
+                L[i] = nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l));
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Q6_K over nb super-blocks: 16 sub-blocks of 16, int8 scales. */
+void kquant_q6_f32(const float *x, int64_t nb, float *codes, float *d_out, float *sc_out) {
+    int8_t L[K_QK];
+    float scales[K_QK / 16];
+    for (int64_t i = 0; i < nb; i++, x += K_QK) {
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < K_QK / 16; ++ib) {
+            const float scale = k_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = scale;
+            const float abs_scale = fabsf(scale);
+            if (abs_scale > max_abs_scale) {
+                max_abs_scale = abs_scale;
+                max_scale = scale;
+            }
+        }
+        if (max_abs_scale < 1e-15f) {  /* written as zero bytes */
+            d_out[i] = 0.f;
+            for (int ib = 0; ib < K_QK / 16; ++ib) sc_out[i * 16 + ib] = 0.f;
+            for (int l = 0; l < K_QK; ++l) codes[i * K_QK + l] = 0.f;
+            continue;
+        }
+        float iscale = -128.f / max_scale;
+        const float d = k_fp16(1 / iscale);
+        d_out[i] = d;
+        for (int ib = 0; ib < K_QK / 16; ++ib) {
+            int s = k_nearest_int(iscale * scales[ib]);
+            int8_t sc = (int8_t)(s < 127 ? s : 127);
+            sc_out[i * 16 + ib] = sc;
+            const float dj = d * sc;
+            if (!dj) continue;
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = k_nearest_int(x[16 * ib + ii] / dj);
+                l = l < -32 ? -32 : (l > 31 ? 31 : l);
+                L[16 * ib + ii] = l + 32;
+            }
+        }
+        for (int l = 0; l < K_QK; ++l) codes[i * K_QK + l] = L[l];
     }
 }

@@ -129,6 +129,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.int8_stats_f32.restype = i64
     lib.bnb4_decode.argtypes = [ctypes.c_void_p, f32, i64, i64, f32, c_int, ctypes.c_void_p]
     lib.bnb4_decode.restype = None
+    lib.kquant_q45_f32.argtypes = [f32, i64, c_int, ctypes.c_float, c_int, f32, f32, f32, f32, f32]
+    lib.kquant_q45_f32.restype = None
+    lib.kquant_q6_f32.argtypes = [f32, i64, f32, f32, f32]
+    lib.kquant_q6_f32.restype = None
     return lib
 
 
@@ -218,6 +222,36 @@ def int8_stats(flat0: Tensor, flat_other: Tensor, is_delta: bool, groups: int, g
     return out, int(bad)
 
 
+#: GGUF's K-quants: (nmax, rmin, nstep) of ``kquant_q45_f32``; Q6_K has its own kernel.
+KQUANTS = {"q4_k": (15, -1.0, 20), "q5_k": (31, -0.5, 15), "q6_k": None}
+
+
+def kquant_applies(x: Tensor) -> bool:
+    """Whether :func:`kquant` serves ``x``: fp32 on the CPU, where the kernels load."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and enabled() and _library() is not None
+
+
+def kquant(name: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None]:
+    """ggml's reference quantizer of K-quant ``name`` on fp32 ``(superblocks, 256)``: ``(codes, d, dmin, sc,
+    m)`` as :class:`~lit_unlearn.quantization.gguf_kquants.KBlocks` holds them (``dmin``/``m`` ``None`` for
+    Q6_K). A scalar transcription of ggml's C: the search per sub-block is branchy and short, so it runs
+    as ggml runs it rather than vectorised over sub-blocks as the torch port does."""
+    x = x.contiguous()
+    nb = x.shape[0]
+    codes = torch.empty(nb, 256, dtype=torch.float32)
+    d = torch.empty(nb, dtype=torch.float32)
+    lib = _library()
+    if KQUANTS[name] is None:
+        sc = torch.empty(nb, 16, dtype=torch.float32)
+        lib.kquant_q6_f32(_floats(x), nb, _floats(codes), _floats(d), _floats(sc))
+        return codes, d, None, sc, None
+    nmax, rmin, nstep = KQUANTS[name]
+    dmin, sc, m = torch.empty(nb, dtype=torch.float32), torch.empty(nb, 8, dtype=torch.float32), torch.empty(nb, 8, dtype=torch.float32)
+    lib.kquant_q45_f32(_floats(x), nb, nmax, rmin, nstep, _floats(codes), _floats(d), _floats(dmin), _floats(sc),
+                       _floats(m))
+    return codes, d, dmin, sc, m
+
+
 _DECODED = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -235,14 +269,22 @@ def decode_applies(packed: Tensor, absmax: Tensor, block_size: int, dtype: torch
 
 
 def decode(packed: Tensor, absmax: Tensor, table: Tensor, block_size: int, n: int, dtype: torch.dtype,
-           widened: bool = False) -> Tensor:
+           widened: bool = False, out: Tensor | None = None) -> Tensor:
     """``table[code] * absmax[block]`` of the first ``n`` codes (whole blocks) of ``packed`` uint8 bytes, in
     ``dtype``: bitsandbytes' CUDA decode, as :func:`~lit_unlearn.quantization.bnb_decode.dequantize_4bit_as_cuda`
-    computes it; ``widened``: rounded to ``dtype`` but returned in fp32 (``.to(dtype).float()``)."""
+    computes it; ``widened``: rounded to ``dtype`` but returned in fp32 (``.to(dtype).float()``).
+
+    ``out``: a flat contiguous CPU buffer of the result's dtype and at least ``n`` elements to decode into (the
+    result is a view of it). A weight of a 1B model's MLP is 64 MiB in fp32: a fresh one per decode is
+    mapped and faulted in page by page, which costs more than the decode itself."""
     packed = packed[: n // 2].contiguous()
     absmax = absmax.float().reshape(-1).contiguous()
     table = table.float().contiguous()
-    out = torch.empty(n, dtype=torch.float32 if widened else dtype)
+    result_dtype = torch.float32 if widened else dtype
+    if out is not None and out.dtype == result_dtype and out.is_contiguous() and out.numel() >= n:
+        out = out.reshape(-1)[:n]
+    else:
+        out = torch.empty(n, dtype=result_dtype)
     kind = _DECODED[dtype] + (3 if widened and dtype != torch.float32 else 0)
     _library().bnb4_decode(packed.data_ptr(), _floats(absmax), n // block_size, block_size, _floats(table),
                            kind, out.data_ptr())
