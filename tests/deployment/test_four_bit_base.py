@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.survival.layers import prepare_references, select_linear_layers
+from lit_unlearn.survival.layers import delta_buffer, prepare_references, select_linear_layers
 from lit_unlearn.deployment import deployed_layers, deployed_model, deployed_weights
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
 from lit_unlearn.four_bit_base import BASE_QUANTIZATION_FILE, FourBitBase, four_bit_base, read_four_bit_base
@@ -183,6 +183,27 @@ def test_update_below_half_an_nf4_step_is_erased_and_a_large_one_survives(base_d
                 with deployed_model(model, layers, nf4, original=True) as o:
                     original = o(IDS).logits
             torch.testing.assert_close(q, original, rtol=0, atol=1e-5, msg="the re-quantized merge is the base again")
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_a_check_decodes_the_base_into_its_buffer_and_measures_the_same(base_dir, quant_type, double_quant):
+    # One check's buffer holds ΔW and, over a 4-bit base, the decoded W0 (no weight-sized allocation per
+    # layer): the statistics are those of a check that allocates, field for field.
+    schemes = [get_scheme("nf4"), get_scheme("fp4"), get_scheme("int8")]
+    model = _qlora(base_dir, quant_type, double_quant, scale=0.05)
+    layers = select_linear_layers(model, None)
+    prepare_references(layers, schemes, {})
+    buffer = delta_buffer(layers)
+    adapted = [layer for layer in layers if layer.lora is not None]
+    assert buffer.numel() == 2 * max(layer.numel for layer in adapted)
+    for layer in adapted:
+        with_buffer = layer.survival(schemes, buffer)
+        n = layer.numel
+        decoded = dequantize_params4bit(layer.linear.weight, widen_to=torch.float32).reshape(-1)
+        if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            assert torch.equal(buffer[n:2 * n], decoded), "W0 was decoded into the buffer"
+        assert with_buffer == layer.survival(schemes), layer.name
 
 
 def test_cpu_repacking_is_switched_off_and_a_repacked_weight_is_refused(base_dir):

@@ -329,6 +329,8 @@ class DeployedLayer:
 
         For LoRA the merged weight is formed chunk by chunk, rounded once to the base dtype as
         :func:`merge` does, so no weight-sized temporary exists besides ``ΔW`` (in ``buffer`` when given).
+        Over a 4-bit base the decoded ``W0`` goes in ``buffer``'s second ``numel`` elements when it has them
+        (:func:`~lit_unlearn.survival.layers.delta_buffer` sizes it so).
         """
         if is_sharded(self.linear.weight):
             return self._sharded_survival(schemes)
@@ -336,9 +338,11 @@ class DeployedLayer:
         if self.base_format is not None:
             # peft's 4-bit merge sums in the promoted dtype (float32 for a float32 adapter): W0 is taken
             # in that dtype, so the streamed merge rounds to it exactly as peft's sum does.
-            delta = self.delta(buffer)
+            n = self.numel
+            delta = self.delta(None if buffer is None else buffer[:n])
             stored = self.linear.weight.quant_state.dtype
-            w0 = dequantize_params4bit(self.linear.weight, widen_to=torch.promote_types(stored, delta.dtype))
+            spare = buffer[n:2 * n] if buffer is not None and buffer.numel() >= 2 * n else None
+            w0 = dequantize_params4bit(self.linear.weight, widen_to=torch.promote_types(stored, delta.dtype), out=spare)
             # Fresh nested scales on both sides (see quantization.double_quant), never against the stored base.
             return {s.name: double_quant_survival(w0, w0 + delta, s.name, s.block_size) if self._double_quant_merge(s)
                     else survival_stats_delta(w0, delta, self.scheme_for(s), reference=codes.get(s.name))

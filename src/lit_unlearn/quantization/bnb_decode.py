@@ -130,6 +130,7 @@ def dequantize_4bit_as_cuda(
     shape: Sequence[int],
     dtype: torch.dtype = torch.float32,
     widen_to: torch.dtype | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """What bitsandbytes' CUDA kernel decodes from ``quantize_4bit``'s output, computed on any device.
 
@@ -141,6 +142,8 @@ def dequantize_4bit_as_cuda(
         shape: The weight's shape.
         dtype: The dtype to cast the fp32 values to.
         widen_to: Return those values in this dtype instead (a wider one: ``.to(dtype).to(widen_to)``).
+        out: A flat buffer the AVX-512 decode may write into (see :func:`~lit_unlearn.quantization._simd.decode`;
+            the result is then a view of it, valid until the buffer's next use); other paths allocate.
 
     Returns:
         A tensor of ``shape`` and ``dtype``; fp4 pattern 8 is ``-0.0``.
@@ -153,7 +156,7 @@ def dequantize_4bit_as_cuda(
     if widen_to is not None and widen_to != dtype:
         if whole_blocks and widen_to == torch.float32 and _simd.decode_applies(flat, absmax, block_size, dtype):
             table = _cuda_table(quant_type, flat.device)
-            return _simd.decode(flat, absmax, table, block_size, n, dtype, widened=True).reshape(tuple(shape))
+            return _simd.decode(flat, absmax, table, block_size, n, dtype, widened=True, out=out).reshape(tuple(shape))
         return dequantize_4bit_as_cuda(packed, absmax, quant_type, block_size, shape, dtype).to(widen_to)
     if not whole_blocks:
         table = _cuda_table(quant_type, packed.device)
@@ -162,7 +165,8 @@ def dequantize_4bit_as_cuda(
         return (values * scales).reshape(tuple(shape)).to(dtype)
     if _simd.decode_applies(flat, absmax, block_size, dtype):
         # The same fp32 products and casts, in one pass with a register lookup per 16 codes.
-        return _simd.decode(flat, absmax, _cuda_table(quant_type, flat.device), block_size, n, dtype).reshape(tuple(shape))
+        table = _cuda_table(quant_type, flat.device)
+        return _simd.decode(flat, absmax, table, block_size, n, dtype, out=out).reshape(tuple(shape))
     # Whole blocks: one gather per byte from the 256 byte values' two levels (high nibble first), then
     # each block times its scale: the same fp32 products, in two passes over the weight instead of six.
     values = _byte_table(quant_type, packed.device)[flat[: n // 2].long()].view(-1, block_size)
@@ -187,8 +191,8 @@ def params4bit_format(weight: Tensor) -> tuple[str, int]:
     return state.quant_type, int(state.blocksize)
 
 
-def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None, widen_to: torch.dtype | None = None
-                          ) -> Tensor:
+def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None, widen_to: torch.dtype | None = None,
+                          out: Tensor | None = None) -> Tensor:
     """The weight a bitsandbytes ``Params4bit`` holds, as the CUDA kernel decodes it, on any device.
 
     With double quantization (``bnb_4bit_use_double_quant``, ``quant_state.nested``) the block scales are
@@ -201,6 +205,8 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None, wide
             (``quant_state.dtype``), as ``dequantize_4bit`` returns it.
         widen_to: Return the values rounded to ``dtype`` in this wider dtype instead (``.to(dtype).to(widen_to)``
             in one pass where the AVX-512 decode serves it).
+        out: A flat buffer to decode into where the AVX-512 decode serves it (see
+            :func:`dequantize_4bit_as_cuda`).
     """
     state = weight.quant_state
     if getattr(state, "packing_format_for_cpu", False):
@@ -212,7 +218,7 @@ def dequantize_params4bit(weight: Tensor, dtype: torch.dtype | None = None, wide
         )
     return dequantize_4bit_as_cuda(
         weight.data, block_scales(state), state.quant_type, int(state.blocksize), tuple(state.shape),
-        state.dtype if dtype is None else dtype, widen_to=widen_to,
+        state.dtype if dtype is None else dtype, widen_to=widen_to, out=out,
     )
 
 

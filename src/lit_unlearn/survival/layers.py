@@ -56,12 +56,14 @@ def select_linear_layers(model: nn.Module, modules: Modules) -> list[DeployedLay
 
 
 def delta_buffer(layers: Sequence[DeployedLayer]) -> torch.Tensor | None:
-    """One flat fp32 buffer that holds the largest LoRA layer's ``ΔW``, for one check of all layers."""
+    """One flat fp32 buffer that holds the largest LoRA layer's ``ΔW``, for one check of all layers; twice
+    that over a 4-bit base, whose decoded ``W0`` goes in the second half (:meth:`DeployedLayer.survival`)."""
     lora = [layer for layer in layers if layer.source == "lora"]
     if not lora:
         return None
     largest = max(lora, key=lambda layer: layer.numel)
-    return torch.empty(largest.numel, dtype=torch.float32, device=largest.linear.weight.device)
+    halves = 2 if any(layer.base_format is not None for layer in lora) else 1
+    return torch.empty(halves * largest.numel, dtype=torch.float32, device=largest.linear.weight.device)
 
 
 @torch.no_grad()
