@@ -63,7 +63,7 @@ def check_precision(precision: str | Deployment, quantizer: str = "fake") -> Dep
 
 
 def load_bitsandbytes(
-    model: nn.Module, precision: str, compute_dtype: torch.dtype | None = None
+    model: nn.Module, precision: str | Deployment, compute_dtype: torch.dtype | None = None
 ) -> nn.Module:
     """A new model: ``model`` merged and reloaded through transformers' ``BitsAndBytesConfig`` on CUDA.
 
@@ -78,6 +78,7 @@ def load_bitsandbytes(
         RuntimeError: without CUDA.
         ValueError: for ``full`` or ``int4`` (not bitsandbytes formats).
     """
+    # A Deployment that evaluate checked passes through Deployment.parse unchanged.
     precision = check_precision(precision, "bitsandbytes").precision
     if precision == "full":
         raise ValueError("`precision`='full' needs no bitsandbytes reload; evaluate the model itself.")

@@ -131,7 +131,6 @@ def evaluate(
     """
     conv = get_convention(convention)
     deployment = check_precision(Deployment.parse(precision, block_size, filter_fn), quantizer)
-    precision, block_size, filter_fn = deployment.precision, deployment.block_size, deployment.modules
     selected = check_tasks(tasks)
     reference_auc = resolve_auc_retrain(auc_retrain)
     if isinstance(data, str):
@@ -143,7 +142,7 @@ def evaluate(
         data = data.shard(rank, world_size)
     progress = progress and rank == 0
 
-    with evaluation_mode(model), _deployed(model, precision, quantizer, block_size, filter_fn) as deployed:
+    with evaluation_mode(model), _deployed(model, deployment, quantizer) as deployed:
         return _run(
             deployed,
             tokenizer,
@@ -151,7 +150,7 @@ def evaluate(
             selected,
             conv,
             reference_auc,
-            precision,
+            deployment.precision,
             batch_size,
             verbmem_max_new_tokens,
             knowmem_max_new_tokens,
@@ -161,11 +160,10 @@ def evaluate(
 
 
 @contextlib.contextmanager
-def _deployed(
-    model: nn.Module, precision: str, quantizer: str, block_size: int | None, filter_fn: Modules
-) -> Iterator[nn.Module]:
-    if quantizer == "bitsandbytes" and precision != "full":
-        deployed = load_bitsandbytes(model, precision)
+def _deployed(model: nn.Module, deployment: Deployment, quantizer: str) -> Iterator[nn.Module]:
+    """``model`` as ``deployment`` holds it, through ``quantizer`` (checked by :func:`check_precision`)."""
+    if quantizer == "bitsandbytes" and deployment.scheme is not None:
+        deployed = load_bitsandbytes(model, deployment)
         try:
             yield deployed
         finally:
@@ -173,7 +171,7 @@ def _deployed(
             del deployed
             torch.cuda.empty_cache()
     else:
-        with deployed_weights(model, precision, block_size, filter_fn) as deployed:
+        with deployed_weights(model, deployment) as deployed:
             yield deployed
 
 

@@ -204,19 +204,17 @@ class Evaluator:
         ``tasks`` overrides the settings' tasks."""
         settings = self.settings
         # The fake quantizer deploys with this precision's block size and layers; bitsandbytes has its own.
-        deployment = settings.deployment(precision) if settings.quantizer == "fake" else None
+        deployment = settings.deployment(precision) if settings.quantizer == "fake" else precision
         return evaluate(
             model,
             tokenizer,
             self.data(),
-            precision=precision,
+            precision=deployment,
             convention=settings.convention,
             auc_retrain=auc_retrain,
             tasks=tasks or settings.tasks,
             batch_size=settings.batch_size,
             quantizer=settings.quantizer,
-            block_size=deployment.block_size if deployment is not None else None,
-            filter_fn=deployment.modules if deployment is not None else None,
             verbmem_max_new_tokens=settings.verbmem_max_new_tokens,
             knowmem_max_new_tokens=settings.knowmem_max_new_tokens,
             progress=settings.progress,
