@@ -128,8 +128,8 @@ def last_logged(trainer: Trainer, key: str) -> float:
     [
         ({"every_n_steps": 0}, "`every_n_steps`"),
         ({"every_n_steps": 2.5}, "`every_n_steps`"),
-        ({"schemes": ("nf4", "nf3")}, r"`schemes` contains 'nf3'.*'fp4'"),
-        ({"schemes": ()}, "`schemes` must name"),
+        ({"schemes": ("nf4", "nf3")}, r"`schemes`='nf3' is not supported; choose one of .*'fp4'"),
+        ({"schemes": ()}, "`schemes` is empty; name at least one of 'int8'"),
         ({"schemes": ("nf4", "nf4")}, "twice"),
         ({"block_size": 48}, r"`block_size`=48.*64"),
         ({"modules": "q_proj("}, "`modules`.*regular expression"),

@@ -10,6 +10,7 @@ import torch
 from lit_unlearn import ForgetRetainDataModule, LoRA, UnlearningModule
 from lit_unlearn.callbacks import QuantizationSurvival, QuantizedEvaluation
 from lit_unlearn.cli import main
+from lit_unlearn.deployment import Deployment
 
 
 def _setup(**kwargs):
@@ -44,10 +45,14 @@ def test_text_column_missing(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize(("build", "match"), [
     (lambda: UnlearningModule("x", objective="npo_gdrr"), r"'npo_gdrr'.*npo_gdr"),
     (lambda: QuantizationSurvival(schemes=["nf5"]), r"'nf5'.*'nf4'"),
+    (lambda: QuantizationSurvival(schemes=["full"]), r"`schemes`='full': the check measures what a quantization"),
+    (lambda: QuantizationSurvival(schemes=[Deployment("full")]), r"holds Deployment\(precision='full'.*name schemes"),
+    (lambda: QuantizationSurvival(schemes=[]), r"`schemes` is empty; name at least one of 'int8', 'nf4'"),
     (lambda: QuantizedEvaluation(precisions=["int9"]), r"'int9'.*'full'"),
     (lambda: QuantizedEvaluation(convention="muze"), r"'muze'.*muse"),
     (lambda: QuantizationSurvival(every_n_steps=0), r"`every_n_steps` must be a positive integer, got 0"),
-], ids=["objective", "scheme", "precision", "convention", "every_n_steps"])
+], ids=["objective", "scheme", "survival-full", "survival-full-deployment", "survival-empty", "precision", "convention",
+        "every_n_steps"])
 def test_names_and_values_are_checked_at_construction(build, match):
     with pytest.raises(ValueError, match=match):
         build()

@@ -41,11 +41,11 @@ from lit_unlearn.callbacks._survival_probe import (
     split_probe,
     to_device,
 )
-from lit_unlearn.deployment import Deployment, as_deployments, check_strategy
+from lit_unlearn.deployment import FULL, Deployment, as_deployments, check_strategy
 from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
-from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
+from lit_unlearn.quantization import Scheme, get_scheme
 from lit_unlearn.survival import HISTORY_KEYS, ProbeLosses, SurvivalEngine
 from lit_unlearn.survival.layers import model_of
 
@@ -175,19 +175,9 @@ class QuantizationSurvival(Callback):
     ) -> None:
         _check_positive_int("every_n_steps", every_n_steps)
         _check_positive_int("probe_batches", probe_batches)
-        listed = (schemes,) if isinstance(schemes, (str, Deployment)) else tuple(schemes)
-        choices = ", ".join(map(repr, SCHEMES))
-        if not listed:
-            raise ValueError(f"`schemes` must name at least one quantization scheme; choose from {choices}.")
-        for item in listed:
-            name = item.precision if isinstance(item, Deployment) else item
-            if name not in SCHEMES:
-                raise ValueError(
-                    f"`schemes` contains {name!r}, which is not a quantization scheme; choose from {choices}."
-                )
         _check_modules(modules)
-        # get_scheme validates `block_size` against each format (its messages name `block_size`).
-        deployments = as_deployments(listed, block_size, modules)
+        # The one door: names, "name:block" and Deployments, each validated once (block sizes included).
+        deployments = as_deployments(schemes, block_size, modules, each="schemes", refuse={FULL: _NOT_A_SCHEME})
         if isinstance(warn_below, bool) or not isinstance(warn_below, (int, float)) or math.isnan(warn_below):
             raise ValueError(
                 f"`warn_below` must be a number (a share such as 0.5, or -inf to never warn), "
@@ -610,6 +600,10 @@ class QuantizationSurvival(Callback):
                 rows = self.history
             writer.writerows(rows)
         self._table_started = True
+
+
+_NOT_A_SCHEME = ("the check measures what a quantization scheme keeps of the update; name schemes such as 'nf4' "
+                 "(full precision is what it compares them with).")
 
 
 @rank_zero_only

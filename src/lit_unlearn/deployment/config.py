@@ -109,6 +109,8 @@ class Deployment:
                     f"Pass either a `Deployment` or `block_size`/`modules`, not both: the Deployment already "
                     f"says them ({value})."
                 )
+            if refuse and value.precision in refuse:
+                raise ValueError(f"`{what}`={value}: {refuse[value.precision]}")
             return value
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(_FIELDS))
@@ -168,22 +170,29 @@ def as_deployments(
     modules: Modules = None,
     *,
     what: str = "schemes",
+    each: str = "precision",
+    refuse: Mapping[str, str] | None = None,
 ) -> list[Deployment]:
     """One :class:`Deployment` per item: a name (with ``block_size`` and ``modules``) or a Deployment.
 
     The shared vocabulary of the callbacks' ``schemes``/``precisions`` arguments. Each name may appear
     once (its metrics are keyed by it), and a Deployment's ``modules`` must be those of the callback.
+    ``each``: what error messages call one item; ``refuse``: precisions the caller cannot serve, each with the
+    reason and the fix (:meth:`Deployment.parse`).
 
     Raises:
-        ValueError: for an empty list, an unknown name, a repeated one, or a Deployment that selects other
-            layers than ``modules``.
+        ValueError: for an empty list, an unknown name, a refused or repeated one, or a Deployment that
+            selects other layers than ``modules``.
     """
     listed = [items] if isinstance(items, (str, Deployment)) else list(items)
+    allowed = [p for p in PRECISIONS if not refuse or p not in refuse]
     if not listed:
-        raise ValueError(f"`{what}` is empty; name at least one of {', '.join(map(repr, PRECISIONS))}.")
+        raise ValueError(f"`{what}` is empty; name at least one of {', '.join(map(repr, allowed))}.")
     out = []
     for item in listed:
         if isinstance(item, Deployment):
+            if refuse and item.precision in refuse:
+                raise ValueError(f"`{what}` holds {item}: {refuse[item.precision]}")
             if item.modules is not None and item.modules != modules:
                 raise ValueError(
                     f"`{what}` holds {item}, which selects other layers than `modules`={modules!r}; one "
@@ -191,7 +200,7 @@ def as_deployments(
                 )
             out.append(Deployment(item.precision, item.block_size, modules))
         elif isinstance(item, str):
-            out.append(Deployment.parse(item, None if item == FULL else block_size, modules))
+            out.append(Deployment.parse(item, None if item == FULL else block_size, modules, what=each, refuse=refuse))
         else:
             raise TypeError(f"`{what}` holds {item!r}; give scheme names or `Deployment`s.")
     names = [d.precision for d in out]
