@@ -172,7 +172,7 @@ class PreserveQuantization(Callback):
             saved = self._restored.get(layer.name)
             weight = layer.linear.weight.detach()
             w0 = saved.to(weight.device, weight.dtype) if saved is not None and saved.shape == weight.shape else weight
-            layer.snapshot = w0.to("cpu", copy=True)
+            layer.hold_original(w0)
             self._cells.append(quantization_cell(w0, self.scheme, margin=self.margin))
         self._restored = {}
         self.held = sum(int((lo == hi).sum()) for lo, hi in self._cells)
@@ -190,7 +190,7 @@ class PreserveQuantization(Callback):
         if stage == "fit":
             self._cells = []
             for layer in self._layers:
-                layer.snapshot = None
+                layer.hold_original(None)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:

@@ -41,6 +41,7 @@ from lit_unlearn.adapters import (
     adapter_internals,
     check_mergeable,
     deployed_name,
+    is_output_head,
     lora_delta,
     lora_layers,
     output_head,
@@ -324,6 +325,22 @@ class DeployedLayer:
         w0 = self.w0()
         self.reference_codes = {s.name: quantize(w0, self.scheme_for(s)).to("cpu") for s in schemes}
 
+    def hold_original(self, w0: torch.Tensor | None) -> None:
+        """Keep a host copy of ``w0`` as this layer's ``W0`` (``None`` drops it): the weight a callback that
+        keeps the update inside quantization cells measures against, restored from a checkpoint or taken now."""
+        self.snapshot = None if w0 is None else w0.to("cpu", copy=True)
+
+    @contextlib.contextmanager
+    def measured_against(self, w0: torch.Tensor) -> Iterator[DeployedLayer]:
+        """Within the context this layer's ``W0`` is ``w0`` (another model's weight of its shape, e.g. a base
+        read from disk one layer at a time), and ``ΔW = W − w0``; the layer is as before on exit."""
+        source, snapshot = self.source, self.snapshot
+        self.source, self.snapshot = "snapshot", w0
+        try:
+            yield self
+        finally:
+            self.source, self.snapshot = source, snapshot
+
     def survival(self, schemes: Sequence[Scheme], buffer: torch.Tensor | None = None) -> dict[str, SurvivalStats]:
         """Weight-space statistics of ``Q(merged) − Q(W0)`` against ``ΔW`` under each scheme.
 
@@ -466,7 +483,8 @@ def _matcher(modules: Modules, model: nn.Module) -> Callable[[str, nn.Module], b
     if modules is None:
         head = output_head(model)
         # A bitsandbytes 4-bit base (QLoRA) is one a deployment quantizes, in its own format.
-        return lambda name, module: module is not head and (default_filter(name, module) or is_params4bit(module.weight))
+        return lambda name, module: not is_output_head(name, module, head) and (
+            default_filter(name, module) or is_params4bit(module.weight))
     if callable(modules):
         return modules
     if isinstance(modules, str):

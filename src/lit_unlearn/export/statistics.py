@@ -124,7 +124,6 @@ def _full_statistics(
                 "`base` must be the model the unlearned one started from."
             )
         # W0 is the base's weight, read from disk one layer at a time.
-        layer.source, layer.snapshot = "snapshot", w0
-        _collect(layers, layer.name, _layer_stats(layer, schemes))
-        layer.snapshot = None
+        with layer.measured_against(w0):
+            _collect(layers, layer.name, _layer_stats(layer, schemes))
     return layers
