@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lit_unlearn.quantization.model import OUTPUT_HEAD_NAMES
+
 __all__ = [
     "LoRA",
     "adapter_internals",
@@ -24,6 +26,7 @@ __all__ = [
     "apply_lora",
     "default_target_modules",
     "deployed_name",
+    "is_output_head",
     "is_peft_model",
     "linear_module_names",
     "load_adapter",
@@ -49,6 +52,13 @@ def output_head(model: nn.Module) -> nn.Module | None:
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     return getattr(head, "base_layer", head)
+
+
+def is_output_head(name: str, module: nn.Module, head: nn.Module | None) -> bool:
+    """The one rule for the layer a deployment keeps in full precision, as transformers skips it: the
+    model's output embeddings (``head``, from :func:`output_head`), or a module named like an output head
+    (:data:`~lit_unlearn.quantization.OUTPUT_HEAD_NAMES`, for a model that does not say which is its head)."""
+    return module is head or name.rsplit(".", 1)[-1] in OUTPUT_HEAD_NAMES
 
 
 @dataclass
@@ -85,7 +95,8 @@ class LoRA:
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct leaf names of the model's ``nn.Linear`` modules, output head excluded, sorted."""
     head = output_head(model)
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and not is_output_head(name, m, head)}
     return sorted(names)
 
 

@@ -190,6 +190,34 @@ def test_output_head_is_found_through_a_peft_wrapper():
     assert all(layer.quantized for name, layer in layers.items() if name != "lm_head")
 
 
+class _TwoHeads(nn.Module):
+    """A model whose output head is not named like one, beside a layer that is named like one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up_proj, self.proj_out, self.lm_head = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.proj_out
+
+
+def test_one_output_head_rule_for_lora_targets_and_deployments():
+    # The head by identity and a layer named like a head are kept in full precision by every selector:
+    # LoRA's default targets, the deployed layers and quantize_model_ (transformers skips both).
+    from lit_unlearn.adapters import is_output_head, linear_module_names
+
+    model = _TwoHeads()
+    head = output_head(model)
+    assert [n for n, m in model.named_children() if is_output_head(n, m, head)] == ["proj_out", "lm_head"]
+    assert linear_module_names(model) == ["up_proj"]
+    assert {layer.name: layer.quantized for layer in deployed_layers(model)} == {"up_proj": True}
+    deployed = copy.deepcopy(model)
+    quantize_model_(deployed, "int4")
+    assert not torch.equal(deployed.up_proj.weight, model.up_proj.weight)
+    assert torch.equal(deployed.proj_out.weight, model.proj_out.weight)
+    assert torch.equal(deployed.lm_head.weight, model.lm_head.weight)
+
+
 def test_deployment_names_its_parts_and_refuses_bad_ones():
     d = Deployment("int4", 64, ["q_proj"])
     assert d.scheme == get_scheme("int4", 64)
