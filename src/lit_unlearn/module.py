@@ -29,7 +29,7 @@ from lit_unlearn._paths import run_directory
 from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import FULL, Deployment, deployed_layers
+from lit_unlearn.deployment import FULL, Deployment
 from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
@@ -42,7 +42,6 @@ from lit_unlearn.objectives import (
     objective_settings,
     sure_row_masks,
 )
-from lit_unlearn.quantization import Scheme
 from lit_unlearn.quantization.bnb_decode import keep_4bit_layout
 from lit_unlearn.sharding import gathered_state_dict, is_sharded, shard_model, sharding_mesh
 
@@ -65,11 +64,12 @@ _QAT_REFUSED = {
 }
 
 
-def _qat_scheme(spec: str | None) -> Scheme | None:
-    """``"nf4"`` or ``"int4:64"`` → the scheme (parsed by :meth:`Deployment.parse`); ``None`` → ``None``."""
+def _qat_deployment(spec: str | Deployment | None) -> Deployment | None:
+    """``"nf4"``, ``"int4:64"`` or a :class:`Deployment` (its layers too), parsed by :meth:`Deployment.parse`;
+    ``None`` → ``None``."""
     if spec is None:
         return None
-    return Deployment.parse(spec, what="quantization_aware", refuse=_QAT_REFUSED).scheme
+    return Deployment.parse(spec, what="quantization_aware", refuse=_QAT_REFUSED)
 
 
 def _check_writable(directory: Path) -> None:
@@ -129,8 +129,10 @@ class UnlearningModule(LightningModule):
             AdamW, weight decay 0, lr 1e-4 with LoRA and 1e-5 for full-parameter runs.
         lr_scheduler: Scheduler factory; ``None`` keeps the learning rate constant, as the papers do.
         quantization_aware: Quantization-aware unlearning: a scheme name (``"nf4"``), optionally with a
-            block size (``"int4:64"``). The losses then see the *deployed* model — every linear layer but
-            the output head computing with the fake-quantized merged weight ``Q(W0 + ΔW)`` — and a
+            block size (``"int4:64"``), or a :class:`~lit_unlearn.deployment.Deployment` (in YAML
+            ``{precision, block_size, modules}``) to train through a deployment that quantizes only some
+            layers. The losses then see the *deployed* model — every linear layer it quantizes (by
+            default all but the output head) computing with the fake-quantized merged weight ``Q(W0 + ΔW)`` — and a
             straight-through estimator carries the gradient to the trainable weights or the LoRA factors
             (:mod:`lit_unlearn.deployment.qat`). The NPO/KLR reference stays the full-precision original.
             ``None`` (default) trains the full-precision model, exactly as without the option.
@@ -179,14 +181,16 @@ class UnlearningModule(LightningModule):
         log_artifact: bool = False,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        quantization_aware: str | None = None,
+        quantization_aware: str | Deployment | None = None,
         quantization_aware_retain: bool = True,
         four_bit: FourBitBase | None = None,
         quantization_config: Any = None,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.qat_scheme = _qat_scheme(quantization_aware)
+        #: The deployment quantization-aware unlearning trains through (``None``: plain unlearning).
+        self.qat_deployment = _qat_deployment(quantization_aware)
+        self.qat_scheme = None if self.qat_deployment is None else self.qat_deployment.scheme
         if not isinstance(gradient_checkpointing, bool):
             raise ValueError(f"`gradient_checkpointing` must be True or False, got {gradient_checkpointing!r}.")
         self.gradient_checkpointing = gradient_checkpointing
@@ -339,7 +343,7 @@ class UnlearningModule(LightningModule):
         # from_pretrained returns eval mode; training must see dropout (Lightning keeps module modes as found).
         self.model = model.train()
         if self._qat is not None:
-            self._qat.layers = deployed_layers(self.model)
+            self._qat.layers = self.qat_deployment.layers(self.model)
 
     def _check_shardable(self) -> None:
         for what, on in (("a 4-bit base (`four_bit`)", self.four_bit_base is not None),

@@ -10,7 +10,7 @@ from tests.conftest import build_tiny_llama
 from torch import nn
 
 from lit_unlearn.adapters import LoRA, apply_lora
-from lit_unlearn.deployment import deployed_layers, quantize_model_
+from lit_unlearn.deployment import Deployment, deployed_layers, quantize_model_
 from lit_unlearn.deployment.qat import quantization_aware
 from lit_unlearn.quantization import fake_quantize, get_scheme
 
@@ -94,3 +94,18 @@ def test_module_option_is_checked_before_loading():
         UnlearningModule("does/not/matter", quantization_aware="nf4:48")
     assert UnlearningModule("x", quantization_aware="int4:64").qat_scheme == get_scheme("int4", 64)
     assert UnlearningModule("x").qat_scheme is None
+
+
+@pytest.mark.parametrize("spec", [Deployment("nf4", modules=["q_proj"]), {"precision": "nf4", "modules": ["q_proj"]}])
+def test_quantization_aware_takes_a_whole_deployment_and_trains_through_its_layers(tiny_model_dir, spec):
+    # The deployment's layer selection travels with it: only q_proj is fake-quantized, every other layer
+    # computes at full precision inside the quantization-aware context.
+    from lit_unlearn import UnlearningModule
+
+    module = UnlearningModule(tiny_model_dir, lora=LoRA(r=4, alpha=8.0, dropout=0.0), quantization_aware=spec)
+    assert module.qat_deployment == Deployment("nf4", modules=["q_proj"])
+    module.configure_model()
+    quantized = sorted({layer.name.rsplit(".", 1)[-1] for layer in module._qat.layers if layer.quantized})
+    assert quantized == ["q_proj"]
+    with pytest.raises(ValueError, match=r"`quantization_aware`=Deployment\(precision='int8'.*'rtn8'"):
+        UnlearningModule("x", quantization_aware=Deployment("int8"))
