@@ -18,10 +18,8 @@ batches, logging, the per-layer table and pictures, checkpoints, and ranks.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,11 +40,13 @@ from lit_unlearn.callbacks._survival_probe import (
     to_device,
 )
 from lit_unlearn.deployment import FULL, Deployment, as_deployments, check_strategy
+from lit_unlearn.deployment.config import check_modules
 from lit_unlearn.deployment.strategy import FSDP2_FIX
 from lit_unlearn.loggers import log_image, log_table, logging_step, setup_wandb_metrics
 from lit_unlearn.plots import survival_curves, survival_heatmap
 from lit_unlearn.quantization import Scheme, get_scheme
 from lit_unlearn.survival import HISTORY_KEYS, ProbeLosses, SurvivalEngine
+from lit_unlearn.survival.history import curve_rows, latest_rows, low_survival_message, summary, write_table
 from lit_unlearn.survival.layers import model_of
 
 __all__ = ["QuantizationSurvival"]
@@ -58,9 +58,6 @@ TABLE_NAME = "quantization_survival.csv"
 #: Picture of the verdict over steps (effect_retained and changed per scheme), next to the table.
 CURVES_NAME = "survival_curves.png"
 _CHECKPOINT_KEY = "quantization_survival"
-# In the low-survival warning: a layer whose update is mostly rounding noise or mostly rounded away.
-_POOR = 0.5
-_NAMED_LAYERS = 5
 
 
 class QuantizationSurvival(Callback):
@@ -175,7 +172,7 @@ class QuantizationSurvival(Callback):
     ) -> None:
         _check_positive_int("every_n_steps", every_n_steps)
         _check_positive_int("probe_batches", probe_batches)
-        _check_modules(modules)
+        check_modules(modules)
         # The one door: names, "name:block" and Deployments, each validated once (block sizes included).
         deployments = as_deployments(schemes, block_size, modules, each="schemes", refuse={FULL: _NOT_A_SCHEME})
         if isinstance(warn_below, bool) or not isinstance(warn_below, (int, float)) or math.isnan(warn_below):
@@ -240,27 +237,12 @@ class QuantizationSurvival(Callback):
     def curve_rows(self) -> list[dict[str, Any]]:
         """One row per check, as the loggers got it: ``step`` (optimizer updates applied, see
         ``loggers.logging_step``), the verdict ``survival/<scheme>/effect_retained`` and the pooled ``changed``."""
-        rows: dict[int, dict[str, Any]] = {}
-        pooled: dict[tuple[int, str], list[float]] = {}
-        for r in self.history:
-            n_changed, numel = pooled.setdefault((r["step"], r["scheme"]), [0.0, 0.0])
-            pooled[(r["step"], r["scheme"])] = [n_changed + r["changed"] * r["numel"], numel + r["numel"]]
-        for (step, scheme), (n_changed, numel) in pooled.items():
-            rows.setdefault(step, {"step": step})[f"survival/{scheme}/changed"] = n_changed / max(numel, 1)
-        for r in self.functional_history:
-            if r["effect_retained"] is not None:
-                rows.setdefault(r["step"], {"step": r["step"]})[f"survival/{r['scheme']}/effect_retained"] = (
-                    r["effect_retained"]
-                )
-        return [rows[step] for step in sorted(rows)]
+        return curve_rows(self.history, self.functional_history)
 
     @property
     def layer_table(self) -> list[dict[str, Any]]:
         """The rows of :attr:`history` from the latest check: one per watched layer and scheme."""
-        i = len(self.history)
-        while i > 0 and self.history[i - 1]["step"] == self.history[-1]["step"]:
-            i -= 1
-        return self.history[i:]
+        return latest_rows(self.history)
 
     # ------------------------------------------------------------------ Trainer hooks
     @override
@@ -343,26 +325,8 @@ class QuantizationSurvival(Callback):
             log_image(trainer, f"survival/{scheme}/heatmap", survival_heatmap(self.history, scheme, path), step=step)
             rows = [r for r in self.layer_table if r["scheme"] == scheme]
             log_table(trainer, f"survival/{scheme}/layers", HISTORY_KEYS, rows, step=step)
-        rank_zero_info(self._summary())
-
-    def _summary(self) -> str:
-        """Two lines for the end of a fit: where the table and pictures are, and the last verdict per scheme."""
-        directory = os.path.dirname(self._table_path or "") or "."
-        verdicts = []
-        rows = self.curve_rows()
-        last = rows[-1] if rows else {}
-        for scheme in (s.name for s in self.schemes):
-            effect = last.get(f"survival/{scheme}/effect_retained")
-            changed = last.get(f"survival/{scheme}/changed")
-            parts = [f"effect_retained {effect:.2f}" if effect is not None else "effect_retained not measured"]
-            if changed is not None:
-                parts.append(f"{changed:.0%} of codes changed")
-            verdicts.append(f"{scheme} {', '.join(parts)}")
-        step = self.history[-1]["step"] if self.history else self._last_step
-        return (
-            f"QuantizationSurvival: table {self._table_path}, pictures {CURVES_NAME} and survival_<scheme>.png "
-            f"in {directory}.\nLast check (optimizer step {step}): " + "; ".join(verdicts) + "."
-        )
+        last_step = self.history[-1]["step"] if self.history else self._last_step
+        rank_zero_info(summary(curves, [s.name for s in self.schemes], last_step, self._table_path, CURVES_NAME))
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -556,27 +520,7 @@ class QuantizationSurvival(Callback):
         if scheme in self._warned:
             return
         self._warned.add(scheme)
-        poor = sorted(
-            (r for r in rows if r["scheme"] == scheme and (r["cosine"] < _POOR or r["retained"] < _POOR)),
-            key=lambda r: r["cosine"],
-        )
-        if poor:
-            named = "; ".join(
-                f"{r['layer']} (cosine {r['cosine']:.2f}, retained {r['retained']:.2f}, "
-                f"{r['below_half_step']:.0%} below half a step)"
-                for r in poor[:_NAMED_LAYERS]
-            )
-            more = f" and {len(poor) - _NAMED_LAYERS} more" if len(poor) > _NAMED_LAYERS else ""
-            layers = f"Layers whose update is mostly noise or erased: {named}{more}."
-        else:
-            layers = (
-                f"No single layer stands out (every layer keeps cosine and retained ≥ {_POOR}); the loss of "
-                "effect comes from many small rounding errors."
-            )
-        rank_zero_warn(
-            f"QuantizationSurvival: only {effect:.0%} of the forgetting survives {scheme} at step {step}; "
-            f"the quantized model behaves like the original on the forget probe. {layers}"
-        )
+        rank_zero_warn(low_survival_message(scheme, step, effect, rows))
 
     def _log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         # Every rank computed the same values, so none is reduced: every rank's `callback_metrics` hold
@@ -591,14 +535,8 @@ class QuantizationSurvival(Callback):
             return
         # The first write of a fit rewrites the file from the whole history, which on resume holds the
         # rows of earlier fits; later writes append only the new rows.
-        first = not self._table_started
-        os.makedirs(os.path.dirname(self._table_path) or ".", exist_ok=True)
-        with open(self._table_path, "w" if first else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_KEYS)
-            if first:
-                writer.writeheader()
-                rows = self.history
-            writer.writerows(rows)
+        fresh = not self._table_started
+        write_table(self._table_path, self.history if fresh else rows, fresh)
         self._table_started = True
 
 
@@ -628,27 +566,3 @@ def _modules_key(modules: object) -> object:
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _check_modules(modules: object) -> None:
-    fix = (
-        "Pass a regex searched in each layer name, a list of layer names, a `filter_fn(name, module)`, or None "
-        "for every linear layer but the output head."
-    )
-    if modules is None or callable(modules):
-        return
-    if isinstance(modules, str):
-        try:
-            re.compile(modules)
-        except re.error as err:
-            raise ValueError(
-                f"`modules`={modules!r} is not a valid regular expression ({err}). {fix}"
-            ) from None
-        return
-    if (
-        not isinstance(modules, Sequence)
-        or not modules
-        or not all(isinstance(m, str) and m for m in modules)
-    ):
-        raise ValueError(f"`modules`={modules!r} is not a layer selection. {fix}")
-

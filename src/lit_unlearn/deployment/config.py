@@ -9,6 +9,7 @@ deployment would hold it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -248,3 +249,27 @@ def deployed_weights(
     lazy = any(is_sharded(p) for p in model.parameters())
     with deployed_model(model, layers, deployment.scheme, lazy=lazy) as deployed:
         yield deployed
+
+
+def check_modules(modules: object) -> None:
+    """Raise, naming the value and the forms it may take, unless ``modules`` is a :data:`Modules` selection."""
+    fix = (
+        "Pass a regex searched in each layer name, a list of layer names, a `filter_fn(name, module)`, or None "
+        "for every linear layer but the output head."
+    )
+    if modules is None or callable(modules):
+        return
+    if isinstance(modules, str):
+        try:
+            re.compile(modules)
+        except re.error as err:
+            raise ValueError(
+                f"`modules`={modules!r} is not a valid regular expression ({err}). {fix}"
+            ) from None
+        return
+    if (
+        not isinstance(modules, Sequence)
+        or not modules
+        or not all(isinstance(m, str) and m for m in modules)
+    ):
+        raise ValueError(f"`modules`={modules!r} is not a layer selection. {fix}")
