@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["bitsandbytes_config"]
+__all__ = ["BITSANDBYTES_FORMATS", "FOUR_BIT_FORMATS", "bitsandbytes_config"]
+
+#: The formats a bitsandbytes deployment stores: LLM.int8 and the two 4-bit types (block 64).
+BITSANDBYTES_FORMATS: tuple[str, ...] = ("int8", "nf4", "fp4")
+#: Its 4-bit types (``load_in_4bit``'s ``bnb_4bit_quant_type``).
+FOUR_BIT_FORMATS: tuple[str, ...] = ("nf4", "fp4")
 
 
 def bitsandbytes_config(precision: str, compute_dtype: torch.dtype, double_quant: bool = False) -> Any:
@@ -29,8 +34,8 @@ def bitsandbytes_config(precision: str, compute_dtype: torch.dtype, double_quant
 
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    if precision not in ("nf4", "fp4"):
-        raise ValueError(f"bitsandbytes deploys 'int8', 'nf4' and 'fp4', not {precision!r}.")
+    if precision not in FOUR_BIT_FORMATS:
+        raise ValueError(f"bitsandbytes deploys {', '.join(map(repr, BITSANDBYTES_FORMATS))}, not {precision!r}.")
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=precision, bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_use_double_quant=double_quant,

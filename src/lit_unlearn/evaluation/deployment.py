@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from lit_unlearn.adapters import is_peft_model
-from lit_unlearn.deployment import PRECISIONS, Deployment, base_dtype, deployed_weights, merged_state_dict
+from lit_unlearn.deployment import FULL, PRECISIONS, Deployment, base_dtype, deployed_weights, merged_state_dict
+from lit_unlearn.deployment.bitsandbytes import BITSANDBYTES_FORMATS, bitsandbytes_config
 from lit_unlearn.deployment.config import unsupported
 
 __all__ = [
@@ -40,7 +41,7 @@ Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Quantizer = Literal["fake", "bitsandbytes"]
 QUANTIZERS: tuple[str, ...] = ("fake", "bitsandbytes")
 # bitsandbytes has no plain round-to-nearest int4 format.
-BITSANDBYTES_PRECISIONS: tuple[str, ...] = ("full", "int8", "nf4", "fp4")
+BITSANDBYTES_PRECISIONS: tuple[str, ...] = (FULL, *BITSANDBYTES_FORMATS)
 
 
 def check_precision(precision: str | Deployment, quantizer: str = "fake") -> Deployment:
@@ -90,8 +91,6 @@ def load_bitsandbytes(
         )
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
-
-    from lit_unlearn.deployment.bitsandbytes import bitsandbytes_config
 
     base = model.get_base_model() if is_peft_model(model) else model
     # Activations keep the model's dtype (bitsandbytes' 4-bit kernels accept fp32, bf16 and fp16), so

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from lit_unlearn.data.sources import resolve_path
 from lit_unlearn.deployment import FULL, Deployment
+from lit_unlearn.deployment.bitsandbytes import BITSANDBYTES_FORMATS, FOUR_BIT_FORMATS
 from lit_unlearn.deployment.config import unsupported
 from lit_unlearn.gguf_io import GGUF_EXPORT_FORMATS, GGUFBase, is_gguf, read_gguf_base
 from lit_unlearn.quantization import SCHEMES, Scheme, get_scheme
@@ -21,7 +22,7 @@ Quantize = Literal["none", "full", "nf4", "fp4", "int8"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 # The formats bitsandbytes stores a copy in (at its fixed block 64), and "full" for none. "none", the word
 # this command used first, is kept as an alias of "full" (README: `--quantize none`).
-QUANTIZE_CHOICES: tuple[str, ...] = ("none", "full", "nf4", "fp4", "int8")
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", FULL, *FOUR_BIT_FORMATS, *(f for f in BITSANDBYTES_FORMATS if f not in FOUR_BIT_FORMATS))
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 # The two 4-bit formats of P1's deployments (fp4 in its first runs, nf4 later).
 DEFAULT_SCHEMES: tuple[str, ...] = ("nf4", "fp4")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from lit_unlearn.adapters import lora_delta
 from lit_unlearn.deployment import DeployedLayer, deployed_layers
+from lit_unlearn.deployment.bitsandbytes import FOUR_BIT_FORMATS
 from lit_unlearn.gguf_io import is_gguf, load_causal_lm
 from lit_unlearn.quantization import Scheme, SurvivalStats, get_scheme
 from lit_unlearn.quantization.bnb_decode import cpu_deviation
@@ -21,7 +22,7 @@ from lit_unlearn.quantization.bnb_decode import cpu_deviation
 
 def _avx512_misdecoded(model: nn.Module, quantize: str) -> list[str]:
     """The deployed layers an AVX-512 CPU running bitsandbytes 0.50 decodes with wrong block scales."""
-    if quantize not in ("nf4", "fp4"):
+    if quantize not in FOUR_BIT_FORMATS:
         return []
     block = get_scheme(quantize).block_size
     return [
