@@ -225,6 +225,16 @@ class DeployedLayer:
         delta = lora_delta(self.lora)
         return weight if delta is None else merge(weight, delta)
 
+    def computes_with(self, scheme: Scheme | None) -> Literal["codes", "dense", "weight"]:
+        """How this layer computes in the deployment ``scheme``: ``"codes"``, LLM.int8's matmul from its int8
+        codes (a selected layer under ``int8``: activations are quantized too); ``"dense"``, a 4-bit base's
+        ``Linear4bit`` forward replaced by a dense one over :meth:`weight`; ``"weight"``, its ``nn.Linear``
+        with :meth:`weight` swapped in. The one rule of :func:`~lit_unlearn.deployment.deployed_model`'s
+        eager and lazy paths."""
+        if scheme is not None and scheme.family == "llm_int8" and self.quantized:
+            return "codes"
+        return "dense" if self.base_format is not None else "weight"
+
     def weight(self, scheme: Scheme | None, original: bool = False) -> torch.Tensor:
         """The deployed weight: ``Q(merged)`` for the current model, ``Q(W0)`` for the original one.
 

@@ -69,10 +69,11 @@ def deployed_model(
         codes: dict[nn.Linear, QuantizedTensor] = {}
         dense: dict[nn.Linear, torch.Tensor] = {}
         for layer in layers:
-            if int8 and layer.quantized:
+            how = layer.computes_with(scheme)
+            if how == "codes":
                 codes[layer.linear] = layer.quantized_weight(scheme, original)
                 continue
-            if layer.base_format is not None:
+            if how == "dense":
                 dense[layer.linear] = layer.weight(scheme, original)
                 continue
             # A weight shared by several modules (tied) has one parameter name and is deployed once.
@@ -96,10 +97,11 @@ def deployed_model(
         @contextlib.contextmanager
         def context() -> Iterator[None]:
             # ΔW read while this layer's adapter is still on.
-            if int8 and layer.quantized:
+            how = layer.computes_with(scheme)
+            if how == "codes":
                 current_codes[layer.linear] = layer.quantized_weight(scheme, original)
                 swap: contextlib.AbstractContextManager = contextlib.nullcontext()
-            elif layer.base_format is not None:
+            elif how == "dense":
                 current_dense[layer.linear] = layer.weight(scheme, original)
                 swap = contextlib.nullcontext()
             else:
@@ -116,8 +118,8 @@ def deployed_model(
 
     contexts = {(layer.linear if original else layer.forward_module): (lambda layer=layer: computing(layer))
                 for layer in layers}
-    int8_linears = [layer.linear for layer in layers if int8 and layer.quantized]
-    dense_linears = [layer.linear for layer in layers if layer.base_format is not None and layer.linear not in int8_linears]
+    int8_linears = [layer.linear for layer in layers if layer.computes_with(scheme) == "codes"]
+    dense_linears = [layer.linear for layer in layers if layer.computes_with(scheme) == "dense"]
     with adapters_disabled(owners), int8_forwards(current_codes, int8_linears), \
             dense_forwards(current_dense, dense_linears), around_forward(contexts):
         yield model
