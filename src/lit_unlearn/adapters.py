@@ -10,7 +10,7 @@ model is ever built.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ __all__ = [
     "load_adapter",
     "lora_delta",
     "lora_deltas",
+    "lora_product",
     "lora_layers",
     "merge_adapter",
     "output_head",
@@ -242,6 +243,29 @@ def lora_delta(layer: nn.Module, out: torch.Tensor | None = None) -> torch.Tenso
     return delta
 
 
+def lora_product(factors: Iterable[tuple[torch.Tensor, torch.Tensor, float]], out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """``Σ scaling · B @ A`` over ``(A, B, scaling)`` factors, in peft's order and arithmetic for plain fp32
+    factors (``get_delta_weight``'s ``(B @ A) * scaling``, summed): the first product into ``out`` (a flat
+    buffer of at least its size) when given, each later one added in place.
+
+    The one sum of a LoRA update: :func:`lora_delta` over a layer's active adapters, quantization-aware
+    training over row chunks of ``B``, and the sharded survival check over a rank's rows of ``B``.
+    """
+    delta = None
+    for a, b, scaling in factors:
+        if delta is None:
+            fits = (out is not None and out.dtype == a.dtype and out.device == a.device
+                    and out.numel() >= b.shape[0] * a.shape[1])
+            target = out[: b.shape[0] * a.shape[1]].view(b.shape[0], a.shape[1]) if fits else None
+            delta = torch.mm(b, a, out=target).mul_(scaling)
+        else:
+            delta.add_(torch.mm(b, a).mul_(scaling))
+    if delta is None:
+        raise ValueError("`factors` is empty: a LoRA update needs at least one adapter's (A, B, scaling).")
+    return delta
+
+
 def _delta_into(layer: nn.Module, adapter: str, out: torch.Tensor | None) -> torch.Tensor:
     a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     plain = (
@@ -251,13 +275,9 @@ def _delta_into(layer: nn.Module, adapter: str, out: torch.Tensor | None) -> tor
     )
     if not plain:
         return layer.get_delta_weight(adapter)
-    fits = out is not None and out.dtype == a.dtype and out.device == a.device and out.numel() >= b.shape[0] * a.shape[1]
-    if not fits:
-        # get_delta_weight's `(B @ A) * scaling` with one weight-sized allocation instead of two.
-        return torch.mm(b, a).mul_(layer.scaling[adapter])
-    # ... and none: into the caller's buffer.
-    delta = out[: b.shape[0] * a.shape[1]].view(b.shape[0], a.shape[1])
-    return torch.mm(b, a, out=delta).mul_(layer.scaling[adapter])
+    # get_delta_weight's `(B @ A) * scaling` with one weight-sized allocation instead of two, or none: into
+    # the caller's buffer.
+    return lora_product([(a, b, layer.scaling[adapter])], out)
 
 
 @torch.no_grad()

@@ -45,3 +45,27 @@ def test_falls_back_to_peft_or_none(case):
     got = lora_delta(layer, out=buffer)
     assert got.data_ptr() != buffer.data_ptr()
     assert torch.equal(got, layer.get_delta_weight("default"))
+
+
+def test_lora_product_sums_adapters_as_peft_does_and_refuses_none():
+    # A layer's adapter and a second pair of factors: one adapter's update is peft's get_delta_weight bit for
+    # bit, two are the sum of theirs, and the update of any rows of B (a quantization-aware chunk, a rank's
+    # shard) is the same arithmetic on those rows.
+    from lit_unlearn.adapters import lora_product
+
+    layer = layers(lora_model())[0]
+    a, b, s = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach(), layer.scaling["default"]
+    generator = torch.Generator().manual_seed(1)
+    a2, b2 = torch.randn(2, a.shape[1], generator=generator), torch.randn(b.shape[0], 2, generator=generator) * 0.05
+    assert torch.equal(lora_product([(a, b, s)]), layer.get_delta_weight("default"))
+    expected = (b @ a) * s + (b2 @ a2) * 0.5
+    factors = [(a, b, s), (a2, b2, 0.5)]
+    assert torch.equal(lora_product(factors), expected)
+    buffer = torch.full((expected.numel() + 5,), float("nan"))
+    assert lora_product(factors, out=buffer).data_ptr() == buffer.data_ptr()
+    assert torch.equal(buffer[: expected.numel()].view_as(expected), expected)
+    rows = slice(3, 11)
+    chunk = lora_product((fa, fb[rows], fs) for fa, fb, fs in factors)
+    torch.testing.assert_close(chunk, expected[rows], rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="`factors` is empty"):
+        lora_product([])

@@ -44,6 +44,7 @@ from lit_unlearn.adapters import (
     is_output_head,
     lora_delta,
     lora_layers,
+    lora_product,
     output_head,
 )
 from lit_unlearn.quantization import (
@@ -442,13 +443,11 @@ class DeployedLayer:
         """``Σ scaling · B @ A`` over the active adapters, with ``B``'s rows taken by ``rows_of`` and ``A``
         gathered whole (it is ``r × in``: small)."""
         lora = self.lora
-        delta = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
         active = [a for a in lora.active_adapters if a in lora.lora_A] if not lora.disable_adapters else []
-        for adapter in active:
-            a = full_tensor(lora.lora_A[adapter].weight.detach()).float()
-            b = rows_of(lora.lora_B[adapter].weight).float()
-            delta += (b @ a) * lora.scaling[adapter]
-        return delta
+        if not active:
+            return torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+        return lora_product((full_tensor(lora.lora_A[adapter].weight.detach()).float(),
+                             rows_of(lora.lora_B[adapter].weight).float(), lora.scaling[adapter]) for adapter in active)
 
 
 @contextlib.contextmanager

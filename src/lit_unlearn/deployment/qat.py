@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_unlearn.adapters import lora_product
 from lit_unlearn.deployment.layers import DeployedLayer, merge
 from lit_unlearn.quantization import Scheme, _fused, fake_quantize, fit_scheme
 from lit_unlearn.quantization.functional import codec_for
@@ -139,10 +140,7 @@ class _DeployedLoRA(torch.autograd.Function):
         for rows in _row_chunks(*w0.shape):
             # get_delta_weight's arithmetic on these rows: (B @ A) * scaling, summed over the adapters, in
             # place: one matrix product and one pass per chunk.
-            delta = None
-            for a, b, scaling in factors:
-                part = (b[rows] @ a).mul_(scaling)
-                delta = part if delta is None else delta.add_(part)
+            delta = lora_product((a, b[rows], scaling) for a, b, scaling in factors)
             yield rows, _quantized_merge(w0[rows], delta, fitted)
 
     @staticmethod
