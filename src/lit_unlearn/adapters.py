@@ -34,7 +34,6 @@ __all__ = [
     "lora_deltas",
     "lora_product",
     "lora_layers",
-    "merge_adapter",
     "output_head",
     "reference_mode",
 ]
@@ -146,14 +145,6 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(directory))
-
-
-def merge_adapter(model: nn.Module, progress: bool = False) -> nn.Module:
-    """The plain model with the adapter merged in, as peft's ``merge_and_unload`` writes it (in the base
-    dtype, :func:`lit_unlearn.deployment.merge`)."""
-    for name, layer in lora_layers(model):
-        check_mergeable(layer, deployed_name(name))
-    return model.merge_and_unload(progressbar=progress)
 
 
 def is_peft_model(model: nn.Module) -> bool:

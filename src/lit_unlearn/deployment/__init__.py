@@ -5,7 +5,7 @@
   ``lit_unlearn.quantization.merge`` so the streamed statistics share it), cached ``Q(W0)``, the deployed
   weight per scheme; :func:`output_head` is the one rule for the layer a deployment keeps in full precision.
 * :func:`deployed_model` (``model.py``): the model computing with those weights (eagerly or one layer at
-  a time); :func:`merged_state_dict`.
+  a time); :func:`merged_state_dict`, and :func:`merge_into_base`, the merged model export writes.
 * :class:`Deployment` (``config.py``): precision + block size + layer selection, the vocabulary every entry
   point shares, parsed through :meth:`Deployment.parse` alone; :func:`deployed_weights`, a model as one
   deployment holds it.
@@ -42,7 +42,7 @@ from lit_unlearn.deployment.layers import (
     merge,
     output_head,
 )
-from lit_unlearn.deployment.model import around_forward, base_dtype, deployed_model, merged_state_dict
+from lit_unlearn.deployment.model import around_forward, base_dtype, deployed_model, merge_into_base, merged_state_dict
 from lit_unlearn.deployment.quantize import layer_schemes, quantize_model_
 from lit_unlearn.deployment.strategy import (
     SHARDING_STRATEGIES,
@@ -71,6 +71,7 @@ __all__ = [
     "deployed_weights",
     "layer_schemes",
     "merge",
+    "merge_into_base",
     "merged_state_dict",
     "output_head",
     "quantize_model_",

@@ -219,6 +219,24 @@ def around_forward(contexts: Mapping[nn.Module, ContextFactory]) -> Iterator[Non
 
 
 @torch.no_grad()
+@torch.no_grad()
+def merge_into_base(model: nn.Module, progress: bool = False) -> nn.Module:
+    """The plain model a LoRA deployment ships, built in place: each adapted layer's weight becomes its
+    deployed merge (:meth:`DeployedLayer.merged`, ``W0 + ΔW`` rounded once to the base dtype as peft merges),
+    one layer at a time, then the adapters are removed (peft's ``unload``). Export writes this model, so
+    the file holds the weights its survival report describes.
+
+    Raises:
+        ValueError: as :func:`deployed_layers` does, for a DoRA adapter or a layer merged in place.
+    """
+    from tqdm.auto import tqdm
+
+    adapted = [layer for layer in deployed_layers(model) if layer.lora is not None]
+    for layer in tqdm(adapted, desc="Merging the adapter", unit="layer", disable=not progress):
+        layer.linear.weight.data = layer.merged()
+    return model.unload()
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of the plain (non-peft) model that ``merge_and_unload`` would produce, without changing
     ``model``: adapted weights merged as :func:`~lit_unlearn.deployment.merge` does (in the base dtype),

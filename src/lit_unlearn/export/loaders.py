@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_unlearn.adapters import load_adapter, merge_adapter
+from lit_unlearn.adapters import load_adapter
 from lit_unlearn.deployment.four_bit import dequantized_merged_state, requantize_merged_
+from lit_unlearn.deployment.model import merge_into_base
 from lit_unlearn.export.statistics import _full_statistics, _lora_statistics
 from lit_unlearn.four_bit_base import FourBitBase
 from lit_unlearn.gguf_io import load_causal_lm, load_tokenizer
@@ -33,7 +34,7 @@ def _load_lora(
     model = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
     peft_model = load_adapter(model, source).eval()
     layers = _lora_statistics(peft_model, schemes, progress)
-    return merge_adapter(peft_model, progress), layers
+    return merge_into_base(peft_model, progress), layers
 
 
 def _load_qlora(
