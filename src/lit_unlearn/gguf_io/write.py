@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lit_unlearn.gguf_io.load import GGUFBase, _is_decoder_linear
+from lit_unlearn.quantization.gguf_formats import GGUF_FORMAT_RECORDS
 
 __all__ = ["GGUF_EXPORT_FORMATS", "GGUF_FORMATS", "gguf_tensor_plan", "permute_rotary_rows", "write_gguf"]
 
@@ -44,13 +45,10 @@ GGUF_EXPORT_FORMATS: tuple[str, ...] = (*GGUF_FORMATS, "base")
 _MIXTURES = ("q4_k_m", "q5_k_m")
 _FLOAT_TYPES = ("f32", "f16")
 # Weights per block along a row (ggml's QK4_0 … QK_K); a row must hold whole blocks.
-_BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
+_BLOCK = {f.name: f.block_weights for f in GGUF_FORMAT_RECORDS}
 # general.file_type of each format (llama.cpp's llama_ftype); a uniform K-quant file has no own value.
-_FILE_TYPE = {
-    "f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1",
-    "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "q6_k": "MOSTLY_Q6_K", "q4_k_m": "MOSTLY_Q4_K_M",
-    "q5_k_m": "MOSTLY_Q5_K_M", "q4_k": "GUESSED", "q5_k": "GUESSED",
-}
+_FILE_TYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M"} | {
+    f.name: f.file_type for f in GGUF_FORMAT_RECORDS}
 # Written by the writer itself, or describing the tensors rather than the model.
 _SKIPPED_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.alignment")
 

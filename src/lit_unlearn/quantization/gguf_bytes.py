@@ -30,14 +30,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_unlearn.quantization.gguf_formats import GGUF_FORMAT_RECORDS
 from lit_unlearn.quantization.gguf_kquants import KQUANTIZERS, QK_K, KBlocks
 from lit_unlearn.quantization.gguf_legacy import QK_LEGACY, LegacyBlocks, dequantize_legacy, quantize_legacy
 
-#: ggml's ``enum ggml_type`` value of each format (also ``gguf.GGMLQuantizationType``).
-GGML_TYPE = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14}
+_RECORDS = sorted(GGUF_FORMAT_RECORDS, key=lambda f: f.ggml_type)
+#: ggml's ``enum ggml_type`` value of each format (also ``gguf.GGMLQuantizationType``), in ggml's order.
+GGML_TYPE = {f.name: f.ggml_type for f in _RECORDS}
 #: Weights per block and bytes per block (``ggml_blck_size`` / ``ggml_type_size``).
-BLOCK_WEIGHTS = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
-BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34, "q4_k": 144, "q5_k": 176, "q6_k": 210}
+BLOCK_WEIGHTS = {f.name: f.block_weights for f in _RECORDS}
+BLOCK_BYTES = {f.name: f.block_bytes for f in _RECORDS}
 GGUF_FORMATS: tuple[str, ...] = tuple(GGML_TYPE)
 
 

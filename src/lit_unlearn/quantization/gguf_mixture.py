@@ -27,11 +27,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from lit_unlearn.quantization.gguf_formats import GGUF_FORMAT_RECORDS
+
 #: The base type of each mixture (``default_type`` in llama-quant.cpp).
 MIXTURE_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
 #: ``tensor_type_fallback``: the type a K-quant falls back to when a row is not whole super-blocks.
 FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
-_BLOCK = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256, "q6_k": 256}
+_BLOCK = {f.name: f.block_weights for f in GGUF_FORMAT_RECORDS}
 _UNQUANTIZED = "fp16"
 
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from lit_unlearn.quantization.gguf_formats import GGUF_FORMAT_RECORDS, gguf_format
+
 BNB4_SCHEMES: tuple[str, ...] = ("nf4", "fp4")
 # bitsandbytes.functional.quantize_4bit accepts exactly these block sizes (0.48 – 0.50).
 BNB4_BLOCK_SIZES: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -48,15 +50,18 @@ RTN_DEFAULT_GROUP_SIZE = 128
 #: Half-precision casts: the dtype a deployed copy is stored in.
 HALF_SCHEMES: tuple[str, ...] = ("bf16", "fp16")
 
-#: llama.cpp's GGUF block formats, in the order of their bits per weight (ggml names, lower case).
-GGUF_SCHEMES: tuple[str, ...] = ("q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0")
-#: llama.cpp's file-level mixtures (``llama-quantize ... Q4_K_M``): a type per tensor.
+#: llama.cpp's GGUF block formats, in the order of their bits per weight (ggml names, lower case), from the
+#: registry of :mod:`.gguf_formats`.
+GGUF_SCHEMES: tuple[str, ...] = tuple(f.name for f in GGUF_FORMAT_RECORDS)
+#: llama.cpp's file-level mixtures (``llama-quantize ... Q4_K_M``): a type per tensor, their base K-quant.
 GGUF_MIXTURES: tuple[str, ...] = ("q4_k_m", "q5_k_m")
-# Weights per block: a legacy block, or a K-quant super-block.
-GGUF_BLOCK_SIZES = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "q4_k": 256, "q5_k": 256,
-                    "q6_k": 256, "q4_k_m": 256, "q5_k_m": 256}
+_MIXTURE_BASE = {"q4_k_m": "q4_k", "q5_k_m": "q5_k"}
+# Weights per block: a legacy block, or a K-quant super-block (a mixture: its base type's).
+GGUF_BLOCK_SIZES = {f.name: f.block_weights for f in GGUF_FORMAT_RECORDS} | {
+    m: gguf_format(base).block_weights for m, base in _MIXTURE_BASE.items()}
 # Formats that store a per-block (sub-block) minimum besides the scale.
-_GGUF_WITH_MIN = frozenset({"q4_1", "q5_1", "q4_k", "q5_k", "q4_k_m", "q5_k_m"})
+_GGUF_WITH_MIN = frozenset({f.name for f in GGUF_FORMAT_RECORDS if f.has_min}
+                           | {m for m, base in _MIXTURE_BASE.items() if gguf_format(base).has_min})
 
 SCHEMES: tuple[str, ...] = (
     *BNB4_SCHEMES, "int8", *_RTN_SYMMETRIC, *_RTN_ASYMMETRIC, *HALF_SCHEMES, *GGUF_SCHEMES, *GGUF_MIXTURES,
