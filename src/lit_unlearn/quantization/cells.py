@@ -46,6 +46,7 @@ from torch import Tensor
 
 from lit_unlearn.quantization.fit import fit_scheme
 from lit_unlearn.quantization.functional import QuantizedTensor, check_weight, codec_for, dequantize, quantize
+from lit_unlearn.quantization.gguf_formats import gguf_format
 from lit_unlearn.quantization.schemes import Scheme, get_scheme
 
 __all__ = ["check_cell_scheme", "push_across", "quantization_cell", "scale_setters"]
@@ -119,7 +120,7 @@ def scale_setters(w0: Tensor, scheme: str | Scheme, block_size: int | None = Non
         pinned[rows, at_high] |= high > 0
         lower = low.clamp(max=0)[:, None].expand_as(groups)
         upper = high.clamp(min=0)[:, None].expand_as(groups)
-    elif scheme.name in ("q4_1", "q5_1"):
+    elif scheme.family == "gguf" and gguf_format(scheme.name).has_min:  # q4_1, q5_1 (K-quants have no cells)
         # ggml's block minimum and maximum, not clamped to include 0; the first of each on ties.
         low, at_low = groups.min(dim=1)
         high, at_high = groups.max(dim=1)
