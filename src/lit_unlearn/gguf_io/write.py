@@ -36,14 +36,13 @@ from lit_unlearn.quantization.gguf_formats import GGUF_FORMAT_RECORDS
 
 __all__ = ["GGUF_EXPORT_FORMATS", "GGUF_FORMATS", "gguf_tensor_plan", "permute_rotary_rows", "write_gguf"]
 
-#: Formats a model can be written in: GGUF's tensor types and llama-quantize's two K mixtures.
-GGUF_FORMATS: tuple[str, ...] = (
-    "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m",
-)
-#: What ``lit-unlearn export --gguf`` takes: a format, or ``base`` (the base's own recorded format).
-GGUF_EXPORT_FORMATS: tuple[str, ...] = (*GGUF_FORMATS, "base")
 _MIXTURES = ("q4_k_m", "q5_k_m")
 _FLOAT_TYPES = ("f32", "f16")
+#: Formats a model can be written in: GGUF's float and block types (the registry's, by bits per weight)
+#: and llama-quantize's two K mixtures.
+GGUF_FORMATS: tuple[str, ...] = (*_FLOAT_TYPES, *(f.name for f in GGUF_FORMAT_RECORDS), *_MIXTURES)
+#: What ``lit-unlearn export --gguf`` takes: a format, or ``base`` (the base's own recorded format).
+GGUF_EXPORT_FORMATS: tuple[str, ...] = (*GGUF_FORMATS, "base")
 # Weights per block along a row (ggml's QK4_0 … QK_K); a row must hold whole blocks.
 _BLOCK = {f.name: f.block_weights for f in GGUF_FORMAT_RECORDS}
 # general.file_type of each format (llama.cpp's llama_ftype); a uniform K-quant file has no own value.
