@@ -75,7 +75,7 @@ def applies(scheme: Scheme, w0: Tensor, other: Tensor, numel: int, has_reference
     return (
         numel >= MIN_ELEMENTS
         # casts (bf16/fp16) are checked eagerly, and so are the K-quants (a search per sub-block)
-        and (scheme.family in ("bnb4", "llm_int8", "rtn") or scheme.name in LEGACY_OFFSET)
+        and (scheme.family in ("bnb4", "llm_int8", "rtn") or scheme.name in LEGACY_KERNELS)
         and not (scheme.family == "rtn" and has_reference)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES
@@ -96,6 +96,12 @@ def _bnb4_lookup(scaled: Tensor, midpoints: tuple[float, ...], *tables: tuple[fl
         above = scaled > midpoint
         out = [torch.where(above, table[k], o) for table, o in zip(tables, out)]
     return out
+
+
+#: The legacy GGUF formats whose arithmetic :func:`_encode_legacy` writes out (ggml's signed absmax with an
+#: offset, block minimum, and Q8_0's roundf); a format added to the registry without its own branch here
+#: is checked eagerly, never with another format's arithmetic.
+LEGACY_KERNELS: tuple[str, ...] = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
 
 
 def _inverse(d: Tensor) -> Tensor:
@@ -271,7 +277,7 @@ def fake_quantize_merged(w0: Tensor, delta: Tensor | None, scheme: Scheme, group
     bit for bit (tested). Raises ``ValueError`` for non-finite weights, as the eager path.
     """
     if not (
-        (scheme.family in ("bnb4", "rtn") or scheme.name in LEGACY_OFFSET)
+        (scheme.family in ("bnb4", "rtn") or scheme.name in LEGACY_KERNELS)
         and w0.device.type == "cpu"
         and w0.dtype in _DTYPES
         and (delta is None or (delta.dtype in _DTYPES and delta.shape == w0.shape))
