@@ -106,26 +106,23 @@ def _child(kind: str, base: str, args: argparse.Namespace) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 2048, (args.batch, args.seq), generator=generator)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
+
+    def step_times(batch: int) -> list[float]:
+        ids = torch.randint(3, 2048, (batch, args.seq), generator=generator)
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times
+
+    times = step_times(args.batch)
     peak = _vm("VmHWM") - baseline
     # The same step at the shipped QLoRA config's batch (8 forget + 8 retain sequences of 128 tokens).
-    shipped = torch.randint(3, 2048, (args.shipped_batch, args.seq), generator=generator)
-    shipped_times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = model(input_ids=shipped, labels=shipped).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        shipped_times.append(time.perf_counter() - start)
+    shipped_times = step_times(args.shipped_batch)
 
     schemes = [get_scheme("nf4"), get_scheme("fp4")]
     layers = select_linear_layers(model, None)
