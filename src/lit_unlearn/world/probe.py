@@ -199,13 +199,16 @@ def _data_dir(world: Any) -> Path:
     return Path(getattr(world, "data", world))
 
 
-def _quantized(model: Any, precision: str) -> Any:
-    if precision in ("fp32", "full"):
+def _quantized(model: Any, deployment: Any) -> Any:
+    """A copy of ``model`` with ``deployment``'s weights (``model`` itself at full precision). Weight-only:
+    the manifest's ``int8`` is LLM.int8's int8 weights without its activation quantization, as the world
+    has recorded it since its first version."""
+    if deployment.scheme is None:
         return model
     from lit_unlearn.deployment import quantize_model_
 
     clone = copy.deepcopy(model)
-    quantize_model_(clone, precision)
+    quantize_model_(clone, deployment)
     return clone
 
 
@@ -239,12 +242,11 @@ def knowledge_report(
     """
     if not schemes:
         raise ValueError(f"`schemes` is empty; give some of {list(PRECISIONS)}.")
-    if any(s != "fp32" for s in schemes):
-        from lit_unlearn.deployment import FULL, Deployment
+    from lit_unlearn.deployment import FULL, Deployment
 
-        # "fp32" is the world's name for full precision (the manifest's key), mapped here alone.
-        for scheme in schemes:
-            Deployment.parse(FULL if scheme == "fp32" else scheme, what="schemes")
+    # Parsed once, before any generation, and passed whole. "fp32" is the world's name for full precision
+    # (the manifest's key), mapped here alone.
+    deployments = {scheme: Deployment.parse(FULL if scheme == "fp32" else scheme, what="schemes") for scheme in schemes}
     data_dir = _data_dir(world)
     cap = slice(None, max_items)
     sets = {
@@ -265,7 +267,7 @@ def knowledge_report(
     try:
         with on_idle_threads():
             for scheme in schemes:
-                quantized = _quantized(model, scheme)
+                quantized = _quantized(model, deployments[scheme])
                 report[scheme] = {
                     name: {
                         **_qa(quantized, tokenizer, qa, icl, batch_size),
