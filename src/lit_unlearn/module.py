@@ -18,7 +18,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
@@ -29,7 +28,7 @@ from lit_unlearn._paths import run_directory
 from lit_unlearn._rng import get_rng_states, set_rng_states
 from lit_unlearn.adapters import LoRA, apply_lora, reference_mode
 from lit_unlearn.data.sources import resolve_path
-from lit_unlearn.deployment import FULL, Deployment
+from lit_unlearn.deployment import FULL, Deployment, check_strategy
 from lit_unlearn.deployment.qat import QuantizationAwareSwitch
 from lit_unlearn.four_bit_base import FourBitBase, four_bit_base
 from lit_unlearn.gguf_io import gguf_base_of, load_causal_lm, load_tokenizer
@@ -62,6 +61,13 @@ _QAT_REFUSED = {
     "weight-only fake quantization cannot train through. Use 'rtn8' (group-wise weight-only 8-bit "
     "round-to-nearest) to train through an 8-bit weight grid.",
 }
+
+
+_STRATEGY_REFUSAL = (
+    "{who} {why}; `strategy`={strategy} wraps the model in flat parameters it does not read. Use `strategy: "
+    "lit_unlearn.strategies.FSDP2Strategy` (FSDP2, the same per-block sharding, safetensors checkpoints), or "
+    "'ddp' when the model fits on one device."
+)
 
 
 def _qat_deployment(spec: str | Deployment | None) -> Deployment | None:
@@ -279,15 +285,11 @@ class UnlearningModule(LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            # Their flat parameters are not the model's: saving, the reference and the callbacks would read
-            # the wrong tensors. FSDP2 shards the same way with the model's own parameters.
-            raise ValueError(
-                f"UnlearningModule shards with FSDP2; `strategy`={type(strategy).__name__} wraps the model in flat "
-                "parameters it does not read. Use `strategy: lit_unlearn.strategies.FSDP2Strategy` (FSDP2, the same "
-                "per-block sharding, safetensors checkpoints), or 'ddp' when the model fits on one device."
-            )
+        if self._trainer is not None:
+            # FSDP1's and DeepSpeed's flat parameters are not the model's: saving, the reference and the callbacks
+            # would read the wrong tensors. FSDP2 shards the same way with the model's own parameters.
+            check_strategy(self.trainer.strategy, "UnlearningModule", "shards with FSDP2", allow_fsdp2=True,
+                           refusal=_STRATEGY_REFUSAL)
         if stage == "fit" and self.output_dir is not None:
             _check_writable(Path(self.output_dir))
         # Checked here, after the data is known and before `configure_model` loads any weights.

@@ -101,3 +101,18 @@ def test_fsdp1_and_deepspeed_are_refused_before_loading_with_the_fsdp2_fix():
         module._trainer = SimpleNamespace(strategy=strategy)
         with pytest.raises(ValueError, match=r"`strategy`=(FSDPStrategy|DeepSpeedStrategy) wraps.*lit_unlearn.strategies.FSDP2Strategy"):
             module.setup("fit")
+
+
+def test_the_module_refuses_flat_parameter_strategies_through_the_one_strategy_policy():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lit_unlearn.strategies import FSDP2Strategy
+
+    module = UnlearningModule("/nonexistent/model")
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy(), datamodule=None)
+    with pytest.raises(ValueError, match=r"UnlearningModule shards with FSDP2; `strategy`=FSDPStrategy wraps the model "
+                                         r"in flat parameters it does not read\. Use `strategy: lit_unlearn\.strategies"):
+        module.setup("validate")
+    for served in (DDPStrategy(), FSDP2Strategy()):
+        module._trainer = SimpleNamespace(strategy=served, datamodule=None)
+        module.setup("validate")  # served: setup goes on to its other checks, which this run passes
