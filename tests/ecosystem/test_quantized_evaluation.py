@@ -59,7 +59,9 @@ def test_curves_are_drawn_and_the_last_step_is_evaluated_once(tmp_path, muse_dir
     evaluate = settings.evaluate
 
     def counting(*args, **kwargs):
-        calls.append(kwargs["precision"])
+        # The evaluator hands evaluate its Deployment whole (full precision as the name).
+        precision = kwargs["precision"]
+        calls.append(precision if isinstance(precision, str) else precision.precision)
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(settings, "evaluate", counting)
