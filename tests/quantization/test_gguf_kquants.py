@@ -89,3 +89,27 @@ def test_survival_of_k_quants_counts_codes_and_quiet_for_zero_update():
     assert survival_stats(w0, w0.clone(), "q4_k").changed == 0.0
     stats = survival_stats(w0, w0 + 0.01 * torch.randn_like(w0), "q5_k")
     assert stats.changed > 0.2 and stats.retained > 0.5
+
+
+@pytest.mark.parametrize("name", KQUANTS)
+def test_the_c_quantizer_equals_the_torch_port_on_many_blocks(name):
+    # The C kernels run 8 (Q4_K/Q5_K) or 16 (Q6_K) sub-blocks per vector; over 512 super-blocks, zero,
+    # constant, one-signed and outlier blocks among them, every code and scale equals the torch port's
+    # (and both equal ggml's on the shapes above).
+    from lit_unlearn.quantization.gguf_kquants import KQUANTIZERS, quantize_q4_k, quantize_q5_k, quantize_q6_k
+
+    if not _simd.kquant_applies(torch.zeros(1, 256)):
+        pytest.skip("the C kernels need a CPU with AVX-512 and a C compiler")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(512, 256, generator=g) * 0.02
+    x[0] = 0.0
+    x[1, :32] = 0.25
+    x[2] = x[2].abs()
+    x[3] = -x[3].abs()
+    x[4, ::5] *= 300
+    x[5, 16:48] = 0.0
+    port = {"q4_k": quantize_q4_k, "q5_k": quantize_q5_k, "q6_k": quantize_q6_k}[name]
+    for got, want in zip(KQUANTIZERS[name](x), port(x)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32))

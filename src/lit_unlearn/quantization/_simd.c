@@ -383,9 +383,11 @@ void bnb4_decode(const uint8_t *packed, const float *absmax, int64_t n_blocks, i
 
 /* ---- GGUF K-quants: ggml's reference quantizers (quantize_row_q{4,5,6}_K_ref, no importance matrix) ----
  *
- * Transcribed statement for statement from ggml's src/ggml-quants.c (make_qkx2_quants, make_qx_quants,
- * nearest_int), scalar, with the same fp32 operations in the same order (no contraction), so codes and
- * scales are ggml's bit for bit. fp16 conversions by F16C (round to nearest even), as GGML_FP32_TO_FP16
+ * Transcribed from ggml's src/ggml-quants.c (make_qkx2_quants, make_qx_quants, nearest_int) with the same
+ * fp32 operations in the same order (no contraction), so codes and scales are ggml's bit for bit. The
+ * searches run one sub-block per vector lane (8 of Q4_K/Q5_K's 32-weight sub-blocks in an AVX vector, 16 of
+ * Q6_K's in an AVX-512 one): each lane performs the scalar code's operations on its sub-block, with masks
+ * where the C code branches. fp16 conversions by F16C (round to nearest even), as GGML_FP32_TO_FP16
  * converts on x86. Output per super-block of 256: the codes as fp32, the fp16 scale(s) as fp32 values,
  * and the integer sub-block scales (and mins) as fp32 (KBlocks in gguf_kquants.py). */
 
@@ -400,89 +402,114 @@ static inline int k_nearest_int(float fval) {
 
 static inline float k_fp16(float x) { return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT)); }
 
-static float k_make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
-                                float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep) {
-    float min = x[0];
-    float max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
+/* nearest_int of 8 floats: the same bit trick, lane by lane. */
+static inline __m256i k_nearest_int8(__m256 fval) {
+    __m256i i = _mm256_castps_si256(_mm256_add_ps(fval, _mm256_set1_ps(12582912.f)));
+    return _mm256_sub_epi32(_mm256_and_si256(i, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+static inline __m256i k_clamp8(__m256i l, int nmax) {
+    return _mm256_min_epi32(_mm256_max_epi32(l, _mm256_setzero_si256()), _mm256_set1_epi32(nmax));
+}
+
+/* The 8 sub-blocks of one Q4_K/Q5_K super-block at once, one per AVX lane: make_qkx2_quants with its
+ * weights (sqrt(mean x^2) + |x|), each lane running the scalar code's fp32 operations in the scalar code's
+ * order (minps/maxps are `x < m ? x : m` / `x > m ? x : m`, the C comparisons; no contraction), so every
+ * lane's scale, minimum and codes are those of ggml's make_qkx2_quants on its sub-block. */
+static void k_make_qkx2_quants_x8(int nmax, const float *x, uint8_t *L, float *scales, float *mins, float rmin,
+                                  float rdelta, int nstep) {
+    const __m256i lanes = _mm256_setr_epi32(0, 32, 64, 96, 128, 160, 192, 224);
+    __m256 xv[32], wv[32];
+    __m256i lv[32], aux[32];
+    __m256 sum_x2 = _mm256_setzero_ps();
+    for (int i = 0; i < 32; ++i) {
+        xv[i] = _mm256_i32gather_ps(x + i, lanes, 4);
+        sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xv[i], xv[i]));
     }
-    if (min > 0) min = 0;
-    if (max == min) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        *the_min = -min;
-        return 0.f;
+    const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.f)));
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 32; ++i) wv[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, xv[i]));
+
+    __m256 min = xv[0], max = xv[0], sum_w = wv[0];
+    __m256 sum_x = _mm256_mul_ps(sum_w, xv[0]);
+    for (int i = 1; i < 32; ++i) {
+        min = _mm256_min_ps(xv[i], min);
+        max = _mm256_max_ps(xv[i], max);
+        sum_w = _mm256_add_ps(sum_w, wv[i]);
+        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(wv[i], xv[i]));
     }
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best_error = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = k_nearest_int(iscale * (x[i] - min));
-        L[i] = l < 0 ? 0 : (l > nmax ? nmax : l);
-        float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
-        float w = weights[i];
-        best_error += w * diff;
+    const __m256 zero = _mm256_setzero_ps();
+    min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps(min, zero, _CMP_GT_OQ));
+    const __m256 flat = _mm256_cmp_ps(max, min, _CMP_EQ_OQ);
+    const __m256 min0 = min;
+
+    __m256 iscale = _mm256_div_ps(_mm256_set1_ps((float)nmax), _mm256_sub_ps(max, min));
+    __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.f), iscale);
+    __m256 best_error = zero;
+    for (int i = 0; i < 32; ++i) {
+        lv[i] = k_clamp8(k_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(xv[i], min))), nmax);
+        __m256 diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(lv[i])), min), xv[i]);
+        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(wv[i], _mm256_mul_ps(diff, diff)));
     }
     for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = k_nearest_int(iscale * (x[i] - min));
-            l = l < 0 ? 0 : (l > nmax ? nmax : l);
-            Laux[i] = l;
-            float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
+        iscale = _mm256_div_ps(_mm256_set1_ps(rmin + rdelta * is + nmax), _mm256_sub_ps(max, min));
+        __m256 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < 32; ++i) {
+            aux[i] = k_clamp8(k_nearest_int8(_mm256_mul_ps(iscale, _mm256_sub_ps(xv[i], min))), nmax);
+            __m256 l = _mm256_cvtepi32_ps(aux[i]);
+            __m256 wl = _mm256_mul_ps(wv[i], l);
+            sum_l = _mm256_add_ps(sum_l, wl);
+            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
+            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, xv[i]));
         }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float cur_error = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
-                float w = weights[i];
-                cur_error += w * diff;
-            }
-            if (cur_error < best_error) {
-                for (int i = 0; i < n; ++i) L[i] = Laux[i];
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
+        __m256 D = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+        __m256 ok = _mm256_cmp_ps(D, zero, _CMP_GT_OQ);
+        if (_mm256_movemask_ps(ok) == 0) continue;
+        __m256 this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), D);
+        __m256 this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), D);
+        __m256 positive = _mm256_cmp_ps(this_min, zero, _CMP_GT_OQ);
+        this_min = _mm256_blendv_ps(this_min, zero, positive);
+        this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), positive);
+        __m256 cur_error = zero;
+        for (int i = 0; i < 32; ++i) {
+            __m256 diff = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(this_scale, _mm256_cvtepi32_ps(aux[i])), this_min), xv[i]);
+            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(wv[i], _mm256_mul_ps(diff, diff)));
         }
+        __m256 better = _mm256_and_ps(ok, _mm256_cmp_ps(cur_error, best_error, _CMP_LT_OQ));
+        __m256i take = _mm256_castps_si256(better);
+        for (int i = 0; i < 32; ++i) lv[i] = _mm256_blendv_epi8(lv[i], aux[i], take);
+        best_error = _mm256_blendv_ps(best_error, cur_error, better);
+        scale = _mm256_blendv_ps(scale, this_scale, better);
+        min = _mm256_blendv_ps(min, this_min, better);
     }
-    *the_min = -min;
-    return scale;
+    /* A constant sub-block returns before any search: codes 0, scale 0, the clamped minimum. */
+    scale = _mm256_blendv_ps(scale, zero, flat);
+    min = _mm256_blendv_ps(min, min0, flat);
+    __m256i flat_i = _mm256_castps_si256(flat);
+    float scale_out[8], min_out[8];
+    _mm256_storeu_ps(scale_out, scale);
+    _mm256_storeu_ps(min_out, min);
+    for (int j = 0; j < 8; ++j) {
+        scales[j] = scale_out[j];
+        mins[j] = -min_out[j];
+    }
+    for (int i = 0; i < 32; ++i) {
+        int32_t codes[8];
+        _mm256_storeu_si256((__m256i *)codes, _mm256_andnot_si256(flat_i, lv[i]));
+        for (int j = 0; j < 8; ++j) L[32 * j + i] = (uint8_t)codes[j];
+    }
 }
 
 /* Q4_K (nmax 15, rmin -1, nstep 20) and Q5_K (nmax 31, rmin -0.5, nstep 15) over nb super-blocks. */
 void kquant_q45_f32(const float *x, int64_t nb, int nmax, float rmin, int nstep, float *codes, float *d_out,
                     float *dmin_out, float *sc_out, float *m_out) {
-    uint8_t L[K_QK], Laux[32];
-    float weights[32], mins[K_QK / 32], scales[K_QK / 32];
+    uint8_t L[K_QK];
+    float mins[K_QK / 32], scales[K_QK / 32];
     for (int64_t i = 0; i < nb; i++, x += K_QK) {
         float max_scale = 0, max_min = 0;
+        k_make_qkx2_quants_x8(nmax, x, L, scales, mins, rmin, 0.1f, nstep);
         for (int j = 0; j < K_QK / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = k_make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
-                                           nstep);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -511,49 +538,68 @@ void kquant_q45_f32(const float *x, int64_t nb, int nmax, float rmin, int nstep,
     }
 }
 
-static float k_make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
+/* The 16 sub-blocks of one Q6_K super-block at once, one per AVX-512 lane: make_qx_quants(16, nmax, x, L,
+ * rmse_type 1, no importance), each lane with the scalar code's fp32 operations in its order. */
+static void k_make_qx_quants_x16(int nmax, const float *x, int8_t *L, float *scales) {
+    const __m512i lanes = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i lo = _mm512_set1_epi32(-nmax), hi = _mm512_set1_epi32(nmax - 1);
+    __m512 xv[16], wv[16], wxv[16];
+    __m512i lv[16];
+    __m512 max = zero, amax = zero;
+    for (int i = 0; i < 16; ++i) {
+        xv[i] = _mm512_i32gather_ps(lanes, x + i, 4);
+        __m512 ax = _mm512_abs_ps(xv[i]);
+        __mmask16 above = _mm512_cmp_ps_mask(ax, amax, _CMP_GT_OQ);
+        amax = _mm512_mask_blend_ps(above, amax, ax);
+        max = _mm512_mask_blend_ps(above, max, xv[i]);
+        wv[i] = _mm512_mul_ps(xv[i], xv[i]);
+        wxv[i] = _mm512_mul_ps(wv[i], xv[i]);
     }
-    if (amax < 1e-15f) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
+    const __mmask16 zero_block = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-15f), _CMP_LT_OQ);
+    __m512 iscale = _mm512_div_ps(_mm512_set1_ps((float)-nmax), max);
+    __m512 sumlx = zero, suml2 = zero;
+    for (int i = 0; i < 16; ++i) {
+        __m512i l = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(iscale, xv[i]), _mm512_set1_ps(12582912.f)));
+        l = _mm512_sub_epi32(_mm512_and_si512(l, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+        lv[i] = _mm512_min_epi32(_mm512_max_epi32(l, lo), hi);
+        __m512 lf = _mm512_cvtepi32_ps(lv[i]);
+        sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wxv[i], lf));
+        suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wv[i], lf), lf));
     }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = k_nearest_int(iscale * x[i]);
-        l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-        L[i] = l + nmax;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
+    __mmask16 nonzero = _mm512_cmp_ps_mask(suml2, zero, _CMP_NEQ_UQ);
+    __m512 scale = _mm512_mask_blend_ps(nonzero, zero, _mm512_div_ps(sumlx, suml2));
+    __m512 best = _mm512_mul_ps(scale, sumlx);
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = k_nearest_int(iscale * x[i]);
-            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
+        iscale = _mm512_div_ps(_mm512_set1_ps(-(nmax + 0.1f * is)), max);
+        __m512i cand[16];
+        sumlx = suml2 = zero;
+        for (int i = 0; i < 16; ++i) {
+            __m512i l = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(iscale, xv[i]), _mm512_set1_ps(12582912.f)));
+            l = _mm512_sub_epi32(_mm512_and_si512(l, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+            cand[i] = _mm512_min_epi32(_mm512_max_epi32(l, lo), hi);
+            __m512 lf = _mm512_cvtepi32_ps(cand[i]);
+            sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wxv[i], lf));
+            suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wv[i], lf), lf));
         }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i) {
-                int l = k_nearest_int(iscale * x[i]);
-                L[i] = nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
+        __mmask16 better = _mm512_cmp_ps_mask(suml2, zero, _CMP_GT_OQ)
+                         & _mm512_cmp_ps_mask(_mm512_mul_ps(sumlx, sumlx), _mm512_mul_ps(best, suml2), _CMP_GT_OQ);
+        if (!better) continue;
+        for (int i = 0; i < 16; ++i) lv[i] = _mm512_mask_blend_epi32(better, lv[i], cand[i]);
+        scale = _mm512_mask_blend_ps(better, scale, _mm512_div_ps(sumlx, suml2));
+        best = _mm512_mask_blend_ps(better, best, _mm512_mul_ps(scale, sumlx));
     }
-    return scale;
+    /* An all-zero sub-block: codes 0, scale 0. */
+    scale = _mm512_mask_blend_ps(zero_block, scale, zero);
+    _mm512_storeu_ps(scales, scale);
+    for (int i = 0; i < 16; ++i) {
+        int32_t codes[16];
+        __m512i stored = _mm512_mask_blend_epi32(zero_block, _mm512_add_epi32(lv[i], _mm512_set1_epi32(nmax)),
+                                                 _mm512_setzero_si512());
+        _mm512_storeu_si512(codes, stored);
+        for (int j = 0; j < 16; ++j) L[16 * j + i] = (int8_t)codes[j];
+    }
 }
 
 /* Q6_K over nb super-blocks: 16 sub-blocks of 16, int8 scales. */
@@ -562,9 +608,9 @@ void kquant_q6_f32(const float *x, int64_t nb, float *codes, float *d_out, float
     float scales[K_QK / 16];
     for (int64_t i = 0; i < nb; i++, x += K_QK) {
         float max_scale = 0, max_abs_scale = 0;
+        k_make_qx_quants_x16(32, x, L, scales);
         for (int ib = 0; ib < K_QK / 16; ++ib) {
-            const float scale = k_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-            scales[ib] = scale;
+            const float scale = scales[ib];
             const float abs_scale = fabsf(scale);
             if (abs_scale > max_abs_scale) {
                 max_abs_scale = abs_scale;

@@ -1,8 +1,9 @@
 """Survival checks, deployed weights and 4-bit decodes by AVX-512 kernels in C (``_simd.c``).
 
 nf4/fp4 statistics (fp32, bf16 and fp16 weights) and deployed weights (fp32); GGUF's legacy formats
-(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: statistics and deployed weights, fp32); LLM.int8's statistics (fp32); and
-bitsandbytes' 4-bit decode of a QLoRA base (to fp32, bf16 or fp16).
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: statistics and deployed weights, fp32); LLM.int8's statistics (fp32);
+bitsandbytes' 4-bit decode of a QLoRA base (to fp32, bf16 or fp16); and GGUF's K-quant quantizers (Q4_K, Q5_K,
+Q6_K: ggml's reference search, one sub-block per vector lane).
 
 The compiled kernels of :mod:`~lit_unlearn.quantization._fused` look a weight's 4-bit level up by a chain
 of 15 compare-and-select steps per table, which bounds an nf4 check at about 6% of an fp32 copy
@@ -234,8 +235,8 @@ def kquant_applies(x: Tensor) -> bool:
 def kquant(name: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor | None]:
     """ggml's reference quantizer of K-quant ``name`` on fp32 ``(superblocks, 256)``: ``(codes, d, dmin, sc,
     m)`` as :class:`~lit_unlearn.quantization.gguf_kquants.KBlocks` holds them (``dmin``/``m`` ``None`` for
-    Q6_K). A scalar transcription of ggml's C: the search per sub-block is branchy and short, so it runs
-    as ggml runs it rather than vectorised over sub-blocks as the torch port does."""
+    Q6_K). ggml's C transcribed, each search run for 8 (Q4_K/Q5_K) or 16 (Q6_K) sub-blocks at once, one per
+    vector lane, every lane with the scalar code's operations in its order."""
     x = x.contiguous()
     nb = x.shape[0]
     codes = torch.empty(nb, 256, dtype=torch.float32)

@@ -244,7 +244,7 @@ def quantize_q6_k(x: Tensor) -> KBlocks:
 
 def _dispatched(name: str, port: Callable[[Tensor], KBlocks]) -> Callable[[Tensor], KBlocks]:
     """``name``'s quantizer: ggml's C transcribed (:func:`~lit_unlearn.quantization._simd.kquant`, bit-identical
-    and 4-10x faster) where the C kernels load, else the torch port."""
+    and 20-30x faster) where the C kernels load, else the torch port."""
 
     def quantize_k(x: Tensor) -> KBlocks:
         if _simd.kquant_applies(x):
