@@ -538,12 +538,29 @@ void kquant_q45_f32(const float *x, int64_t nb, int nmax, float rmin, int nstep,
     }
 }
 
+/* One trial grid of make_qx_quants in 16 lanes: levels clamp(nearest_int(iscale * x), -nmax, nmax - 1) and
+ * the sums Σ (w·x)·l and Σ (w·l)·l, added in the scalar loop's order. */
+static inline void k_trial16(__m512 iscale, const __m512 *xv, const __m512 *wv, const __m512 *wxv, int nmax,
+                             __m512i *levels, __m512 *sumlx, __m512 *suml2) {
+    const __m512i lo = _mm512_set1_epi32(-nmax), hi = _mm512_set1_epi32(nmax - 1);
+    __m512 lx = _mm512_setzero_ps(), l2 = _mm512_setzero_ps();
+    for (int i = 0; i < 16; ++i) {
+        __m512i l = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(iscale, xv[i]), _mm512_set1_ps(12582912.f)));
+        l = _mm512_sub_epi32(_mm512_and_si512(l, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+        levels[i] = _mm512_min_epi32(_mm512_max_epi32(l, lo), hi);
+        __m512 lf = _mm512_cvtepi32_ps(levels[i]);
+        lx = _mm512_add_ps(lx, _mm512_mul_ps(wxv[i], lf));
+        l2 = _mm512_add_ps(l2, _mm512_mul_ps(_mm512_mul_ps(wv[i], lf), lf));
+    }
+    *sumlx = lx;
+    *suml2 = l2;
+}
+
 /* The 16 sub-blocks of one Q6_K super-block at once, one per AVX-512 lane: make_qx_quants(16, nmax, x, L,
  * rmse_type 1, no importance), each lane with the scalar code's fp32 operations in its order. */
 static void k_make_qx_quants_x16(int nmax, const float *x, int8_t *L, float *scales) {
     const __m512i lanes = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     const __m512 zero = _mm512_setzero_ps();
-    const __m512i lo = _mm512_set1_epi32(-nmax), hi = _mm512_set1_epi32(nmax - 1);
     __m512 xv[16], wv[16], wxv[16];
     __m512i lv[16];
     __m512 max = zero, amax = zero;
@@ -558,15 +575,8 @@ static void k_make_qx_quants_x16(int nmax, const float *x, int8_t *L, float *sca
     }
     const __mmask16 zero_block = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-15f), _CMP_LT_OQ);
     __m512 iscale = _mm512_div_ps(_mm512_set1_ps((float)-nmax), max);
-    __m512 sumlx = zero, suml2 = zero;
-    for (int i = 0; i < 16; ++i) {
-        __m512i l = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(iscale, xv[i]), _mm512_set1_ps(12582912.f)));
-        l = _mm512_sub_epi32(_mm512_and_si512(l, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
-        lv[i] = _mm512_min_epi32(_mm512_max_epi32(l, lo), hi);
-        __m512 lf = _mm512_cvtepi32_ps(lv[i]);
-        sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wxv[i], lf));
-        suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wv[i], lf), lf));
-    }
+    __m512 sumlx, suml2;
+    k_trial16(iscale, xv, wv, wxv, nmax, lv, &sumlx, &suml2);
     __mmask16 nonzero = _mm512_cmp_ps_mask(suml2, zero, _CMP_NEQ_UQ);
     __m512 scale = _mm512_mask_blend_ps(nonzero, zero, _mm512_div_ps(sumlx, suml2));
     __m512 best = _mm512_mul_ps(scale, sumlx);
@@ -574,15 +584,7 @@ static void k_make_qx_quants_x16(int nmax, const float *x, int8_t *L, float *sca
         if (is == 0) continue;
         iscale = _mm512_div_ps(_mm512_set1_ps(-(nmax + 0.1f * is)), max);
         __m512i cand[16];
-        sumlx = suml2 = zero;
-        for (int i = 0; i < 16; ++i) {
-            __m512i l = _mm512_castps_si512(_mm512_add_ps(_mm512_mul_ps(iscale, xv[i]), _mm512_set1_ps(12582912.f)));
-            l = _mm512_sub_epi32(_mm512_and_si512(l, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
-            cand[i] = _mm512_min_epi32(_mm512_max_epi32(l, lo), hi);
-            __m512 lf = _mm512_cvtepi32_ps(cand[i]);
-            sumlx = _mm512_add_ps(sumlx, _mm512_mul_ps(wxv[i], lf));
-            suml2 = _mm512_add_ps(suml2, _mm512_mul_ps(_mm512_mul_ps(wv[i], lf), lf));
-        }
+        k_trial16(iscale, xv, wv, wxv, nmax, cand, &sumlx, &suml2);
         __mmask16 better = _mm512_cmp_ps_mask(suml2, zero, _CMP_GT_OQ)
                          & _mm512_cmp_ps_mask(_mm512_mul_ps(sumlx, sumlx), _mm512_mul_ps(best, suml2), _CMP_GT_OQ);
         if (!better) continue;
